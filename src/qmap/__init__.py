@@ -1,0 +1,7 @@
+"""qmap: post-training quantization of CNNs to 2-8 bits, mapped onto a systolic-array accelerator.
+
+Data flow (one sub-package per stage): data -> models -> nn (fusion, graph helpers) -> quant (primitives)
+-> methods (transforms on a model) -> hw (export, golden model, RTL) -> report / cli.
+"""
+
+__version__ = "0.1.0"

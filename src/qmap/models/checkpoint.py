@@ -1,0 +1,142 @@
+"""Checkpoints: safetensors (preferred) or ``torch.load(weights_only=True)``, with a JSON manifest beside them.
+
+A manifest ``<stem>.json`` names the architecture, width and normalisation, so ``load_model(path)`` can build
+and fill the right model with no other information. Nothing is ever unpickled without ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..io import atomic_write_bytes, atomic_write_text
+from .registry import build_model, get_entry
+
+
+@dataclass
+class Manifest:
+    arch: str
+    width: float = 1.0
+    num_classes: int = 10
+    normalize_mean: tuple[float, ...] = ()
+    normalize_std: tuple[float, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        if "arch" not in d:
+            raise CheckpointError("checkpoint manifest has no 'arch' field")
+        known = {"arch", "width", "num_classes", "normalize_mean", "normalize_std"}
+        return cls(arch=d["arch"], width=float(d.get("width", 1.0)), num_classes=int(d.get("num_classes", 10)),
+                   normalize_mean=tuple(d.get("normalize_mean", ())), normalize_std=tuple(d.get("normalize_std", ())),
+                   extra={k: v for k, v in d.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, "width": self.width, "num_classes": self.num_classes,
+                "normalize_mean": list(self.normalize_mean), "normalize_std": list(self.normalize_std), **self.extra}
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        entry = get_entry(self.arch)
+        return (self.normalize_mean or entry.mean), (self.normalize_std or entry.std)
+
+
+def manifest_path(ckpt: str | Path) -> Path:
+    p = Path(ckpt)
+    return p.with_suffix(".json")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from a safetensors file, or a torch file with ``weights_only=True`` (never full pickle)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(p))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for corrupt headers
+            raise CheckpointError(f"cannot read safetensors checkpoint {p}: {e}") from None
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a refused or corrupt pickle
+        raise CheckpointError(f"cannot read checkpoint {p} with weights_only=True (refused or corrupt): "
+                              f"{str(e).splitlines()[0]}") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {p} does not hold a state_dict of tensors")
+    return obj
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load ``state`` into ``model``; on any missing/unexpected key or shape mismatch, name the offenders."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise CheckpointError(f"{source} does not match the model — " + "; ".join(parts))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source} holds NaN/Inf values in: {', '.join(bad[:5])}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def read_manifest(ckpt: str | Path) -> Manifest | None:
+    mp = manifest_path(ckpt)
+    if not mp.is_file():
+        return None
+    try:
+        return Manifest.from_dict(json.loads(mp.read_text()))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"manifest {mp} is not valid JSON: {e}") from None
+
+
+def load_model(ckpt: str | Path, arch: str | None = None, width: float | None = None) -> tuple[nn.Module, Manifest]:
+    """Build the model described by the checkpoint's manifest (or ``arch``/``width``) and load its weights."""
+    man = read_manifest(ckpt)
+    if man is None:
+        if arch is None:
+            raise CheckpointError(f"no manifest {manifest_path(ckpt)} beside the checkpoint: pass the model name")
+        man = Manifest(arch=arch, width=width or 1.0)
+    else:
+        if arch is not None and arch != man.arch:
+            raise CheckpointError(f"checkpoint {ckpt} is a {man.arch!r} (manifest) but {arch!r} was asked for")
+        if width is not None:
+            man.width = width
+    model = build_model(man.arch, width=man.width, num_classes=man.num_classes)
+    load_state_dict_strict(model, read_state_dict(ckpt), source=f"checkpoint {ckpt}")
+    model.eval()
+    return model, man
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, manifest: Manifest, dtype: torch.dtype | None = None) -> None:
+    """Write ``model``'s state_dict as safetensors (atomically) and its manifest JSON beside it."""
+    from safetensors.torch import save
+
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+             for k, v in model.state_dict().items()}
+    p = Path(path)
+    atomic_write_bytes(p, save(state))
+    man = manifest.to_dict() | {"sha256": sha256_file(p)}
+    atomic_write_text(manifest_path(p), json.dumps(man, indent=1) + "\n")

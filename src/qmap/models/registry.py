@@ -1,0 +1,55 @@
+"""Models by name. ``build_model(name, width=..)`` returns a freshly initialised FP32 model.
+
+Every entry also declares the 8x8 hardware target layer (if any) and the input normalisation it expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..errors import ConfigError
+from . import tiny, vgg
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+    extra: dict = field(default_factory=dict)
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    "vgg16_bn": ModelEntry("vgg16_bn", vgg.vgg16_bn, "CIFAR-10 VGG16-BN (13 conv + 1 linear)"),
+    "vgg16_bn_sq8": ModelEntry("vgg16_bn_sq8", vgg.vgg16_bn_sq8,
+                               "VGG16-BN with the squeezed 256->8, 8->8, 8->512 block (8x8 array target)",
+                               extra={"hw_target": "features.27"}),
+    "tiny_cnn": ModelEntry("tiny_cnn", tiny.tiny_cnn, "small conv net for tests (ReLU)"),
+    "tiny_cnn_gelu": ModelEntry("tiny_cnn_gelu", lambda **kw: tiny.tiny_cnn(act="gelu", **kw),
+                                "small conv net with GELU (OMR non-ReLU tests)"),
+    "tiny_cnn_hswish": ModelEntry("tiny_cnn_hswish", lambda **kw: tiny.tiny_cnn(act="hardswish", **kw),
+                                  "small conv net with h-swish (OMR non-ReLU tests)"),
+}
+
+
+def model_names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    return REGISTRY[name]
+
+
+def build_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Module:
+    """Build model ``name`` at ``width`` (channel multiplier; the squeezed 8-channel layers stay at 8)."""
+    return get_entry(name).factory(width=width, num_classes=num_classes)
