@@ -1,0 +1,1 @@
+"""qmap.methods."""

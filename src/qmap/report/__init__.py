@@ -1,0 +1,1 @@
+"""Results files, provenance, plots and the HTML/Markdown report."""
