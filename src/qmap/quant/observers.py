@@ -1,0 +1,173 @@
+"""Observers: find a quantizer's step (and zero point) from the values it will see.
+
+All observers reduce over every axis but the channel axis (axis 0 of a weight) when ``per_channel`` is set.
+
+- ``minmax``     s = max|x| / qmax (symmetric) or (max − min)/(qmax − qmin) (affine).
+- ``percentile`` the same on the p-th percentile of |x| (or of x's lower/upper tails).
+- ``mse``        s* = argmin_s ‖Q_s(x) − x‖_p^p over a grid of clipping ratios of the min-max range, then (for
+                 symmetric quantizers, p = 2) iterative refinement as in DOMR's stage 1 (eq. 1): with the
+                 integers q = clip(⌊x/s⌉) fixed, the least-squares step is s = ⟨x, q⟩ / ⟨q, q⟩; alternate until
+                 the error stops falling.
+
+Activations are observed over several calibration batches: min/max are running extrema; percentile and
+MSE keep a bounded random subsample of the values (``max_samples`` per channel-less tensor).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .rounding import ROUND_FNS
+from .spec import QuantSpec
+
+GRID_POINTS = 24
+GRID_LOW = 0.05
+
+
+def _flat(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """View ``x`` as [channels, values] (one row when per-tensor)."""
+    return x.reshape(x.shape[0], -1) if per_channel else x.reshape(1, -1)
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(x).all():
+        from ..errors import QmapError
+        raise QmapError(f"{what} contains NaN or Inf values: cannot quantize")
+
+
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step and zero point for a clipping range [lo, hi] (per row). A zero range gives step 1 (no div by 0)."""
+    lo = torch.minimum(lo, torch.zeros_like(lo))
+    hi = torch.maximum(hi, torch.zeros_like(hi))
+    if spec.symmetric:
+        amax = torch.maximum(-lo, hi) if spec.signed else hi
+        scale = amax / spec.qmax
+        zp = torch.zeros_like(scale)
+    else:
+        scale = (hi - lo) / (spec.qmax - spec.qmin)
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zp = torch.clamp(torch.round(spec.qmin - lo / safe), spec.qmin, spec.qmax)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if spec.pow2:
+        scale = torch.exp2(torch.round(torch.log2(scale)))
+    return scale, zp
+
+
+def quant_error(x2d: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Per-row Lp error ‖Q(x) − x‖_p^p for candidate steps ``scale`` [..., rows] (broadcast over leading axes)."""
+    s, z = scale.unsqueeze(-1), zp.unsqueeze(-1)
+    q = torch.clamp(ROUND_FNS[spec.rounding](x2d / s) + z, spec.qmin, spec.qmax)
+    return ((q - z) * s - x2d).abs().pow(spec.p_norm).sum(-1)
+
+
+def mse_search(x2d: torch.Tensor, spec: QuantSpec, grid: int = GRID_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coarse-to-fine search of the clipping ratio r ∈ [GRID_LOW, 1] of the min-max range per row, minimising
+    the Lp error: ``grid`` ratios evenly spaced, then ``grid`` more within ±1 coarse step of each row's best."""
+    lo, hi = x2d.min(1).values, x2d.max(1).values
+    coarse = torch.linspace(GRID_LOW, 1.0, grid, dtype=x2d.dtype, device=x2d.device).unsqueeze(1)
+    best_r, best_err = _best_ratio(x2d, lo, hi, coarse.expand(grid, len(lo)), spec)
+    step = (1.0 - GRID_LOW) / (grid - 1)
+    fine = best_r + torch.linspace(-step, step, grid, dtype=x2d.dtype, device=x2d.device).unsqueeze(1)
+    fine_r, fine_err = _best_ratio(x2d, lo, hi, fine.clamp(GRID_LOW / 2, 1.0), spec)
+    r = torch.where(fine_err < best_err, fine_r, best_r)
+    scale, zp = qparams_from_range(lo * r, hi * r, spec)
+    if spec.symmetric and spec.p_norm == 2 and not spec.pow2:
+        scale = refine_step_least_squares(x2d, scale, spec)
+    return scale, zp
+
+
+def _best_ratio(x2d, lo, hi, ratios, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """For candidate ratios [g, rows], the per-row best ratio and its error (chunked to bound memory)."""
+    chunk = max(1, int(2**24 // max(1, x2d.numel())))
+    best_r = torch.ones_like(lo)
+    best_err = torch.full_like(lo, float("inf"))
+    for i in range(0, ratios.shape[0], chunk):
+        r = ratios[i:i + chunk]
+        s, z = qparams_from_range(lo * r, hi * r, spec)
+        err = quant_error(x2d.unsqueeze(0), s, z, spec)
+        e_min, idx = err.min(0)
+        better = e_min < best_err
+        best_err = torch.where(better, e_min, best_err)
+        best_r = torch.where(better, r.gather(0, idx[None]).squeeze(0), best_r)
+    return best_r, best_err
+
+
+def refine_step_least_squares(x2d: torch.Tensor, scale: torch.Tensor, spec: QuantSpec, iters: int = 10
+                              ) -> torch.Tensor:
+    """DOMR stage 1 (eq. 1): alternate q = clip(⌊x/s⌉) and s = ⟨x,q⟩/⟨q,q⟩; keep a step only if it lowers the MSE."""
+    zero = torch.zeros_like(scale)
+    err = quant_error(x2d, scale, zero, spec)
+    for _ in range(iters):
+        q = torch.clamp(ROUND_FNS[spec.rounding](x2d / scale.unsqueeze(1)), spec.qmin, spec.qmax)
+        qq = (q * q).sum(1)
+        cand = torch.where(qq > 0, (x2d * q).sum(1) / qq.clamp_min(1e-12), scale)
+        cand = torch.where(cand > 0, cand, scale)
+        cand_err = quant_error(x2d, cand, zero, spec)
+        better = cand_err < err
+        if not better.any():
+            break
+        scale = torch.where(better, cand, scale)
+        err = torch.where(better, cand_err, err)
+    return scale
+
+
+class Observer:
+    """Accumulates statistics over ``update`` calls; ``compute`` returns (scale, zero_point) per row."""
+
+    def __init__(self, spec: QuantSpec, max_samples: int = 1 << 18, seed: int = 0):
+        self.spec = spec
+        self.max_samples = max_samples
+        self.lo: torch.Tensor | None = None
+        self.hi: torch.Tensor | None = None
+        self.samples: list[torch.Tensor] = []
+        self.n_seen = 0
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def update(self, x: torch.Tensor, what: str = "tensor") -> None:
+        x = x.detach()
+        _check_finite(x, what)
+        x2d = _flat(x.float(), self.spec.per_channel)
+        lo, hi = x2d.min(1).values, x2d.max(1).values
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        if self.spec.observer != "minmax":
+            self._keep_sample(x2d)
+        self.n_seen += 1
+
+    def _keep_sample(self, x2d: torch.Tensor) -> None:
+        cols = x2d.shape[1]
+        budget = max(1, self.max_samples // max(1, x2d.shape[0]))
+        if cols > budget:
+            idx = torch.randint(cols, (budget,), generator=self.gen).to(x2d.device)
+            x2d = x2d[:, idx]
+        self.samples.append(x2d)
+        total = sum(s.shape[1] for s in self.samples)
+        if total > 4 * budget:  # keep memory bounded: resample the pool down
+            pool = torch.cat(self.samples, 1)
+            idx = torch.randperm(pool.shape[1], generator=self.gen)[:budget].to(pool.device)
+            self.samples = [pool[:, idx]]
+
+    def compute(self, spec: QuantSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step and zero point for ``spec`` (default: the observer's own; it may differ only in sign/bits)."""
+        if self.lo is None:
+            raise RuntimeError("observer saw no data: run calibration first")
+        spec = spec or self.spec
+        if spec.observer == "minmax":
+            return qparams_from_range(self.lo, self.hi, spec)
+        pool = torch.cat(self.samples, 1)
+        if spec.observer == "percentile":
+            q = spec.percentile / 100.0
+            # torch.quantile caps its input size; a sorted kthvalue is exact and has no cap.
+            srt = pool.sort(1).values
+            n = srt.shape[1]
+            hi = srt[:, min(n - 1, int(round(q * (n - 1))))]
+            lo = srt[:, max(0, int(round((1 - q) * (n - 1))))]
+            return qparams_from_range(lo, hi, spec)
+        return mse_search(pool, spec)
+
+
+def observe_tensor(x: torch.Tensor, spec: QuantSpec, what: str = "tensor") -> tuple[torch.Tensor, torch.Tensor]:
+    """One-shot observation of a whole tensor (weights)."""
+    obs = Observer(spec, max_samples=max(1, x.numel()))
+    obs.update(x, what)
+    return obs.compute()

@@ -1,0 +1,135 @@
+"""``quantize_model``: fuse BN, wrap every Conv2d/Linear in a fake-quant layer, initialise weight steps;
+``calibrate``: run calibration images through the model to initialise activation steps.
+
+Activation signedness is decided from calibration data: an input that is never negative (after ReLU or
+pooling of ReLU outputs) gets an unsigned 0..2^b−1 quantizer, otherwise a signed symmetric one (the
+normalised image entering the first layer).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..nn import fuse_bn, set_module
+from .qmodules import FLOAT_TO_QUANT, quant_layers
+from .spec import QuantSpec
+
+
+@dataclass
+class QuantConfig:
+    """Bit widths, granularity and initialisation of a quantized model.
+
+    ``first_last_bits`` keeps the first and the last layer (weights and input) at that width (8 by default,
+    as in the literature); ``None`` quantizes them like the others. ``layer_bits`` overrides
+    ``{layer_name: (w_bits, a_bits)}``; ``skip`` leaves layers in float.
+    """
+
+    w_bits: int = 4
+    a_bits: int = 4
+    w_per_channel: bool = True
+    w_narrow: bool = False
+    w_observer: str = "mse"
+    a_observer: str = "mse"
+    first_last_bits: int | None = 8
+    pow2: bool = False
+    rounding: str = "half_even"
+    skip: list[str] = field(default_factory=list)
+    layer_bits: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.weight_spec(self.w_bits)  # validates bits/observer/rounding early
+        self.act_spec(self.a_bits, signed=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown quantization option(s): {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(names))}")
+        d = dict(d)
+        if "layer_bits" in d:
+            d["layer_bits"] = {k: tuple(v) for k, v in d["layer_bits"].items()}
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def weight_spec(self, bits: int) -> QuantSpec:
+        return QuantSpec(bits=bits, signed=True, symmetric=True, narrow=self.w_narrow,
+                         per_channel=self.w_per_channel, observer=self.w_observer, pow2=self.pow2,
+                         rounding=self.rounding)
+
+    def act_spec(self, bits: int, signed: bool) -> QuantSpec:
+        return QuantSpec(bits=bits, signed=signed, symmetric=True, per_channel=False, observer=self.a_observer,
+                         pow2=self.pow2, rounding=self.rounding)
+
+    def bits_for(self, name: str, index: int, count: int) -> tuple[int, int]:
+        if name in self.layer_bits:
+            return self.layer_bits[name]
+        if self.first_last_bits is not None and index in (0, count - 1):
+            return self.first_last_bits, self.first_last_bits
+        return self.w_bits, self.a_bits
+
+
+def quantize_model(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
+    """A fake-quant copy of ``model``: BN fused, every Conv2d/Linear wrapped, weight steps initialised.
+
+    Activation quantizers are created unsigned and uninitialised; call :func:`calibrate` next.
+    """
+    cfg = cfg or QuantConfig()
+    qmodel = fuse_bn(copy.deepcopy(model))
+    layers = [(n, m) for n, m in qmodel.named_modules() if type(m) in FLOAT_TO_QUANT]
+    if not layers:
+        raise ConfigError("model has no Conv2d/Linear layer to quantize")
+    unknown = sorted(set(cfg.skip) | set(cfg.layer_bits) - {n for n, _ in layers})
+    unknown = [u for u in unknown if u not in {n for n, _ in layers}]
+    if unknown:
+        raise ConfigError(f"unknown layer name(s) in config: {', '.join(unknown)}; layers: "
+                          f"{', '.join(n for n, _ in layers)}")
+    for i, (name, layer) in enumerate(layers):
+        if name in cfg.skip:
+            continue
+        if not torch.isfinite(layer.weight).all():
+            raise ConfigError(f"layer {name} has NaN/Inf weights")
+        wb, ab = cfg.bits_for(name, i, len(layers))
+        q = FLOAT_TO_QUANT[type(layer)].from_float(layer, cfg.weight_spec(wb), cfg.act_spec(ab, signed=False), name)
+        q.weight_quantizer.init_from(q.weight.detach())
+        set_module(qmodel, name, q)
+    qmodel.qconfig = cfg
+    return qmodel.eval()
+
+
+@torch.no_grad()
+def calibrate(qmodel: nn.Module, images: torch.Tensor, batch_size: int = 128) -> None:
+    """Initialise every input-activation quantizer from calibration ``images`` (float NCHW, normalised).
+
+    Observers see FP activations (every quantizer passes values through while observing, weights included);
+    an input that was ever negative gets a signed quantizer, otherwise an unsigned one.
+    """
+    layers = quant_layers(qmodel)
+    w_enabled = [m.weight_quantizer.enabled for _, m in layers]
+    for _, m in layers:
+        m.weight_quantizer.enabled = False
+        m.input_quantizer.observe(True)
+    try:
+        device = next(qmodel.parameters()).device
+        for i in range(0, len(images), batch_size):
+            qmodel(images[i:i + batch_size].to(device))
+        for _, m in layers:
+            m.input_quantizer.observe(False)
+    finally:
+        for (_, m), w in zip(layers, w_enabled):
+            m.weight_quantizer.enabled = w
+            m.input_quantizer.observer = None
+
+
+def set_quant_state(qmodel: nn.Module, weight: bool = True, act: bool = True) -> None:
+    """Enable/disable weight and activation fake-quant in every layer."""
+    for _, m in quant_layers(qmodel):
+        m.set_quant_enabled(weight, act)

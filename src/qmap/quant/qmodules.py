@@ -1,0 +1,79 @@
+"""Quantized layers: a Conv2d/Linear that fake-quantizes its input activation and its weight.
+
+``QuantConv2d`` / ``QuantLinear`` subclass ``nn.Conv2d`` / ``nn.Linear`` so code that walks a model by layer
+type keeps working. Each holds
+
+- ``weight``, ``bias``     the (fused) FP parameters that methods may rewrite (α-scaling, OMR, ...);
+- ``fp_weight``            the FP original weight (non-persistent buffer), for reconstruction and reports;
+- ``weight_quantizer``     a :class:`~qmap.quant.quantizer.Quantizer` (or a subclass, e.g. AdaRound's);
+- ``input_quantizer``      the quantizer of the activation entering the layer.
+
+forward:  y = op(Q_x(x), Q_w(W)) + b   — the bias stays in float (the integer model puts it in accumulator units).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizer import Quantizer
+from .spec import QuantSpec
+
+
+class _QuantMixin:
+    weight_quantizer: Quantizer
+    input_quantizer: Quantizer
+
+    def _setup(self, w_spec: QuantSpec, a_spec: QuantSpec, name: str) -> None:
+        self.layer_name = name
+        self.weight_quantizer = Quantizer(w_spec, channels=self.weight.shape[0], ch_axis=0, name=f"{name}.weight")
+        self.input_quantizer = Quantizer(a_spec, channels=1, name=f"{name}.input", auto_sign=True)
+        self.register_buffer("fp_weight", self.weight.detach().clone(), persistent=False)
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quantizer(self.weight)
+
+    def set_quant_enabled(self, weight: bool = True, act: bool = True) -> None:
+        self.weight_quantizer.enabled = weight
+        self.input_quantizer.enabled = act
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, w_spec: QuantSpec, a_spec: QuantSpec, name: str = "") -> QuantConv2d:
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                device=conv.weight.device, dtype=conv.weight.dtype)
+        q.weight.data.copy_(conv.weight.data)
+        if conv.bias is not None:
+            q.bias.data.copy_(conv.bias.data)
+        q._setup(w_spec, a_spec, name)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    @classmethod
+    def from_float(cls, lin: nn.Linear, w_spec: QuantSpec, a_spec: QuantSpec, name: str = "") -> QuantLinear:
+        q = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device=lin.weight.device,
+                dtype=lin.weight.dtype)
+        q.weight.data.copy_(lin.weight.data)
+        if lin.bias is not None:
+            q.bias.data.copy_(lin.bias.data)
+        q._setup(w_spec, a_spec, name)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
+
+
+QUANT_MODULES = (QuantConv2d, QuantLinear)
+FLOAT_TO_QUANT = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+def quant_layers(model: nn.Module) -> list[tuple[str, QuantConv2d | QuantLinear]]:
+    """The quantized layers of ``model`` in definition (= execution, for registry models) order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_MODULES)]
