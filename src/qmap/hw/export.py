@@ -1,0 +1,194 @@
+"""Export one conv layer as course-testbench files, and read such a folder back.
+
+Files (single tile; with several tiles the psum/out names gain ``_itile{i}_otile{o}`` / ``_otile{o}``):
+
+- ``activation_tile{it}.txt``: Hp·Wp lines (padded input, row-major nij), R unsigned a_bits values.
+- ``weight_itile{it}_otile{ot}_kij{k}.txt``: C lines (output channels), R signed w_bits values.
+- ``psum_kij{k}.txt``: Hp·Wp lines, C signed psum_bits values: psum[nij, c] = Σ_r W[c, r]·x[r, nij].
+- ``out.txt``: Ho·Wo lines (row-major), C values: ReLU(bias + Σ_it Σ_kij psum[nij(kij, p)]).
+- ``acc_address.txt``: K lines per output position p (in kij order), one addr_bits value kij·Hp·Wp + nij.
+- ``dump_decimal.txt``: the same integers in decimal; ``manifest.json``: spec, geometry, meta (scales, α,
+  image index, ...) and the SHA-256 of every file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HardwareError
+from ..io import atomic_write_json, atomic_write_text
+from .formats import format_vectors, parse_vectors
+from .mapping import ConvGeometry, MappedConv, fold_input_indices, map_conv
+from .spec import ArraySpec
+
+FORMAT = "qmap-hw-course-v1"
+MANIFEST = "manifest.json"
+MIN_ADDR_BITS = 11
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One exported file: ``kind`` in activation/weight/psum/out/address, its tile/kij index and format."""
+
+    name: str
+    kind: str
+    index: tuple[int, ...]
+    n_values: int
+    bits: int
+    signed: bool
+    n_lines: int
+
+
+def address_bits(geom: ConvGeometry) -> int:
+    return max(MIN_ADDR_BITS, int(geom.n_kij * geom.n_padded - 1).bit_length())
+
+
+def layer_files(geom: ConvGeometry, spec: ArraySpec, n_itiles: int, n_otiles: int) -> list[FileSpec]:
+    """Every data file of a layer export, in a fixed order."""
+    R, C, P = spec.rows, spec.cols, spec.psum_bits
+    single = n_itiles == 1 and n_otiles == 1
+    files = [FileSpec(f"activation_tile{it}.txt", "activation", (it,), R, spec.a_bits, False, geom.n_padded)
+             for it in range(n_itiles)]
+    for ot in range(n_otiles):
+        for it in range(n_itiles):
+            for k in range(geom.n_kij):
+                files.append(FileSpec(f"weight_itile{it}_otile{ot}_kij{k}.txt", "weight", (ot, it, k), R,
+                                      spec.w_bits, True, C))
+                psum = f"psum_kij{k}.txt" if single else f"psum_itile{it}_otile{ot}_kij{k}.txt"
+                files.append(FileSpec(psum, "psum", (ot, it, k), C, P, True, geom.n_padded))
+        files.append(FileSpec("out.txt" if n_otiles == 1 else f"out_otile{ot}.txt", "out", (ot,), C, P, True,
+                              geom.n_positions))
+    files.append(FileSpec("acc_address.txt", "address", (), 1, address_bits(geom), False,
+                          geom.n_positions * geom.n_kij))
+    return files
+
+
+@dataclass(frozen=True)
+class LayerVectors:
+    """The integers of an export. ``psums[ot, it, k, nij, c]``, ``outputs[ot, p, c]``, ``acc_address[p·K + k]``."""
+
+    mapped: MappedConv
+    psums: np.ndarray
+    outputs: np.ndarray
+    acc_address: np.ndarray
+
+
+def compute_vectors(mapped: MappedConv) -> LayerVectors:
+    """Reference psums and outputs by plain matrix products (independent of the systolic schedule)."""
+    g = mapped.geom
+    psums = np.einsum("oikcr,irn->oiknc", mapped.w_tiles, mapped.x_tiles)
+    idx = fold_input_indices(g)
+    gathered = psums[:, :, np.arange(g.n_kij)[:, None], idx, :]  # [ot, it, k, p, c]
+    bias = np.zeros(mapped.n_otiles * mapped.spec.cols, dtype=np.int64)
+    bias[: g.out_channels] = mapped.bias
+    acc = gathered.sum(axis=(1, 2)) + bias.reshape(mapped.n_otiles, 1, mapped.spec.cols)
+    addr = (np.arange(g.n_kij)[None, :] * g.n_padded + idx.T).reshape(-1)
+    return LayerVectors(mapped, psums, np.maximum(acc, 0), addr)
+
+
+def _file_data(vec: LayerVectors, f: FileSpec) -> np.ndarray:
+    m = vec.mapped
+    if f.kind == "activation":
+        return m.x_tiles[f.index].T
+    if f.kind == "weight":
+        return m.w_tiles[f.index]
+    if f.kind == "psum":
+        return vec.psums[f.index]
+    if f.kind == "out":
+        return vec.outputs[f.index]
+    return vec.acc_address[:, None]
+
+
+def _headers(f: FileSpec, image: str) -> tuple[str, str, str]:
+    layout = f"{f.n_lines}x{f.n_values}x{f.bits}b_{'signed' if f.signed else 'unsigned'}_msb=v{f.n_values - 1}"
+    return (f.name.removesuffix(".txt"), layout, f"qmap_image={image}")
+
+
+def export_conv(x_int: np.ndarray, w_int: np.ndarray, spec: ArraySpec, out_dir: str | Path, *, padding: int = 1,
+                stride: int = 1, bias: np.ndarray | None = None, meta: dict | None = None) -> dict:
+    """Tile a conv (``x_int[I,H,W]`` unsigned, ``w_int[O,I,kh,kw]`` signed) and write every file of it to
+    ``out_dir``. ``meta`` (layer name, image index, scales, α, ...) goes into the manifest. Returns the manifest."""
+    mapped = map_conv(x_int, w_int, spec, padding, stride, bias)
+    vec = compute_vectors(mapped)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    image = "".join(ch for ch in str(meta.get("image_index", "na")) if not ch.isspace() and ch != "#") or "na"
+    checksums, dump = {}, []
+    for f in layer_files(mapped.geom, spec, mapped.n_itiles, mapped.n_otiles):
+        data = _file_data(vec, f)
+        text = format_vectors(data, f.bits, f.signed, _headers(f, image), f.name)
+        atomic_write_text(out / f.name, text)
+        checksums[f.name] = hashlib.sha256(text.encode()).hexdigest()
+        dump.append(f"== {f.name} [{f.n_lines} x {f.n_values}], value {f.n_values - 1} first ==")
+        dump += [" ".join(str(int(v)) for v in row[::-1]) for row in data]
+    atomic_write_text(out / "dump_decimal.txt", "\n".join(dump) + "\n")
+    manifest = {"format": FORMAT, "spec": spec.to_dict(), "geometry": mapped.geom.to_dict(),
+                "n_itiles": mapped.n_itiles, "n_otiles": mapped.n_otiles, "bias": mapped.bias.tolist(),
+                "shapes": {"x": list(np.shape(x_int)), "w": list(np.shape(w_int)),
+                           "out": [mapped.geom.out_channels, mapped.geom.out_h, mapped.geom.out_w]},
+                "meta": meta, "sha256": checksums}
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    p = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise HardwareError(f"cannot read {p}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise HardwareError(f"{p}: not a {FORMAT} manifest")
+    return manifest
+
+
+def read_export(folder: str | Path, verify_checksums: bool = True) -> LayerVectors:
+    """Parse every file of an exported folder back into integers (strict format, optional checksum check)."""
+    folder = Path(folder)
+    man = read_manifest(folder)
+    try:
+        spec = ArraySpec(**man["spec"])
+        geom = ConvGeometry(**man["geometry"])
+        n_it, n_ot = int(man["n_itiles"]), int(man["n_otiles"])
+        bias = np.asarray(man["bias"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise HardwareError(f"{folder / MANIFEST}: bad field ({e})") from None
+    R, C, K = spec.rows, spec.cols, geom.n_kij
+    x = np.zeros((n_it, R, geom.n_padded), dtype=np.int64)
+    w = np.zeros((n_ot, n_it, K, C, R), dtype=np.int64)
+    psums = np.zeros((n_ot, n_it, K, geom.n_padded, C), dtype=np.int64)
+    outputs = np.zeros((n_ot, geom.n_positions, C), dtype=np.int64)
+    addr = np.zeros(geom.n_positions * K, dtype=np.int64)
+    for f in layer_files(geom, spec, n_it, n_ot):
+        path = folder / f.name
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise HardwareError(f"cannot read {path}: {e.strerror}") from None
+        if verify_checksums and hashlib.sha256(raw).hexdigest() != man["sha256"].get(f.name):
+            raise HardwareError(f"{path}: SHA-256 does not match the manifest")
+        data = parse_vectors(raw, f.name, f.n_values, f.bits, f.signed, f.n_lines)
+        if f.kind == "activation":
+            x[f.index] = data.T
+        elif f.kind == "weight":
+            w[f.index] = data
+        elif f.kind == "psum":
+            psums[f.index] = data
+        elif f.kind == "out":
+            outputs[f.index] = data
+        else:
+            addr[:] = data[:, 0]
+    mapped = MappedConv(geom, spec, x, w, bias)
+    return LayerVectors(mapped, psums, outputs, addr)
+
+
+def assemble_output(outputs: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """``outputs[ot, p, c]`` → ``[O, Ho, Wo]`` (drops the zero channels of the last otile)."""
+    flat = outputs.transpose(0, 2, 1).reshape(-1, geom.n_positions)[: geom.out_channels]
+    return flat.reshape(geom.out_channels, geom.out_h, geom.out_w)

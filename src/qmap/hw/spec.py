@@ -1,0 +1,69 @@
+"""The accelerator's shape and number formats: :class:`ArraySpec`.
+
+An R×C array (``rows`` = input channels per tile, ``cols`` = output channels per tile) multiplies
+``w_bits``-bit signed two's-complement weights by ``a_bits``-bit unsigned activations and accumulates in
+``psum_bits``-bit signed registers. ``dataflow`` is ``"ws"`` (weight-stationary, the RTL core) or ``"os"``
+(output-stationary, golden model only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import HardwareError
+
+DATAFLOWS = ("ws", "os")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    rows: int = 8
+    cols: int = 8
+    w_bits: int = 4
+    a_bits: int = 4
+    psum_bits: int = 16
+    dataflow: str = "ws"
+
+    def __post_init__(self):
+        if self.rows < 1 or self.cols < 1:
+            raise HardwareError(f"array must be at least 1x1, got {self.rows}x{self.cols}")
+        for name, lo, hi in (("w_bits", 2, 8), ("a_bits", 2, 8), ("psum_bits", 8, 48)):
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise HardwareError(f"{name}={v} outside the supported range {lo}..{hi}")
+        if self.dataflow not in DATAFLOWS:
+            raise HardwareError(f"unknown dataflow {self.dataflow!r}; known: {', '.join(DATAFLOWS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def w_range(self) -> tuple[int, int]:
+        return int_range(self.w_bits, signed=True)
+
+    @property
+    def a_range(self) -> tuple[int, int]:
+        return int_range(self.a_bits, signed=False)
+
+    @property
+    def psum_range(self) -> tuple[int, int]:
+        return int_range(self.psum_bits, signed=True)
+
+
+def int_range(bits: int, signed: bool) -> tuple[int, int]:
+    """Inclusive range of a ``bits``-bit integer: [-2^(b-1), 2^(b-1)-1] signed, [0, 2^b-1] unsigned."""
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+
+def check_range(values: np.ndarray, bits: int, signed: bool, what: str) -> None:
+    """Raise :class:`HardwareError` naming ``what`` and the first offending index if a value does not fit."""
+    lo, hi = int_range(bits, signed)
+    v = np.asarray(values)
+    bad = (v < lo) | (v > hi)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        kind = "signed" if signed else "unsigned"
+        raise HardwareError(f"{what}: value {int(v[idx])} at index {idx} does not fit {bits}-bit {kind} "
+                            f"[{lo}, {hi}]")
