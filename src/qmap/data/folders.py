@@ -1,0 +1,109 @@
+"""Image-folder datasets: a tree ``ROOT/{train,test}/<class>/*.{png,jpg,jpeg}`` or a ``.tar`` of one.
+
+In a tar the tree may sit under one prefix folder (``cifar10_jpeg/train/<class>/...``). Classes are the
+sorted class-folder names found in any split (so labels agree between splits); images are ordered by class,
+then by file name. Every image is decoded with Pillow to RGB uint8 once; the result is cached (see
+:mod:`qmap.data.cache`) and later loads read the cache.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from .cache import cached, default_cache_dir, source_key
+from .imageset import ImageDataset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+SPLITS = ("train", "test")
+
+
+def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
+    """``(split, class)`` for a path ``.../<split>/<class>/<image>``, else None."""
+    if len(parts) >= 3 and parts[-3] in SPLITS and PurePosixPath(parts[-1]).suffix.lower() in IMAGE_SUFFIXES:
+        return parts[-3], parts[-2]
+    return None
+
+
+def _iter_tree(root: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
+    """``(split, class, name, read)`` for every image file under ``root``."""
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and (sc := _split_class(p.relative_to(root).parts)):
+            yield *sc, p.name, p.read_bytes
+
+
+def _iter_tar(path: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
+    """``(split, class, member name, read)`` for every image member, streaming through the tar once."""
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for m in tf:
+                if m.isfile() and (sc := _split_class(PurePosixPath(m.name).parts)):
+                    data = tf.extractfile(m).read()
+                    if len(data) != m.size:
+                        raise DataError(f"{path}: member {m.name} is truncated")
+                    yield *sc, m.name, (lambda d=data: d)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"{path}: not a readable tar (truncated or corrupt): {e}") from None
+
+
+def decode_image(data: bytes, name: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode ``data`` to uint8 ``[H, W, 3]`` RGB; ``size`` = required ``(H, W)`` or None."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"cannot decode image {name}: {e}") from None
+    if size is not None and arr.shape[:2] != tuple(size):
+        raise DataError(f"image {name} is {arr.shape[1]}x{arr.shape[0]} (WxH), expected {size[1]}x{size[0]}")
+    return arr
+
+
+def decode_folder(source: Path, size: tuple[int, int] | None = None) -> dict[str, ImageDataset]:
+    """Read and decode every image of every split from a folder tree or tar, in one pass (no cache)."""
+    entries = _iter_tar(source) if source.is_file() else _iter_tree(source)
+    found: dict[str, list[tuple[str, str, bytes]]] = {}
+    for split, cls, name, read in entries:
+        found.setdefault(split, []).append((cls, name, read()))
+    if not found:
+        raise DataError(f"{source}: no images found (expected {'|'.join(SPLITS)}/<class>/*.png|jpg)")
+    classes = tuple(sorted({cls for items in found.values() for cls, _, _ in items}))
+    class_id = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for split, items in found.items():
+        items.sort(key=lambda e: (e[0], e[1]))
+        shape = size or decode_image(items[0][2], items[0][1], None).shape[:2]
+        images = np.empty((len(items), *shape, 3), dtype=np.uint8)
+        for i, (_, name, data) in enumerate(items):
+            images[i] = decode_image(data, name, shape)
+        labels = np.array([class_id[c] for c, _, _ in items], dtype=np.int64)
+        out[split] = ImageDataset(images, labels, classes, f"{source} ({split})")
+    return out
+
+
+def require_split(decoded: dict[str, ImageDataset], source: Path, split: str) -> None:
+    if split not in decoded:
+        raise DataError(f"{source}: no images under {split}/<class>/ (found splits: {', '.join(decoded)})")
+
+
+def load_image_folder(source: str | Path, split: str, size: tuple[int, int] | None = None,
+                      cache_dir: str | Path | None = None) -> ImageDataset:
+    """``split`` of the image tree / tar at ``source``, decoded once and cached (``cache_dir=None``: default)."""
+    source = Path(source)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; image folders have {', '.join(SPLITS)}")
+    if not source.exists():
+        raise DataError(f"image folder or tar not found: {source}")
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(source.parent)
+
+    def build_all() -> dict[str, ImageDataset]:
+        decoded = decode_folder(source, size)
+        require_split(decoded, source, split)
+        return decoded
+
+    return cached(folder, source.stem, source_key(source, size), split, build_all)
