@@ -5,3 +5,10 @@ Data flow (one sub-package per stage): data -> models -> nn (fusion, graph helpe
 """
 
 __version__ = "0.1.0"
+
+
+def quantize(*args, **kwargs):
+    """See :func:`qmap.api.quantize` (imported lazily so ``import qmap`` stays light)."""
+    from .api import quantize as _quantize
+
+    return _quantize(*args, **kwargs)
