@@ -35,7 +35,7 @@ def _iter_tree(root: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]
     """``(split, class, name, read)`` for every image file under ``root``."""
     for p in sorted(root.rglob("*")):
         if p.is_file() and (sc := _split_class(p.relative_to(root).parts)):
-            yield *sc, p.name, p.read_bytes
+            yield *sc, str(p), p.read_bytes
 
 
 def _iter_tar(path: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
