@@ -1,0 +1,123 @@
+"""Run the Verilog core on an exported folder: cocotb (Icarus or Verilator) or the plain Verilog testbench
+(Icarus ``vvp`` or a ``verilator --binary`` executable). Every runner returns a dict with ``cycles``,
+``psum_mismatches``, ``output_mismatches``, ``run_wall_s`` and ``cycles_per_s``.
+
+Simulator support (cocotb 1.9): Icarus 11 via cocotb and plain TB; Verilator 5.006 via ``--binary`` for the
+plain TB; cocotb with Verilator needs Verilator >= 5.036 (cocotb 2.x) or the older cocotb 1.8 pairing, so
+:func:`run_cocotb` with ``"verilator"`` is attempted and its error reported rather than hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import HardwareError
+from .export import read_manifest
+from .mapping import ConvGeometry
+from .spec import ArraySpec
+
+RTL_DIR = Path(__file__).parent / "rtl"
+CORE_SOURCES = ("qmap_delay.v", "qmap_pe.v", "qmap_mac_array.v", "qmap_sfu.v", "qmap_core.v")
+TESTBENCH = "qmap_tb.v"
+SIMULATORS = ("icarus", "verilator")
+_RESULT = re.compile(r"QMAP_RESULT cycles=(\d+) psums=(\d+) psum_mismatches=(\d+) outputs=(\d+) "
+                     r"output_mismatches=(\d+) done=(\d)")
+
+
+def core_sources() -> list[Path]:
+    return [RTL_DIR / name for name in CORE_SOURCES]
+
+
+def simulator_available(simulator: str) -> bool:
+    return shutil.which({"icarus": "iverilog", "verilator": "verilator"}[simulator]) is not None
+
+
+def core_parameters(folder: str | Path) -> dict[str, int]:
+    """Verilog parameters of qmap_core for an exported folder (from its manifest)."""
+    man = read_manifest(folder)
+    spec, g = ArraySpec(**man["spec"]), ConvGeometry(**man["geometry"])
+    return {"R": spec.rows, "C": spec.cols, "WB": spec.w_bits, "AB": spec.a_bits, "PB": spec.psum_bits,
+            "WP": g.padded_w, "NPAD": g.n_padded, "WO": g.out_w, "N": g.n_positions, "KH": g.kh, "KW": g.kw,
+            "S": g.stride, "IT": int(man["n_itiles"]), "OT": int(man["n_otiles"])}
+
+
+def _require(simulator: str) -> None:
+    if simulator not in SIMULATORS:
+        raise HardwareError(f"unknown simulator {simulator!r}; known: {', '.join(SIMULATORS)}")
+    if not simulator_available(simulator):
+        package = "iverilog" if simulator == "icarus" else simulator
+        raise HardwareError(f"{simulator} is not installed (apt-get install {package})")
+
+
+def _run(cmd: list[str], cwd: Path, what: str, timeout: float = 600) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        raise HardwareError(f"{what} failed (exit {proc.returncode}): {tail}")
+    return proc.stdout
+
+
+def build_plain_tb(folder: str | Path, simulator: str, build_dir: str | Path) -> list[str]:
+    """Compile the plain testbench for ``folder``'s parameters; returns the command that runs it."""
+    _require(simulator)
+    build = Path(build_dir)
+    build.mkdir(parents=True, exist_ok=True)
+    params = core_parameters(folder)
+    sources = [str(p) for p in core_sources()] + [str(RTL_DIR / TESTBENCH)]
+    if simulator == "icarus":
+        out = build / "qmap_tb.vvp"
+        _run(["iverilog", "-g2005", "-o", str(out), *[f"-Pqmap_tb.{k}={v}" for k, v in params.items()], *sources],
+             build, "iverilog")
+        return ["vvp", "-n", str(out)]
+    _run(["verilator", "--binary", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", "qmap_tb",
+          "-Mdir", str(build / "obj"), "-o", "qmap_tb", *[f"-G{k}={v}" for k, v in params.items()], *sources],
+         build, "verilator --binary")
+    return [str(build / "obj" / "qmap_tb")]
+
+
+def run_plain_tb(folder: str | Path, simulator: str = "icarus", build_dir: str | Path | None = None) -> dict:
+    """Build and run the plain Verilog testbench on ``folder``; parse its QMAP_RESULT line."""
+    folder = Path(folder).resolve()
+    build = Path(build_dir or folder / f"build_{simulator}_tb")
+    cmd = build_plain_tb(folder, simulator, build)
+    t0 = time.perf_counter()
+    stdout = _run([*cmd, f"+dir={folder}"], build, f"{simulator} testbench")
+    wall = time.perf_counter() - t0
+    match = _RESULT.search(stdout)
+    if not match:
+        raise HardwareError(f"{simulator} testbench printed no QMAP_RESULT line: {stdout[-1000:]}")
+    cycles, psums, psum_bad, outputs, out_bad, done = map(int, match.groups())
+    return {"simulator": simulator, "runner": "plain_tb", "cycles": cycles, "done": bool(done),
+            "psums_checked": psums, "psum_mismatches": psum_bad, "outputs_checked": outputs,
+            "output_mismatches": out_bad, "run_wall_s": wall, "cycles_per_s": cycles / wall}
+
+
+def run_cocotb(folder: str | Path, simulator: str = "icarus", build_dir: str | Path | None = None) -> dict:
+    """Build qmap_core for ``folder`` and run the cocotb testbench :mod:`qmap.hw.cocotb_tb` on it.
+    ``run_wall_s`` covers only the cycles from start to done (not loading, not the build)."""
+    _require(simulator)
+    from cocotb.runner import get_runner
+
+    folder = Path(folder).resolve()
+    build = Path(build_dir or folder / f"build_{simulator}_cocotb").resolve()
+    result_path = build / "result.json"
+    result_path.unlink(missing_ok=True)
+    runner = get_runner(simulator)
+    log = build / "cocotb.log"
+    try:
+        runner.build(verilog_sources=core_sources(), hdl_toplevel="qmap_core", parameters=core_parameters(folder),
+                     build_dir=build, always=True, timescale=("1ns", "1ps"),
+                     log_file=build / "build.log")
+        runner.test(test_module="qmap.hw.cocotb_tb", hdl_toplevel="qmap_core", build_dir=build, test_dir=build,
+                    timescale=("1ns", "1ps"),
+                    extra_env={"QMAP_HW_DIR": str(folder), "QMAP_HW_RESULT": str(result_path)}, log_file=log)
+    except (SystemExit, subprocess.CalledProcessError, RuntimeError) as e:
+        raise HardwareError(f"cocotb/{simulator} run failed ({e}); see {build}") from None
+    if not result_path.exists():
+        raise HardwareError(f"cocotb/{simulator} wrote no result; see {log}")
+    return {"simulator": simulator, "runner": "cocotb", **json.loads(result_path.read_text())}
