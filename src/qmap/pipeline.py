@@ -1,0 +1,127 @@
+"""The main job: checkpoint → fuse → quantize (method) → evaluate → integer model → hardware files → golden
+model (+ RTL) → results.json, quantized model, report. ``qmap run`` is a thin wrapper around :func:`run`.
+
+Each stage reads what earlier stages produced and writes into the run folder; ``results.json`` is rewritten
+(atomically) after every stage, so an interrupted run leaves the results of the stages that finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import RunConfig, resolve_path
+from .data import calibration_set, load_cifar10, resolve_data_root, to_tensor
+from .errors import ConfigError
+from .evaluate import evaluate
+from .io import atomic_write_json
+from .methods import get_method
+from .models import load_model
+from .models.checkpoint import sha256_file
+from .progress import Stages
+from .report.analysis import layer_output_mse
+from .report.provenance import provenance
+
+STAGES = ["load", "evaluate FP", "quantize", "evaluate quantized", "integer model", "hardware", "save", "report"]
+
+
+def prepare_out_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse an existing non-empty output folder unless ``overwrite`` (wipe it) or ``resume`` (keep it)."""
+    if out.exists() and any(out.iterdir()):
+        if resume:
+            return
+        if not overwrite:
+            raise ConfigError(f"output folder {out} exists and is not empty: pass --overwrite (replace it) "
+                              f"or --resume (continue it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Run:
+    """State shared by the stages of one run (config, folders, models, data, results)."""
+
+    def __init__(self, cfg: RunConfig, out: Path, data_arg: str | None, quiet: bool, resume: bool):
+        self.cfg, self.out, self.quiet, self.resume = cfg, out, quiet, resume
+        self.stages = Stages(STAGES, quiet=quiet)
+        self.data_root = resolve_data_root(data_arg or cfg.data.root)
+        self.device = pick_device(cfg.device)
+        self.results: dict = {"name": cfg.name, "config": cfg.to_dict(), "metrics": {}, "timings": {}}
+
+    def save_results(self) -> None:
+        self.results["timings"] = dict(self.stages.timings)
+        if torch.cuda.is_available():
+            self.results["peak_memory_bytes"] = {"cuda": torch.cuda.max_memory_allocated()}
+        atomic_write_json(self.out / "results.json", self.results)
+
+    # ----- stages -----
+    def load(self) -> None:
+        cfg = self.cfg
+        ckpt = resolve_path(cfg.model.checkpoint, self.data_root)
+        self.fp_model, self.manifest = load_model(ckpt, cfg.model.arch, cfg.model.width)
+        self.mean, self.std = self.manifest.mean_std()
+        test = load_cifar10(self.data_root, cfg.data.test_split)
+        if cfg.data.test_limit:
+            test = test.subset(range(min(cfg.data.test_limit, len(test))))
+        self.test = test
+        calib = calibration_set(load_cifar10(self.data_root, "train"), n=cfg.data.calib_size, seed=cfg.data.calib_seed)
+        self.calib = to_tensor(calib.images, self.mean, self.std)
+        self.results["provenance"] = provenance(
+            seed=cfg.seed, checkpoint=str(ckpt), checkpoint_sha256=sha256_file(ckpt),
+            test_data=test.source, test_data_sha256=test.checksum, calib_sha256=calib.checksum,
+            config_sha256=hashlib.sha256(repr(cfg.to_dict()).encode()).hexdigest())
+        self.results["provenance"]["qmap_version"] = __version__
+        self.stages.note(f"model {self.manifest.arch} width {self.manifest.width}; test {len(test)} images "
+                         f"({test.source}); calibration {len(calib)} images")
+
+    def evaluate_fp(self) -> None:
+        r = evaluate(self.fp_model, self.test, self.mean, self.std, batch_size=self.cfg.data.batch_size,
+                     device=self.device, progress=not self.quiet)
+        self.results["metrics"]["top1_fp"] = r["top1"]
+        self.results["metrics"]["fp_images_per_s"] = r["images_per_s"]
+        self.stages.note(f"FP top-1 {100 * r['top1']:.2f} %")
+
+    def quantize(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        options = dict(cfg.method.options)
+        if cfg.method.name in ("adaround", "brecq", "qdrop", "domr"):
+            options.setdefault("work_dir", str(self.out / "work"))
+            options.setdefault("resume", self.resume)
+        result = get_method(cfg.method.name)(self.fp_model, self.calib, cfg.quant, **options)
+        self.qmodel = result.model.eval()
+        self.results["method_report"] = result.report
+
+    def evaluate_quantized(self) -> None:
+        r = evaluate(self.qmodel, self.test, self.mean, self.std, batch_size=self.cfg.data.batch_size,
+                     device=self.device, progress=not self.quiet)
+        m = self.results["metrics"]
+        m["top1_quantized"] = r["top1"]
+        m["quantized_images_per_s"] = r["images_per_s"]
+        m["fakequant_slowdown"] = m["fp_images_per_s"] / r["images_per_s"]
+        self.results["layers"] = layer_output_mse(self.qmodel.cpu(), self.calib[:64])
+        self.stages.note(f"quantized top-1 {100 * r['top1']:.2f} % (FP {100 * m['top1_fp']:.2f} %)")
+
+
+def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite: bool = False,
+        resume: bool = False, quiet: bool = False) -> dict:
+    """Run every stage of ``cfg`` into ``out_dir``; returns the results dict (also in ``results.json``)."""
+    out = Path(out_dir)
+    prepare_out_dir(out, overwrite, resume)
+    r = Run(cfg, out, data, quiet, resume)
+    steps = [("load", r.load), ("evaluate FP", r.evaluate_fp), ("quantize", r.quantize),
+             ("evaluate quantized", r.evaluate_quantized)]
+    for name, fn in steps:
+        with r.stages.stage(name):
+            fn()
+        r.save_results()
+    return r.results

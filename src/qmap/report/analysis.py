@@ -1,0 +1,35 @@
+"""Measurements on models that reports show: per-layer output MSE of a quantized model against FP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..quant import quant_layers, set_quant_state
+
+
+@torch.no_grad()
+def layer_output_mse(qmodel: nn.Module, x: torch.Tensor) -> list[dict]:
+    """Per quantized layer: MSE between its output in the quantized model and in the same model with every
+    quantizer off (the FP model, BN fused), both fed ``x``; also the relative MSE (MSE / mean square of FP)."""
+    layers = quant_layers(qmodel)
+    outs: dict[str, list[torch.Tensor]] = {n: [] for n, _ in layers}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: outs[n].append(o.detach())) for n, m in layers]
+    states = [(m.weight_quantizer.enabled, m.input_quantizer.enabled) for _, m in layers]
+    try:
+        set_quant_state(qmodel, False, False)
+        qmodel(x)
+        for (_, m), (w, a) in zip(layers, states):
+            m.set_quant_enabled(w, a)
+        qmodel(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        for (_, m), (w, a) in zip(layers, states):
+            m.set_quant_enabled(w, a)
+    rows = []
+    for n, _ in layers:
+        fp, q = outs[n]
+        mse = float(((q - fp) ** 2).mean())
+        rows.append({"layer": n, "mse": mse, "rel_mse": mse / max(float((fp ** 2).mean()), 1e-30)})
+    return rows
