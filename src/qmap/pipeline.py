@@ -18,13 +18,16 @@ from .config import RunConfig, resolve_path
 from .data import calibration_set, load_cifar10, resolve_data_root, to_tensor
 from .errors import ConfigError
 from .evaluate import evaluate
+from .export.quantized import save_quantized
 from .io import atomic_write_json
 from .methods import get_method
 from .models import load_model
 from .models.checkpoint import sha256_file
 from .progress import Stages
 from .report.analysis import layer_output_mse
+from .report.document import write_report
 from .report.provenance import provenance
+from .report.run_plots import plot_run
 
 STAGES = ["load", "evaluate FP", "quantize", "evaluate quantized", "integer model", "hardware", "save", "report"]
 
@@ -111,6 +114,23 @@ class Run:
         self.results["layers"] = layer_output_mse(self.qmodel.cpu(), self.calib[:64])
         self.stages.note(f"quantized top-1 {100 * r['top1']:.2f} % (FP {100 * m['top1_fp']:.2f} %)")
 
+    def save(self) -> None:
+        if self.cfg.export.quantized_model:
+            path = save_quantized(self.qmodel, self.out / "quantized_model.safetensors")
+            self.results["files"] = {"quantized_model": path.name}
+        if self.cfg.export.onnx:
+            from .export.onnx import export_onnx, verify_onnx
+
+            example = self.calib[:1]
+            rep = export_onnx(self.qmodel.cpu(), self.out / "model.onnx", example)
+            ver = verify_onnx(self.out / "model.onnx", self.qmodel.cpu(), self.calib[:64])
+            self.results["onnx"] = {**rep, **ver}
+            self.results.setdefault("files", {})["onnx"] = "model.onnx"
+
+    def report(self) -> None:
+        plot_run(self.results, self.out / "plots")
+        write_report(self.out)
+
 
 def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite: bool = False,
         resume: bool = False, quiet: bool = False) -> dict:
@@ -119,9 +139,12 @@ def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite:
     prepare_out_dir(out, overwrite, resume)
     r = Run(cfg, out, data, quiet, resume)
     steps = [("load", r.load), ("evaluate FP", r.evaluate_fp), ("quantize", r.quantize),
-             ("evaluate quantized", r.evaluate_quantized)]
+             ("evaluate quantized", r.evaluate_quantized), ("save", r.save)]
     for name, fn in steps:
         with r.stages.stage(name):
             fn()
         r.save_results()
+    with r.stages.stage("report"):
+        r.report()
+    r.save_results()
     return r.results

@@ -114,6 +114,8 @@ def read_manifest(ckpt: str | Path) -> Manifest | None:
 
 def load_model(ckpt: str | Path, arch: str | None = None, width: float | None = None) -> tuple[nn.Module, Manifest]:
     """Build the model described by the checkpoint's manifest (or ``arch``/``width``) and load its weights."""
+    if not Path(ckpt).is_file():
+        raise CheckpointError(f"checkpoint not found: {ckpt}")
     man = read_manifest(ckpt)
     if man is None:
         if arch is None:

@@ -1,0 +1,56 @@
+import pytest
+
+from qmap.config import config_from_dict, load_config, resolve_path, set_dotted
+from qmap.errors import ConfigError
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ConfigError, match="unknown key.*bogus"):
+        config_from_dict({"model": {"checkpoint": "x"}, "hardware": {"bogus": 1}})
+    with pytest.raises(ConfigError, match="quant.*unknown quantization option.*wbits"):
+        config_from_dict({"model": {"checkpoint": "x"}, "quant": {"wbits": 4}})
+    with pytest.raises(ConfigError, match="model"):
+        config_from_dict({"quant": {}})
+
+
+def test_bad_bit_width_rejected():
+    with pytest.raises(ConfigError, match="bit width 9"):
+        config_from_dict({"model": {"checkpoint": "x"}, "quant": {"w_bits": 9}})
+    cfg = config_from_dict({"model": {"checkpoint": "x"}})
+    with pytest.raises(ConfigError, match="bit width 1"):
+        set_dotted(cfg, "quant.a_bits", 1)
+
+
+def test_set_dotted_and_nested_sections():
+    cfg = config_from_dict({"model": {"checkpoint": "x"}, "hardware": {"array": {"rows": 16}}})
+    assert cfg.hardware.array.rows == 16 and cfg.hardware.array.cols == 8
+    set_dotted(cfg, "method.options.iters", 10)
+    set_dotted(cfg, "data.test_limit", 5)
+    assert cfg.method.options == {"iters": 10} and cfg.data.test_limit == 5
+    with pytest.raises(ConfigError, match="unknown key"):
+        set_dotted(cfg, "data.nope", 1)
+
+
+def test_shipped_configs_load(tmp_path):
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert configs, "no shipped configs found"
+    for p in configs:
+        cfg = load_config(p)
+        assert cfg.model.checkpoint
+
+
+def test_data_placeholder(tmp_path):
+    assert resolve_path("{data}/models/a.safetensors", tmp_path) == tmp_path / "models/a.safetensors"
+    with pytest.raises(ConfigError, match="data root"):
+        resolve_path("{data}/x", None)
+
+
+def test_yaml_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")

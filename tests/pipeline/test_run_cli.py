@@ -1,0 +1,54 @@
+"""End-to-end ``qmap run`` on a synthetic data root and a tiny model; CLI error behaviour."""
+
+import json
+import subprocess
+import sys
+
+from qmap.cli import main
+
+
+def _run_args(root, ckpt, out, *extra):
+    return ["run", "--checkpoint", str(ckpt), "--data", str(root), "--out", str(out), "--quiet",
+            "--set", "data.calib_size=20", "--set", "hardware.target_layers=[features.3]", *extra]
+
+
+def test_run_end_to_end(tiny_setup, tmp_path):
+    root, ckpt = tiny_setup
+    out = tmp_path / "run"
+    assert main(_run_args(root, ckpt, out, "--w-bits", "4", "--a-bits", "4")) == 0
+    res = json.loads((out / "results.json").read_text())
+    m = res["metrics"]
+    assert 0.0 <= m["top1_fp"] <= 1.0 and 0.0 <= m["top1_quantized"] <= 1.0
+    assert [r["layer"] for r in res["layers"]] == ["features.0", "features.3", "features.7", "features.10",
+                                                  "classifier"]
+    assert res["provenance"]["checkpoint_sha256"] and res["provenance"]["test_data_sha256"]
+    assert (out / "report.html").read_text().startswith("<!doctype html>")
+    assert "## Accuracy" in (out / "report.md").read_text()
+
+
+def test_existing_output_refused_without_overwrite(tiny_setup, tmp_path, capsys):
+    root, ckpt = tiny_setup
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert main(_run_args(root, ckpt, out)) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "qmap", "run", "--checkpoint", str(tmp_path / "nope.safetensors"),
+                           "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "checkpoint not found" in proc.stderr
+
+
+def test_help_lists_commands():
+    proc = subprocess.run([sys.executable, "-m", "qmap", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for cmd in ("run", "eval"):
+        assert cmd in proc.stdout
