@@ -1,0 +1,209 @@
+"""ONNX export of a fake-quant model, and its verification in onnxruntime.
+
+``export_onnx`` traces the model with ``torch.fx`` (quantized layers and quantizers are leaves), checks that
+every quantizer is calibrated and that its output is exactly ``(to_int(x) − z)·s'`` on an example input,
+and writes one ONNX node group per traced operation (see :mod:`qmap.export.onnx_graph` for the Q/DQ form
+and :mod:`qmap.export.onnx_ops` for the supported modules). The ONNX model then computes the same function
+as the fake-quant model: integer codes, clipping and dequantization are identical; only the float
+accumulation order of Conv/Gemm differs, so logits agree to float rounding — except where such a rounding
+difference moves an activation across a rounding boundary of the next quantizer (one step in one element;
+rare, measured by :func:`verify_onnx`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .. import __version__
+from ..errors import ConfigError
+from ..io import atomic_write_bytes
+from ..quant import Quantizer
+from .onnx_graph import GraphBuilder, onnx_modules
+from .onnx_ops import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS
+from .onnx_ops import quantizer as quantizer_handler
+
+DEFAULT_OPSET = 21
+MIN_OPSET = 13  # per-axis DequantizeLinear
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """Stops at every module with an export handler (quantized layers, quantizers, torch.nn leaves)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m) in MODULE_HANDLERS or isinstance(m, Quantizer) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module, example_input: torch.Tensor) -> torch.fx.GraphModule:
+    """fx graph of ``model`` with tensor shapes (``node.meta['tensor_meta']``) from ``example_input``."""
+    try:
+        gm = torch.fx.GraphModule(model, _LeafTracer().trace(model))
+    except Exception as e:  # fx raises many types (TraceError, TypeError, ...) for untraceable code
+        raise ConfigError(f"cannot trace {type(model).__name__} with torch.fx for export: {e}") from None
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example_input)
+    return gm
+
+
+@torch.no_grad()
+def check_quantizers(model: nn.Module, example_input: torch.Tensor, rtol: float = 1e-6) -> None:
+    """Every enabled quantizer must be calibrated and compute exactly ``dequantize(to_int(x))`` (what ONNX
+    Q/DQ computes); a subclass with other numerics (e.g. soft rounding) is rejected, naming the quantizer."""
+    seen: list[tuple[Quantizer, torch.Tensor, torch.Tensor]] = []
+    hooks = []
+    for name, q in model.named_modules():
+        if isinstance(q, Quantizer) and q.enabled:
+            if q.observer is not None or not bool(q.initialized):
+                raise ConfigError(f"quantizer {q.name or name} is not calibrated: run calibrate() before export")
+            hooks.append(q.register_forward_hook(lambda m, args, out: seen.append((m, args[0], out))))
+    try:
+        model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    for q, x, out in seen:
+        ref = q.dequantize(q.to_int(x))
+        err = float((out - ref).abs().max()) if out.numel() else 0.0
+        if err > rtol * float(ref.abs().max().clamp_min(1e-30)):
+            raise ConfigError(f"quantizer {q.name} ({type(q).__name__}) is not plain round-to-nearest: its output "
+                              f"differs from dequantize(to_int(x)) by {err:.3g}; finalise it before export")
+
+
+def _handler(gm: torch.fx.GraphModule, node: torch.fx.Node):
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        fn = MODULE_HANDLERS.get(type(m)) or (quantizer_handler if isinstance(m, Quantizer) else None)
+        what = f"module {node.target} ({type(m).__name__})"
+        supported = sorted(t.__name__ for t in MODULE_HANDLERS)
+        return fn, m, what, supported
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", str(node.target))
+        return FUNCTION_HANDLERS.get(node.target), None, f"function {name} (at {node.name})", \
+            sorted({getattr(f, "__name__", str(f)) for f in FUNCTION_HANDLERS})
+    if node.op == "call_method":
+        return METHOD_HANDLERS.get(node.target), None, f"method .{node.target}() (at {node.name})", \
+            sorted(METHOD_HANDLERS)
+    return None, None, f"{node.op} {node.target}", []
+
+
+def build_graph(gm: torch.fx.GraphModule, g: GraphBuilder) -> str:
+    """Emit ONNX nodes for every fx node; returns the ONNX name of the model output."""
+    env: dict[torch.fx.Node, str] = {}
+    out_name = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if env:
+                raise ConfigError("only models with a single input tensor are exportable")
+            env[node] = INPUT_NAME
+        elif node.op == "output":
+            out = node.args[0]
+            if not isinstance(out, torch.fx.Node):
+                raise ConfigError("only models returning a single tensor are exportable")
+            out_name = env[out]
+        else:
+            fn, m, what, supported = _handler(gm, node)
+            if fn is None:
+                raise ConfigError(f"ONNX export does not support {what}; supported: {', '.join(supported)}")
+            inputs = [env[a] for a in node.all_input_nodes]
+            base = node.target if node.op == "call_module" else node.name
+            env[node] = fn(g, m, inputs, node, base)
+    g.node("Identity", [out_name], OUTPUT_NAME)
+    return OUTPUT_NAME
+
+
+def export_onnx(qmodel: nn.Module, path: str | Path, example_input: torch.Tensor, opset: int = DEFAULT_OPSET,
+                low_bit_types: bool = True) -> dict:
+    """Write ``qmodel`` (fake-quant or float) as an ONNX file at ``path`` (atomically); return a report.
+
+    ``example_input``: one batch of the model's input (shape [N, C, H, W]; the batch dimension is dynamic in
+    the file). ``low_bit_types``: store 4-bit ranges as INT4/UINT4 where ``opset`` ≥ 21 allows.
+    """
+    onnx, helper, tp, _ = onnx_modules()
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ConfigError(f"opset {opset} is not supported: use {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
+    was_training = qmodel.training
+    qmodel.eval()
+    try:
+        example_input = example_input.to(next(qmodel.parameters()).device)
+        check_quantizers(qmodel, example_input)
+        gm = trace(qmodel, example_input)
+        g = GraphBuilder(opset, low_bit_types)
+        output = build_graph(gm, g)
+        out_shape = list(next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["tensor_meta"].shape)
+    finally:
+        qmodel.train(was_training)
+    in_shape = ["N", *example_input.shape[1:]]
+    graph = helper.make_graph(
+        g.nodes, type(qmodel).__name__, [helper.make_tensor_value_info(INPUT_NAME, tp.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(output, tp.FLOAT, ["N", *out_shape[1:]])], g.initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="qmap", producer_version=__version__,
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    atomic_write_bytes(path, data)
+    return {"path": str(path), "opset": opset, "bytes": len(data), "low_bit_types": low_bit_types,
+            "input_shape": in_shape, "output_shape": ["N", *out_shape[1:]], "nodes": len(g.nodes),
+            "op_counts": dict(sorted(Counter(n.op_type for n in g.nodes).items())), "layers": g.layers}
+
+
+def ort_session(path: str | Path, threads: int | None = None, optimize: bool = True):
+    """An onnxruntime CPU session (``threads`` intra-op threads; default: torch's thread count)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("ONNX verification needs the optional 'onnx' extra: pip install 'qmap[onnx]'") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None,
+                batch_size: int = 256, threads: int | None = None, optimize: bool = True) -> dict:
+    """Run ``inputs`` through the ONNX file (onnxruntime, CPU) and through ``qmodel`` (fake-quant, its device).
+
+    Returns ``n``, ``max_abs_diff`` = max |logit_onnx − logit_torch|, ``max_rel_diff`` = that / max |logit_torch|,
+    ``top1_agreement`` = fraction of images with the same arg-max, ``ort_images_per_s`` (session.run time
+    only), and with ``labels`` the top-1 accuracies ``top1_torch`` / ``top1_onnx`` (fractions).
+    """
+    sess = ort_session(path, threads, optimize)
+    device = next(qmodel.parameters()).device
+    was_training = qmodel.training
+    qmodel.eval()
+    max_abs, max_ref, agree, ort_seconds = 0.0, 0.0, 0, 0.0
+    pred_t, pred_o = [], []
+    try:
+        for i in range(0, len(inputs), batch_size):
+            x = inputs[i:i + batch_size]
+            ref = qmodel(x.to(device)).float().cpu()
+            t0 = time.perf_counter()
+            out = torch.from_numpy(sess.run(None, {INPUT_NAME: np.ascontiguousarray(x.cpu().numpy())})[0])
+            ort_seconds += time.perf_counter() - t0
+            max_abs = max(max_abs, float((out - ref).abs().max()))
+            max_ref = max(max_ref, float(ref.abs().max()))
+            pred_t.append(ref.argmax(1))
+            pred_o.append(out.argmax(1))
+    finally:
+        qmodel.train(was_training)
+    pt, po = torch.cat(pred_t), torch.cat(pred_o)
+    agree = int((pt == po).sum())
+    n = len(inputs)
+    report = {"n": n, "max_abs_diff": max_abs, "max_rel_diff": max_abs / max_ref if max_ref else 0.0,
+              "top1_agreement": agree / n, "ort_images_per_s": n / ort_seconds if ort_seconds else float("inf")}
+    if labels is not None:
+        y = labels.cpu()
+        report |= {"top1_torch": float((pt == y).float().mean()), "top1_onnx": float((po == y).float().mean())}
+    return report

@@ -1,0 +1,180 @@
+"""Translation of traced torch operations into ONNX nodes (one handler per module type / function).
+
+A handler gets the :class:`GraphBuilder`, the module (or None for functions), the ONNX names of its tensor
+inputs, the fx node (for constant arguments and shapes from ``ShapeProp``) and a base name; it returns the
+ONNX name of its output. Anything without a handler is rejected with a :class:`ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..quant import QuantConv2d, QuantLinear, Quantizer
+from .onnx_graph import GraphBuilder
+
+
+def _pair(v) -> list[int]:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+def _input_shape(node) -> tuple[int, ...]:
+    arg = node.args[0]
+    meta = getattr(arg, "meta", {}).get("tensor_meta")
+    if meta is None:
+        raise ConfigError(f"{node.name}: no shape recorded for its input (ShapeProp did not reach it)")
+    return tuple(meta.shape)
+
+
+def _quantized_input(g: GraphBuilder, m: nn.Module, x: str, base: str) -> tuple[str, dict | None]:
+    q = getattr(m, "input_quantizer", None)
+    if q is None or not q.enabled:
+        return x, None
+    return g.quantize_activation(x, q, f"{base}.input")
+
+
+def _weight(g: GraphBuilder, m: nn.Module, base: str) -> tuple[str, dict | None]:
+    q = getattr(m, "weight_quantizer", None)
+    if q is None or not q.enabled:
+        return g.tensor(f"{base}.weight", m.weight.detach().float()), None
+    return g.quantize_weight(m.weight.detach(), q, f"{base}.weight")
+
+
+def _record(g: GraphBuilder, base: str, op: str, act: dict | None, weight: dict | None) -> None:
+    g.layers.append({"name": base, "op": op, "input": act, "weight": weight})
+
+
+def conv(g: GraphBuilder, m: nn.Conv2d, inputs: list[str], node, base: str) -> str:
+    """Conv2d / QuantConv2d → (Q/DQ input) + (DQ weight) + Conv with a float bias."""
+    if m.padding_mode != "zeros":
+        raise ConfigError(f"{base}: padding_mode={m.padding_mode!r} is not exportable (only 'zeros')")
+    k, d = _pair(m.kernel_size), _pair(m.dilation)
+    if m.padding == "same":
+        total = [di * (ki - 1) for ki, di in zip(k, d)]
+        pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+    else:
+        pads = [0, 0, 0, 0] if m.padding == "valid" else _pair(m.padding) * 2
+    x, act = _quantized_input(g, m, inputs[0], base)
+    w, winfo = _weight(g, m, base)
+    ins = [x, w] + ([g.tensor(f"{base}.bias", m.bias.detach().float())] if m.bias is not None else [])
+    _record(g, base, "Conv", act, winfo)
+    return g.node("Conv", ins, base, kernel_shape=k, strides=_pair(m.stride), pads=pads, dilations=d,
+                  group=m.groups)
+
+
+def linear(g: GraphBuilder, m: nn.Linear, inputs: list[str], node, base: str) -> str:
+    """Linear / QuantLinear on a [N, features] input → Gemm(x, W, b, transB=1)."""
+    if len(_input_shape(node)) != 2:
+        raise ConfigError(f"{base}: Linear on a {len(_input_shape(node))}-D input is not exportable (needs 2-D)")
+    x, act = _quantized_input(g, m, inputs[0], base)
+    w, winfo = _weight(g, m, base)
+    ins = [x, w] + ([g.tensor(f"{base}.bias", m.bias.detach().float())] if m.bias is not None else [])
+    _record(g, base, "Gemm", act, winfo)
+    return g.node("Gemm", ins, base, transB=1)
+
+
+def quantizer(g: GraphBuilder, m: Quantizer, inputs: list[str], node, base: str) -> str:
+    """A stand-alone activation Quantizer module."""
+    if not m.enabled:
+        return inputs[0]
+    out, info = g.quantize_activation(inputs[0], m, base)
+    _record(g, base, "QDQ", info, None)
+    return out
+
+
+def max_pool(g: GraphBuilder, m: nn.MaxPool2d, inputs: list[str], node, base: str) -> str:
+    if m.return_indices:
+        raise ConfigError(f"{base}: MaxPool2d(return_indices=True) is not exportable")
+    stride = m.stride if m.stride is not None else m.kernel_size
+    return g.node("MaxPool", inputs, base, kernel_shape=_pair(m.kernel_size), strides=_pair(stride),
+                  pads=_pair(m.padding) * 2, dilations=_pair(m.dilation), ceil_mode=int(m.ceil_mode))
+
+
+def avg_pool(g: GraphBuilder, m: nn.AvgPool2d, inputs: list[str], node, base: str) -> str:
+    if m.divisor_override is not None:
+        raise ConfigError(f"{base}: AvgPool2d(divisor_override=...) is not exportable")
+    stride = m.stride if m.stride is not None else m.kernel_size
+    return g.node("AveragePool", inputs, base, kernel_shape=_pair(m.kernel_size), strides=_pair(stride),
+                  pads=_pair(m.padding) * 2, ceil_mode=int(m.ceil_mode), count_include_pad=int(m.count_include_pad))
+
+
+def adaptive_avg_pool(g: GraphBuilder, m: nn.AdaptiveAvgPool2d, inputs: list[str], node, base: str) -> str:
+    """Output 1x1 → GlobalAveragePool; an output size dividing the input → AveragePool(k = stride = in/out)."""
+    h, w = _input_shape(node)[-2:]
+    oh, ow = [o if o is not None else i for o, i in zip(_pair(m.output_size), (h, w))]
+    if (oh, ow) == (1, 1):
+        return g.node("GlobalAveragePool", inputs, base)
+    if h % oh or w % ow:
+        raise ConfigError(f"{base}: AdaptiveAvgPool2d to {oh}x{ow} from {h}x{w} (not a divisor) is not exportable")
+    k = [h // oh, w // ow]
+    return g.node("AveragePool", inputs, base, kernel_shape=k, strides=k)
+
+
+def relu(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    return g.node("Relu", inputs[:1], base)
+
+
+def relu6(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    lo, hi = g.tensor(f"{base}.min", torch.tensor(0.0)), g.tensor(f"{base}.max", torch.tensor(6.0))
+    return g.node("Clip", [inputs[0], lo, hi], base)
+
+
+def hardswish(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    if g.opset < 14:
+        raise ConfigError(f"{base}: Hardswish needs opset >= 14 (got {g.opset})")
+    return g.node("HardSwish", inputs, base)
+
+
+def gelu(g: GraphBuilder, m: nn.GELU, inputs: list[str], node, base: str) -> str:
+    """GELU: the Gelu operator at opset ≥ 20, else 0.5·x·(1 + erf(x/√2)) (exact form only)."""
+    if g.opset >= 20:
+        return g.node("Gelu", inputs, base, approximate=m.approximate)
+    if m.approximate != "none":
+        raise ConfigError(f"{base}: GELU(approximate={m.approximate!r}) needs opset >= 20 (got {g.opset})")
+    x = inputs[0]
+    erf = g.node("Erf", [g.node("Div", [x, g.tensor(f"{base}.sqrt2", torch.tensor(math.sqrt(2.0)))],
+                                f"{base}.scaled")], f"{base}.erf")
+    one_plus = g.node("Add", [erf, g.tensor(f"{base}.one", torch.tensor(1.0))], f"{base}.one_plus")
+    half_x = g.node("Mul", [x, g.tensor(f"{base}.half", torch.tensor(0.5))], f"{base}.half_x")
+    return g.node("Mul", [half_x, one_plus], base)
+
+
+def identity(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    return inputs[0]
+
+
+def flatten(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    """torch.flatten(x, 1) / nn.Flatten() / x.flatten(1) → Flatten(axis=1) (other dims are not supported)."""
+    if m is not None:
+        start, end = m.start_dim, m.end_dim
+    else:
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    rank = len(_input_shape(node))
+    if start != 1 or end not in (-1, rank - 1):
+        raise ConfigError(f"{base}: flatten(start_dim={start}, end_dim={end}) is not exportable (only 1, -1)")
+    return g.node("Flatten", inputs[:1], base, axis=1)
+
+
+def add(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    if len(inputs) != 2 or node.kwargs.get("alpha", 1) != 1:
+        raise ConfigError(f"{base}: only the addition of two tensors is exportable")
+    return g.node("Add", inputs, base)
+
+
+# Exact types (subclasses are not assumed to behave like their base).
+MODULE_HANDLERS = {
+    nn.Conv2d: conv, QuantConv2d: conv, nn.Linear: linear, QuantLinear: linear, Quantizer: quantizer,
+    nn.ReLU: relu, nn.ReLU6: relu6, nn.Hardswish: hardswish, nn.GELU: gelu,
+    nn.MaxPool2d: max_pool, nn.AvgPool2d: avg_pool, nn.AdaptiveAvgPool2d: adaptive_avg_pool,
+    nn.Identity: identity, nn.Dropout: identity, nn.Flatten: flatten,
+}
+FUNCTION_HANDLERS = {
+    torch.flatten: flatten, torch.relu: relu, F.relu: relu, operator.add: add, torch.add: add,
+}
+METHOD_HANDLERS = {"flatten": flatten, "relu": relu, "add": add}
