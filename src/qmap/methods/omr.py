@@ -1,0 +1,235 @@
+"""Outlier-Migrated Reconstruction (OMR, seed 004): one more activation bit for the price of extra channels.
+
+Let v be the value a per-tensor activation quantizer of layer l+1 sees on channel c (step s, zero point z,
+codes qmin..qmax), n = round(v/s), and X = (qmax − z)·s its upper clip (X_clip). OMR feeds l+1 the channel
+twice: v itself and the migrated copy relu(v − X), both through the *same* b-bit quantizer, and duplicates
+the matching input weights of l+1 (eq. 3). Since round(v/s − k) = round(v/s) − k for integer k = X/s,
+
+    Q(v) + Q(relu(v − X)) = s·[clip(n, qmin−z, qmax−z) + clip(n − (qmax−z), 0, qmax−z)]
+                          = s·clip(n, qmin − z, 2·(qmax − z)),
+
+i.e. a quantizer with the same step and twice the upper clip 2X. Unsigned b-bit (ReLU inputs, z = 0): codes
+0 … 2^(b+1) − 2, that is 2^(b+1) − 1 levels — the (b+1)-bit unsigned quantizer of step s without its top
+code (they differ only for v ≥ (2^(b+1) − 1.5)·s). Signed b-bit (GELU / h-swish inputs): codes
+−2^(b−1) … 2^b − 2. Layer l+1's per-output-channel weight steps are unchanged (duplicating input columns
+leaves max|w| per output channel unchanged), so with quantized weights the equality is still exact.
+
+Two ways to produce the copy:
+
+- ``bias`` form (eq. 2, ReLU only): duplicate l's output channel with bias b − X. relu(y − X) equals
+  relu(relu(y) − X), and max-pooling commutes with it (max(v) − X = max(v − X), relu is monotone), so the
+  copy is right for Conv→[BN]→ReLU→[MaxPool]→Conv/Linear. Costs extra MACs in l and l+1.
+- ``shift`` form (seed sec. 4, any per-channel activation/pooling): an :class:`OutlierShift` module right
+  before l+1 computes cat(v, relu(v[:, idx] − X)). GELU(y − X) ≠ GELU(y) − X and avg-pooling does not
+  commute with relu, so the shift must act on v itself, after the nonlinearity and the pooling. The
+  rectification matters for signed quantizers: an unrectified copy would clip to qmin·s, not 0, adding an
+  offset that zero padding makes position-dependent (no bias can cancel it). Costs extra MACs in l+1 only,
+  plus one subtract/max per copied value; with ``live_clip`` X is read from the quantizer at every forward,
+  so it follows a step that is learned afterwards (DOMR's DJOS).
+
+*Selective* OMR migrates only channels whose calibration maximum would land on a non-zero copy code
+(round((max_c − X)/s) ≥ 1), largest excess first, at most ``budget`` × channels per pair (or over all pairs).
+On the calibration set selective OMR therefore gives exactly the outputs of full OMR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..quant import Quantizer, quant_layers
+from .channels import (
+    ChannelPair,
+    channel_max,
+    duplicate_inputs,
+    find_pairs,
+    flatten_positions,
+    input_columns,
+    layer_macs,
+    split_pair_channels,
+)
+
+FORMS = ("auto", "bias", "shift")
+BIAS_FORM_BETWEEN = (nn.Identity, nn.ReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Dropout)
+
+
+def quantizer_clip(q: Quantizer) -> torch.Tensor:
+    """Upper clip X = (qmax − z)·s of a per-tensor quantizer, in quant-step units s (not the dequant step)."""
+    return (q.spec.qmax - q.zero_point.reshape(())) * q.scale.reshape(())
+
+
+class OutlierShift(nn.Module):
+    """x ↦ cat(x, relu(x[:, index] − X), dim=1): the migrated copies of channels ``index`` (shift form of OMR).
+
+    X is the fixed ``x_clip`` or, given ``quantizer``, its live clip (qmax − z)·s at every call.
+    """
+
+    def __init__(self, index: torch.Tensor, x_clip: float | None = None, quantizer: Quantizer | None = None):
+        super().__init__()
+        if (x_clip is None) == (quantizer is None):
+            raise ValueError("give exactly one of x_clip and quantizer")
+        self.register_buffer("index", index.detach().long().clone())
+        self.register_buffer("x_clip", torch.tensor(float(x_clip if x_clip is not None else 0.0)))
+        self.quantizer = [quantizer] if quantizer is not None else None  # a list: not registered as a child
+
+    def clip(self) -> torch.Tensor:
+        return quantizer_clip(self.quantizer[0]) if self.quantizer else self.x_clip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, torch.relu(x.index_select(1, self.index) - self.clip())], dim=1)
+
+    def extra_repr(self) -> str:
+        x = "live" if self.quantizer else f"{float(self.x_clip):.4g}"
+        return f"channels={len(self.index)}, x_clip={x}"
+
+
+@contextlib.contextmanager
+def float_mode(qmodel: nn.Module):
+    """Temporarily disable every weight/activation fake-quant (FP forward), restoring each layer's flags."""
+    layers = quant_layers(qmodel)
+    saved = [(m.weight_quantizer.enabled, m.input_quantizer.enabled) for _, m in layers]
+    try:
+        for _, m in layers:
+            m.set_quant_enabled(False, False)
+        yield qmodel
+    finally:
+        for (_, m), (w, a) in zip(layers, saved):
+            m.set_quant_enabled(w, a)
+
+
+def _form(qmodel: nn.Module, pair: ChannelPair, form: str, live_clip: bool) -> str:
+    mods = [qmodel.get_submodule(n) for n in pair.between]
+    bias_ok = (any(type(m) is nn.ReLU for m in mods) and all(type(m) in BIAS_FORM_BETWEEN for m in mods)
+               and not live_clip)
+    if form == "bias" and not bias_ok:
+        raise ConfigError(f"OMR pair {pair.key}: the bias form needs ReLU with only max-pooling/identity in "
+                          f"between and a fixed clip; use form='shift'")
+    if form == "shift" and not pair.between:
+        raise ConfigError(f"OMR pair {pair.key}: no module between the layers to attach the shift to")
+    return "bias" if form == "bias" or (form == "auto" and bias_ok) else "shift"
+
+
+def _select(pairs: list[dict], maxima: dict[str, torch.Tensor] | None, selective: bool, budget: float,
+            scope: str) -> None:
+    """Fill each pair entry's ``channels`` (indices to migrate) and ``candidates``."""
+    ranked = []
+    for e in pairs:
+        n = e["producer_channels"]
+        if not selective:
+            e["channels"], e["candidates"] = list(range(n)), n
+            continue
+        q, mx = e["quantizer"], maxima[e["pair"].key]
+        copy_codes = torch.round((mx - e["x_clip"]) / q.scale.reshape(()))
+        cand = torch.nonzero(copy_codes >= 1).flatten()
+        excess, perm = ((mx[cand] - e["x_clip"]) / e["x_clip"]).sort(descending=True)
+        order = cand[perm]
+        e["candidates"] = len(cand)
+        e["channels"] = order[:math.floor(budget * n + 1e-9)].tolist() if scope == "pair" else []
+        ranked += [(float(r), e, int(c)) for r, c in zip(excess, order)]
+    if selective and scope == "global":
+        limit = math.floor(budget * sum(e["producer_channels"] for e in pairs) + 1e-9)
+        for _, e, c in sorted(ranked, key=lambda t: -t[0])[:limit]:
+            e["channels"].append(c)
+
+
+def _insert_shift(qmodel: nn.Module, pair: ChannelPair, shift: OutlierShift) -> None:
+    """Attach ``shift`` after the last module between the layers (keeps every other module name)."""
+    name = pair.between[-1]
+    parent_name, _, child = name.rpartition(".")
+    parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
+    setattr(parent, child, nn.Sequential(qmodel.get_submodule(name), shift))
+
+
+def _total_macs(qmodel: nn.Module, example: torch.Tensor) -> int:
+    return sum(v["macs"] for v in layer_macs(qmodel, example).values())
+
+
+def apply_omr(qmodel: nn.Module, pairs: list[tuple[str, str]] | None = None, x_clip: dict[str, float] | None = None,
+              selective: bool = True, budget: float = 1.0, calib: torch.Tensor | None = None, *,
+              form: str = "auto", budget_scope: str = "pair", live_clip: bool = False,
+              input_size: tuple[int, int] = (32, 32)) -> dict:
+    """Apply OMR in place to a calibrated fake-quant model; returns the report.
+
+    pairs        (producer, consumer) layer names; ``None``: every eligible pair (:func:`find_pairs`).
+    x_clip       {consumer name: X}; default the clip (qmax − z)·s of the consumer's input quantizer (the
+                 (b+1)-bit equivalence needs that value).
+    selective    migrate only channels clipped on ``calib`` (required then), at most ``budget`` × channels
+                 per pair (``budget_scope='pair'``) or of all pairs' channels (``'global'``).
+    form         'auto' (bias form where valid, else shift), 'bias' or 'shift' (see the module docstring).
+    live_clip    shift form reading X from the quantizer at every forward (tracks a learned step).
+    input_size   image size for the MAC count when ``calib`` is not given.
+
+    Report: {'pairs': [{producer, consumer, form, x_clip, channels, candidates, extra_channels,
+    migrated, extra_macs}], 'extra_channels', 'extra_macs', 'total_macs' (before), 'total_macs_after',
+    'fraction' (extra/total MACs), 'skipped' (notes)}.
+    """
+    if form not in FORMS:
+        raise ConfigError(f"unknown OMR form {form!r}; choose one of {', '.join(FORMS)}")
+    if budget_scope not in ("pair", "global"):
+        raise ConfigError(f"budget_scope must be 'pair' or 'global', got {budget_scope!r}")
+    if not 0 <= budget <= 1:
+        raise ConfigError(f"OMR budget is a fraction of channels in [0, 1], got {budget}")
+    if selective and calib is None:
+        raise ConfigError("selective OMR needs calibration images (calib=...)")
+    eligible, notes = find_pairs(qmodel)
+    chosen = _choose_pairs(eligible, pairs)
+    x_clip = x_clip or {}
+    entries, skipped = [], list(notes)
+    for p in chosen:
+        q = getattr(qmodel.get_submodule(p.consumer), "input_quantizer", None)
+        reason = ("consumer is not a quantized layer" if q is None else
+                  "consumer input quantizer is per-channel" if q.scale.numel() != 1 else
+                  "consumer input quantizer is not calibrated" if not bool(q.initialized) else None)
+        if reason:
+            skipped.append(f"{p.key}: skipped, {reason}")
+            continue
+        entries.append({"pair": p, "quantizer": q, "form": _form(qmodel, p, form, live_clip),
+                        "x_clip": float(x_clip.get(p.consumer, quantizer_clip(q))),
+                        "producer_channels": qmodel.get_submodule(p.producer).weight.shape[0]})
+    device = next(qmodel.parameters()).device
+    example = calib[:1].to(device) if calib is not None else torch.zeros(
+        1, quant_layers(qmodel)[0][1].weight.shape[1], *input_size, device=device)
+    with float_mode(qmodel):
+        total = after = _total_macs(qmodel, example)
+        maxima = channel_max(qmodel, [e["pair"] for e in entries], calib) if selective and entries else None
+        _select(entries, maxima, selective, budget, budget_scope)
+        for e in entries:  # extra MACs of a pair = model MACs after − before its migration (exact, incl. overlaps)
+            _migrate(qmodel, e, live_clip)
+            before, after = after, _total_macs(qmodel, example)
+            e["extra_macs"] = after - before
+    rows = [{"producer": e["pair"].producer, "consumer": e["pair"].consumer, "form": e["form"],
+             "x_clip": e["x_clip"], "channels": e["producer_channels"], "candidates": e["candidates"],
+             "extra_channels": len(e["channels"]), "migrated": sorted(e["channels"]), "extra_macs": e["extra_macs"]}
+            for e in entries]
+    extra = sum(r["extra_macs"] for r in rows)
+    return {"pairs": rows, "extra_channels": sum(r["extra_channels"] for r in rows), "extra_macs": extra,
+            "total_macs": total, "total_macs_after": after, "fraction": extra / total if total else 0.0,
+            "skipped": skipped}
+
+
+def _choose_pairs(eligible: list[ChannelPair], wanted: list[tuple[str, str]] | None) -> list[ChannelPair]:
+    if wanted is None:
+        return eligible
+    by_key = {(p.producer, p.consumer): p for p in eligible}
+    bad = [f"{a}->{b}" for a, b in wanted if (a, b) not in by_key]
+    if bad:
+        raise ConfigError(f"not an OMR-eligible pair: {', '.join(bad)}; eligible: "
+                          f"{', '.join(p.key for p in eligible) or '(none)'}")
+    return [by_key[(a, b)] for a, b in wanted]
+
+
+def _migrate(qmodel: nn.Module, e: dict, live_clip: bool) -> None:
+    p, idx = e["pair"], torch.tensor(e["channels"], dtype=torch.long)
+    if not len(idx):
+        return
+    if e["form"] == "bias":
+        split_pair_channels(qmodel, p, idx, bias_shift=e["x_clip"])
+        return
+    producer, consumer = qmodel.get_submodule(p.producer), qmodel.get_submodule(p.consumer)
+    duplicate_inputs(consumer, input_columns(idx, flatten_positions(producer, consumer)))
+    shift = OutlierShift(idx, quantizer=e["quantizer"]) if live_clip else OutlierShift(idx, x_clip=e["x_clip"])
+    _insert_shift(qmodel, p, shift.to(producer.weight.device))
