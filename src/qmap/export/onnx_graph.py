@@ -9,13 +9,14 @@ Activation (per tensor), with quant step s, dequant step s' (= s unless decouple
     x̂ = DequantizeLinear(q, s', z)       = (q − z) · s'
 
 which is term for term the fake-quant ``(clamp(round(x/s) + z, qmin, qmax) − z) · s'``. The storage type T
-is INT8 (signed range) or UINT8 (unsigned); the Clip runs on T (ONNX Clip accepts 8-bit integers since opset 12). INT4/UINT4
-activations would drop the Clip at 4 bits, but onnxruntime 1.32's QDQ propagation then moves the 4-bit tensor
-into a MaxPool, which has no 4-bit kernel, and the session fails to load — so activations stay 8-bit.
+is INT8 (signed range) or UINT8 (unsigned); the Clip runs on T (ONNX Clip accepts 8-bit integers since
+opset 12). INT4/UINT4 activations would drop the Clip at 4 bits, but onnxruntime 1.32's QDQ propagation then
+moves the 4-bit tensor into a MaxPool, which has no 4-bit kernel, and the session fails to load — so
+activations stay 8-bit.
 
 Weight: the integers ``to_int(W)`` are stored as an INT4/UINT4 (opset ≥ 21, ``low_bit``, when they fit)
-or INT8/UINT8 initializer, dequantized with ``DequantizeLinear(q, s', z, axis=0)`` (per output channel) — exact, since the
-integers are computed once in torch with the model's own rounding.
+or INT8/UINT8 initializer, dequantized with ``DequantizeLinear(q, s', z, axis=0)`` (per output channel) —
+exact, since the integers are computed once in torch with the model's own rounding.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant import QuantConv2d, QuantLinear, Quantizer
+from ..quant import QuantConv2d, Quantizer, QuantLinear
 from .onnx_graph import GraphBuilder
 
 
