@@ -16,25 +16,11 @@ from torch import nn
 
 from qmap.errors import ConfigError
 from qmap.methods.channels import find_pairs
-from qmap.methods.omr import OutlierShift, apply_omr, quantizer_clip
+from qmap.methods.omr import OutlierShift, apply_omr, omr_reference, quantizer_clip
 from qmap.models import build_model
 from qmap.quant import QuantConfig, Quantizer, QuantSpec, calibrate, quant_layers, quantize_model
 
 ATOL = 1e-9
-
-
-class RangeQuant(nn.Module):
-    """Reference quantizer s·clip(round(v/s), lo, hi[c]) with a per-channel upper code (channel axis 1;
-    a flattened input has ``positions`` features per channel)."""
-
-    def __init__(self, step: float, lo: int, hi: torch.Tensor, positions: int = 1):
-        super().__init__()
-        self.step, self.lo, self.hi, self.positions = step, lo, hi.double(), positions
-
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        hi = self.hi.repeat_interleave(self.positions)
-        hi = hi.reshape(1, -1, *([1] * (v.dim() - 2)))
-        return self.step * torch.minimum(torch.clamp(torch.round(v / self.step), min=self.lo), hi)
 
 
 def _quantized(model: nn.Module, bits: int, images: torch.Tensor, weights: bool = True) -> nn.Module:
@@ -48,22 +34,6 @@ def _quantized(model: nn.Module, bits: int, images: torch.Tensor, weights: bool 
     first = quant_layers(q)[0][1]
     first.input_quantizer.enabled = False
     return q
-
-
-def _reference(q: nn.Module, report: dict, widen: bool = True) -> nn.Module:
-    """``q`` (before OMR) with each OMR consumer's quantizer widened to codes up to 2·(qmax − z) on migrated
-    channels (``widen``) and qmax − z elsewhere."""
-    ref = copy.deepcopy(q)
-    for row in report["pairs"]:
-        layer = ref.get_submodule(row["consumer"])
-        iq = layer.input_quantizer
-        top = iq.spec.qmax
-        hi = torch.full((row["channels"],), float(top))
-        if widen:
-            hi[row["migrated"]] = 2 * top
-        positions = layer.weight.shape[1] // row["channels"]
-        layer.input_quantizer = RangeQuant(float(iq.scale), iq.spec.qmin, hi, positions)
-    return ref
 
 
 def _images(n=16, c=3, size=8, seed=0):
@@ -108,7 +78,7 @@ def test_full_omr_equals_wider_quantizer(bits, weights, form):
     report = apply_omr(q, selective=False, form=form, calib=x)
     assert {r["form"] for r in report["pairs"]} == {form}
     assert report["extra_channels"] == 8 + 6 + 12
-    _assert_equivalent(q, _reference(plain, report), plain, _images(seed=1))
+    _assert_equivalent(q, omr_reference(plain, report), plain, _images(seed=1))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -135,7 +105,7 @@ def test_selective_omr_matches_per_channel_reference(bits):
     for row in report["pairs"]:
         assert row["extra_channels"] == min(row["candidates"], math.floor(0.25 * row["channels"]))
     assert report["extra_channels"] > 0
-    _assert_equivalent(q, _reference(plain, report), plain, _images(n=8, seed=2))
+    _assert_equivalent(q, omr_reference(plain, report), plain, _images(n=8, seed=2))
 
 
 def test_selective_full_budget_equals_full_omr_on_calibration_data():
@@ -181,7 +151,7 @@ def test_non_relu_activations_shift_form(name, bits):
     assert forms["features.3"] == expect and forms["classifier"] == "shift"  # avg-pool never takes the bias form
     if name != "tiny_cnn":
         assert q.features[3].input_quantizer.spec.signed  # GELU / h-swish outputs reach below zero
-    _assert_equivalent(q, _reference(plain, report), plain, _images(n=4, size=16, seed=3))
+    _assert_equivalent(q, omr_reference(plain, report), plain, _images(n=4, size=16, seed=3))
     assert any(isinstance(m, OutlierShift) for m in q.modules())
 
 

@@ -35,6 +35,7 @@ On the calibration set selective OMR therefore gives exactly the outputs of full
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import torch
@@ -142,6 +143,36 @@ def _insert_shift(qmodel: nn.Module, pair: ChannelPair, shift: OutlierShift) -> 
     parent_name, _, child = name.rpartition(".")
     parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
     setattr(parent, child, nn.Sequential(qmodel.get_submodule(name), shift))
+
+
+class ClipRangeQuant(nn.Module):
+    """Reference quantizer v ↦ s·clip(round(v/s), lo, hi_c) with a per-channel upper code hi_c (channel axis 1;
+    a flattened input has ``positions`` consecutive features per channel). What OMR must equal."""
+
+    def __init__(self, step: float, lo: int, hi: torch.Tensor, positions: int = 1):
+        super().__init__()
+        self.step, self.lo, self.positions = step, lo, positions
+        self.register_buffer("hi", hi.double())
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        hi = self.hi.to(v).repeat_interleave(self.positions).reshape(1, -1, *([1] * (v.dim() - 2)))
+        return self.step * torch.minimum(torch.clamp(torch.round(v / self.step), min=self.lo), hi)
+
+
+def omr_reference(plain: nn.Module, report: dict) -> nn.Module:
+    """A copy of ``plain`` (the model *before* :func:`apply_omr`) whose OMR consumers quantize the migrated
+    channels with codes up to 2·(qmax − z) and the others up to qmax − z, same step: by the identity in the
+    module docstring it computes exactly what the OMR model computes. Needs z = 0 and the default clips."""
+    ref = copy.deepcopy(plain)
+    for row in report["pairs"]:
+        layer = ref.get_submodule(row["consumer"])
+        q = layer.input_quantizer
+        if float(q.zero_point.reshape(())) != 0 or not math.isclose(row["x_clip"], float(quantizer_clip(q))):
+            raise ValueError(f"{row['consumer']}: reference needs a symmetric quantizer and the default clip")
+        hi = torch.full((row["channels"],), float(q.spec.qmax))
+        hi[row["migrated"]] = 2 * q.spec.qmax
+        layer.input_quantizer = ClipRangeQuant(float(q.scale), q.spec.qmin, hi, layer.weight.shape[1] // len(hi))
+    return ref
 
 
 def _total_macs(qmodel: nn.Module, example: torch.Tensor) -> int:

@@ -1,0 +1,53 @@
+"""The seed's Figure 1: quantization levels of plain b-bit, OCS and OMR over one layer's activation histogram.
+
+For an unsigned b-bit activation quantizer of step s (qmax = 2^b − 1, clip X = qmax·s), in the units of the
+original activation:
+
+- plain b-bit:  levels k·s,        k = 0 … qmax        (range [0, X], 2^b levels)
+- OCS:          levels 2·s_ocs·k,  k = 0 … qmax        (a split channel carries v/2 twice: the range is squeezed
+                                                        into half, so every value loses half its resolution)
+- OMR:          levels k·s,        k = 0 … 2·qmax      (same step, range [0, 2X], 2^(b+1) − 1 levels)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def outlier_levels(step: float, bits: int, ocs_step: float) -> dict[str, np.ndarray]:
+    """The three level sets of the module docstring, in original activation units."""
+    qmax = 2 ** bits - 1
+    k = np.arange(qmax + 1)
+    return {f"plain {bits}-bit": k * step, f"OCS ({bits}-bit, split channel)": 2 * ocs_step * k,
+            f"OMR ({bits}-bit + copy)": np.arange(2 * qmax + 1) * step}
+
+
+def plot_outlier_levels(values: np.ndarray, step: float, bits: int, ocs_step: float, path: str | Path,
+                        title: str = "") -> Path:
+    """Histogram of ``values`` (log counts) with each method's levels drawn as vertical lines, one panel each."""
+    levels = outlier_levels(step, bits, ocs_step)
+    hi = max(float(np.max(values)), *(float(v[-1]) for v in levels.values())) * 1.05
+    fig, axes = plt.subplots(len(levels), 1, figsize=(8, 2.2 * len(levels)), sharex=True)
+    colors = ("#c00000", "#ed7d31", "#4472c4")
+    for ax, (name, lv), color in zip(axes, levels.items(), colors):
+        ax.hist(values, bins=200, range=(0, hi), color="#a5a5a5", log=True)
+        for x in lv:
+            ax.axvline(x, color=color, lw=0.8, alpha=0.8)
+        ax.axvspan(lv[-1], hi, color=color, alpha=0.08)
+        ax.set_title(f"{name}: {len(lv)} levels on [0, {lv[-1]:.3g}]", fontsize=9, loc="left")
+        ax.set_ylabel("count")
+    axes[-1].set_xlabel("activation value (shaded: clipped)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
