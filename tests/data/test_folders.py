@@ -80,3 +80,20 @@ def test_missing_split_and_missing_source(tmp_path):
         load_image_folder(tree, "test", cache_dir=tmp_path / "c")
     with pytest.raises(DataError, match="not found"):
         load_image_folder(tmp_path / "nope.tar", "test", cache_dir=tmp_path / "c")
+
+
+def test_cache_never_goes_into_a_read_only_data_root(tmp_path, monkeypatch):
+    from qmap.data.cache import default_cache_dir
+    monkeypatch.delenv("QMAP_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home_cache"))
+    (tmp_path / "rw").mkdir()
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)  # as ../shared/data; root would pass os.access here
+    try:
+        assert default_cache_dir(tmp_path / "rw") == tmp_path / "rw/.qmap_cache"
+        assert default_cache_dir(tmp_path / "ro") == tmp_path / "home_cache/qmap"
+        assert not (tmp_path / "ro/.qmap_cache").exists()
+        monkeypatch.setenv("QMAP_CACHE", str(tmp_path / "explicit"))
+        assert default_cache_dir(tmp_path / "rw") == tmp_path / "explicit"
+    finally:
+        (tmp_path / "ro").chmod(0o755)

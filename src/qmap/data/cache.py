@@ -1,7 +1,8 @@
 """Decode once, reuse: decoded datasets cached as uncompressed ``.npz`` files (no pickle inside).
 
-Cache folder: ``$QMAP_CACHE`` if set, else ``<data_root>/.qmap_cache`` when that can be written, else
-``$XDG_CACHE_HOME/qmap`` (default ``~/.cache/qmap``) — the shared data folder is read-only. An entry's
+Cache folder: ``$QMAP_CACHE`` if set, else ``<data_root>/.qmap_cache`` when the data root is writable (by
+its permission bits, even for root), else ``$XDG_CACHE_HOME/qmap`` (default ``~/.cache/qmap``) — the shared
+data folder is read-only and stays untouched. An entry's
 name holds a key derived from the source file's absolute path, size and mtime (plus the decode options),
 so replacing the source invalidates it. Entries are written atomically; an unreadable entry is rebuilt.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,19 +25,23 @@ from .imageset import ImageDataset
 FORMAT_VERSION = 1
 
 
-def _writable(folder: Path) -> bool:
+def _open_for_writing(folder: Path) -> bool:
+    """True when ``folder`` has a write permission bit and we may write it. The bits are checked as well as
+    ``os.access`` because root passes ``os.access`` even on a folder published read-only (mode 0555)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        mode = folder.stat().st_mode
     except OSError:
         return False
-    return os.access(folder, os.W_OK)
+    return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(folder, os.W_OK)
 
 
 def default_cache_dir(data_root: Path | None = None) -> Path:
     if os.environ.get("QMAP_CACHE"):
         return Path(os.environ["QMAP_CACHE"]).expanduser()
-    if data_root is not None and os.access(data_root, os.W_OK) and _writable(data_root / ".qmap_cache"):
-        return data_root / ".qmap_cache"
+    if data_root is not None:
+        inside = data_root / ".qmap_cache"
+        if _open_for_writing(inside) or (not inside.exists() and _open_for_writing(data_root)):
+            return inside
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qmap"
 
 
