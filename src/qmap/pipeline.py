@@ -19,11 +19,15 @@ from .data import calibration_set, load_cifar10, resolve_data_root, to_tensor
 from .errors import ConfigError
 from .evaluate import evaluate
 from .export.quantized import save_quantized
+from .hw.check import check_layer, rtl_simulators
+from .hw.spec import ArraySpec
 from .io import atomic_write_json
 from .methods import get_method
 from .models import load_model
 from .models.checkpoint import sha256_file
 from .progress import Stages
+from .quant.agreement import compare_with_fake_quant
+from .quant.integer import to_integer_model
 from .report.analysis import layer_output_mse
 from .report.document import write_report
 from .report.provenance import provenance
@@ -114,6 +118,53 @@ class Run:
         self.results["layers"] = layer_output_mse(self.qmodel.cpu(), self.calib[:64])
         self.stages.note(f"quantized top-1 {100 * r['top1']:.2f} % (FP {100 * m['top1_fp']:.2f} %)")
 
+    def integer_model(self) -> None:
+        self.imodel = to_integer_model(self.qmodel.cpu(), acc_bits=32)
+        r = evaluate(self.imodel.as_module(), self.test, self.mean, self.std, batch_size=self.cfg.data.batch_size,
+                     device="cpu", progress=not self.quiet)
+        m = self.results["metrics"]
+        m["top1_integer"] = r["top1"]
+        m["integer_vs_fakequant_pp"] = 100 * (r["top1"] - m["top1_quantized"])
+        agree = compare_with_fake_quant(self.qmodel, self.imodel, self.calib[:32])
+        self.results["integer"] = {"agreement": agree, "accumulators": self.imodel.accumulator_report()}
+        self.stages.note(f"integer top-1 {100 * r['top1']:.2f} % "
+                         f"({m['integer_vs_fakequant_pp']:+.2f} pp vs fake-quant)")
+
+    def hardware(self) -> None:
+        hw = self.cfg.hardware
+        if not hw.enabled:
+            return
+        spec = ArraySpec(**vars(hw.array))
+        simulators = rtl_simulators(hw.rtl)
+        alphas = {r["layer"]: r.get("alpha") for r in self.results.get("method_report", {}).get("layers", [])
+                  if isinstance(r, dict) and "layer" in r}
+        rows = []
+        for k in hw.images:
+            if not 0 <= k < len(self.test):
+                raise ConfigError(f"hardware.images: image {k} is outside the test set (0..{len(self.test) - 1})")
+            x = to_tensor(self.test.images[k:k + 1], self.mean, self.std)
+            traces = {t.name: t for t in self.imodel.run(x, return_intermediates=True).layers}
+            for name in hw.target_layers:
+                if name not in traces:
+                    raise ConfigError(f"hardware.target_layers: no quantized layer {name!r}; layers: "
+                                      f"{', '.join(traces)}")
+                lay, t = self.imodel.layer(name), traces[name]
+                if lay.kind != "conv":
+                    raise ConfigError(f"hardware.target_layers: {name} is not a conv layer")
+                meta = {"layer": name, "image_index": k, "label": int(self.test.labels[k]),
+                        "x_step": lay.x_step, "w_step": lay.w_step.tolist(), "alpha": alphas.get(name),
+                        "w_bits": lay.w_bits, "a_bits": lay.x_bits, "method": self.cfg.method.name,
+                        "bias_int": lay.bias_int.tolist()}
+                rows.append(check_layer(
+                    t.x_int[0].numpy(), lay.w_int.numpy(), t.psum[0].numpy(), spec,
+                    self.out / "hw" / name / f"image{k}", padding=lay.padding[0], stride=lay.stride[0], meta=meta,
+                    simulators=simulators, build_root=self.out / "work" / "rtl"))
+                self.stages.note(f"{name} image {k}: golden vs integer mismatches "
+                                 f"{rows[-1]['golden_vs_integer_mismatches']}, {rows[-1]['golden_cycles']} cycles"
+                                 + "".join(f", RTL {s} mismatches {rows[-1][f'rtl_{s}_output_mismatches']} "
+                                           f"cycles {rows[-1][f'rtl_{s}_cycles']}" for s in simulators))
+        self.results["hardware"] = {"array": spec.to_dict(), "rtl_simulators": simulators, "layers": rows}
+
     def save(self) -> None:
         if self.cfg.export.quantized_model:
             path = save_quantized(self.qmodel, self.out / "quantized_model.safetensors")
@@ -139,7 +190,8 @@ def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite:
     prepare_out_dir(out, overwrite, resume)
     r = Run(cfg, out, data, quiet, resume)
     steps = [("load", r.load), ("evaluate FP", r.evaluate_fp), ("quantize", r.quantize),
-             ("evaluate quantized", r.evaluate_quantized), ("save", r.save)]
+             ("evaluate quantized", r.evaluate_quantized), ("integer model", r.integer_model),
+             ("hardware", r.hardware), ("save", r.save)]
     for name, fn in steps:
         with r.stages.stage(name):
             fn()

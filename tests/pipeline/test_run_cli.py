@@ -9,7 +9,8 @@ from qmap.cli import main
 
 def _run_args(root, ckpt, out, *extra):
     return ["run", "--checkpoint", str(ckpt), "--data", str(root), "--out", str(out), "--quiet",
-            "--set", "data.calib_size=20", "--set", "hardware.target_layers=[features.3]", *extra]
+            "--set", "data.calib_size=20", "--set", "hardware.target_layers=[features.3]",
+            "--set", "hardware.rtl=none", *extra]
 
 
 def test_run_end_to_end(tiny_setup, tmp_path):
@@ -22,6 +23,13 @@ def test_run_end_to_end(tiny_setup, tmp_path):
     assert [r["layer"] for r in res["layers"]] == ["features.0", "features.3", "features.7", "features.10",
                                                   "classifier"]
     assert res["provenance"]["checkpoint_sha256"] and res["provenance"]["test_data_sha256"]
+    hw = res["hardware"]["layers"]
+    assert len(hw) == 1 and hw[0]["layer"] == "features.3"
+    assert hw[0]["files_vs_integer_mismatches"] == 0
+    assert hw[0]["golden_vs_integer_mismatches"] == 0 and hw[0]["golden_vs_files_psum_mismatches"] == 0
+    assert (out / "hw" / "features.3" / "image0" / "activation_tile0.txt").is_file()
+    assert res["metrics"]["top1_integer"] is not None
+    assert (out / "quantized_model.safetensors").is_file()
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     assert "## Accuracy" in (out / "report.md").read_text()
 
