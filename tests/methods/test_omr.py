@@ -24,7 +24,7 @@ ATOL = 1e-9
 
 
 def _quantized(model: nn.Module, bits: int, images: torch.Tensor, weights: bool = True) -> nn.Module:
-    cfg = QuantConfig(w_bits=4, a_bits=bits, first_last_bits=None, a_observer="minmax")
+    cfg = QuantConfig(w_bits=4, a_bits=bits, first_last_bits=None, w_observer="minmax", a_observer="minmax")
     q = quantize_model(model.double(), cfg)
     calibrate(q, images)
     for _, m in quant_layers(q):
