@@ -62,6 +62,7 @@ def test_matches_fake_quant(images, tmp_path, bits):
     report, check = export_and_verify(quantized(images, w_bits=bits[0], a_bits=bits[1]), images, tmp_path)
     assert check["max_rel_diff"] <= REL_TOL
     assert check["top1_agreement"] == 1.0
+    assert check["images_close"] >= 0.98  # all but the rare images where a rounding boundary was crossed
     assert report["bytes"] == (tmp_path / "model.onnx").stat().st_size
     assert report["output_shape"] == ["N", 10]
     clips = report["op_counts"].get("Clip", 0)
@@ -208,7 +209,7 @@ def test_reference_checkpoint_top1(reference_checkpoint, data_root, tmp_path):
     test = load_cifar10(data_root, "test_exact")
     x, y = to_tensor(test.images, mean, std), torch.as_tensor(test.labels)
     export_onnx(qmodel, tmp_path / "vgg.onnx", x[:2])
-    for optimize in (False, True):
-        check = verify_onnx(tmp_path / "vgg.onnx", qmodel, x, y, threads=2, optimize=optimize)
-        assert abs(check["top1_onnx"] - check["top1_torch"]) <= 0.001
-        assert check["top1_torch"] > 0.5  # sanity: a working W4A4 model
+    check = verify_onnx(tmp_path / "vgg.onnx", qmodel, x, y, threads=2)
+    assert abs(check["top1_onnx"] - check["top1_torch"]) <= 0.001
+    assert check["images_close"] >= 0.99
+    assert check["top1_torch"] > 0.5  # sanity: a working W4A4 model

@@ -1,0 +1,101 @@
+"""``qmap export onnx --checkpoint FILE --out model.onnx``: quantize a checkpoint (RTN by default) on a
+calibration set, write it as ONNX (QuantizeLinear/DequantizeLinear, integer-domain Clip below 8 bits, INT4
+weights at opset >= 21) and verify it in onnxruntime against the fake-quant model on CIFAR-10 test images."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from ..data import calibration_set, load_cifar10, resolve_data_root, to_tensor
+from ..data.datasets import SPLITS
+from ..errors import ConfigError
+from ..evaluate import default_device
+from ..methods import METHODS, get_method
+from ..models import load_model
+from ..quant import QuantConfig
+from .eval import add_data_options
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a quantized model (ONNX)", description=__doc__)
+    formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    o = formats.add_parser("onnx", help="ONNX with QuantizeLinear/DequantizeLinear, verified in onnxruntime",
+                           description=__doc__)
+    o.add_argument("--checkpoint", "-c", required=True, help="checkpoint (.safetensors with a .json manifest)")
+    o.add_argument("--out", "-o", required=True, help="ONNX file to write")
+    o.add_argument("--method", default="rtn", choices=sorted(METHODS), help="PTQ method (default: rtn)")
+    o.add_argument("--w-bits", type=int, default=4, help="weight bits (default 4)")
+    o.add_argument("--a-bits", type=int, default=4, help="activation bits (default 4)")
+    o.add_argument("--first-last-bits", default="8",
+                   help="bits of the first and last layer, or 'none' to quantize them like the rest (default 8)")
+    o.add_argument("--calib", type=int, default=1024, metavar="N", help="calibration images (default 1024)")
+    o.add_argument("--calib-split", default="train", choices=SPLITS, help="calibration split (default train)")
+    o.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    o.add_argument("--opset", type=int, default=21, help="ONNX opset (default 21; >= 21 allows INT4 weights)")
+    o.add_argument("--no-int4", action="store_true", help="store 4-bit weights as INT8 even at opset >= 21")
+    o.add_argument("--verify-split", default="test_exact", choices=SPLITS,
+                   help="images for the onnxruntime check (default: the 1017 genuine test images)")
+    o.add_argument("--verify-limit", type=int, metavar="N", help="verify on the first N images only")
+    o.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    o.add_argument("--device", help="cpu | cuda for quantization (default: cuda when available)")
+    o.add_argument("--json", action="store_true", help="print one JSON object (export + verification report)")
+    add_data_options(o)
+    o.set_defaults(func=run_onnx)
+
+
+def _first_last_bits(value: str) -> int | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--first-last-bits must be an integer or 'none', got {value!r}") from None
+
+
+def run_onnx(args) -> int:
+    from ..export import export_onnx, verify_onnx
+
+    qcfg = QuantConfig(w_bits=args.w_bits, a_bits=args.a_bits, first_last_bits=_first_last_bits(args.first_last_bits))
+    model, manifest = load_model(args.checkpoint)
+    mean, std = manifest.mean_std()
+    root = resolve_data_root(args.data)
+    device = args.device or default_device()
+    calib = calibration_set(load_cifar10(root, args.calib_split), args.calib, args.seed)
+    qmodel = get_method(args.method)(model.eval().to(device), to_tensor(calib.images, mean, std, device), qcfg).model
+    example = to_tensor(calib.images[:2], mean, std, device)
+    report = {"checkpoint": str(args.checkpoint), "method": args.method, "qconfig": qcfg.to_dict(),
+              "calibration": calib.source, "export": export_onnx(qmodel, args.out, example, args.opset,
+                                                                 low_bit_types=not args.no_int4)}
+    if not args.no_verify:
+        test = load_cifar10(root, args.verify_split)
+        if args.verify_limit is not None:
+            test = test.subset(range(min(args.verify_limit, len(test))), source=f"{test.source}[:{args.verify_limit}]")
+        x, y = to_tensor(test.images, mean, std), torch.as_tensor(test.labels)
+        report["verify"] = {"data": test.source,
+                            "reference": verify_onnx(args.out, qmodel, x, y, optimize=False),
+                            "optimized": verify_onnx(args.out, qmodel, x, y, optimize=True)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_report(report, sys.stdout)
+    return 0
+
+
+def print_report(report: dict, out) -> None:
+    ex = report["export"]
+    q = report["qconfig"]
+    print(f"wrote {ex['path']} ({ex['bytes'] / 1024:.1f} KiB, opset {ex['opset']}, {ex['nodes']} nodes: "
+          + ", ".join(f"{k} {v}" for k, v in ex["op_counts"].items()) + ")", file=out)
+    print(f"{report['method']} W{q['w_bits']}A{q['a_bits']} (first/last layer: {q['first_last_bits']}), "
+          f"calibrated on {report['calibration']}", file=out)
+    if "verify" not in report:
+        return
+    print(f"onnxruntime vs fake-quant on {report['verify']['data']}:", file=out)
+    for mode, v in (("as written (reference)", report["verify"]["reference"]),
+                    ("ORT optimised (default)", report["verify"]["optimized"])):
+        print(f"  {mode:24s} max |dlogit| {v['max_abs_diff']:.3g} ({v['max_rel_diff']:.2g} of max |logit|), "
+              f"top-1 agreement {100 * v['top1_agreement']:.2f} %, top-1 torch {100 * v['top1_torch']:.2f} % "
+              f"/ onnx {100 * v['top1_onnx']:.2f} %, {v['ort_images_per_s']:.0f} images/s", file=out)
