@@ -208,3 +208,18 @@ def test_errors_are_config_errors():
     gelu = _quantized(build_model("tiny_cnn_gelu", width=0.5), 3, _images(size=16))
     with pytest.raises(ConfigError, match="bias form"):
         apply_omr(gelu, selective=False, form="bias", calib=_images(size=16))
+
+
+def test_adaround_quantizers_are_extended_too():
+    """OMR after AdaRound's quantizer is attached (DOMR stage 2): its per-weight α is duplicated with the weight."""
+    from qmap.methods.adaround import attach_adaround
+
+    x = _images()
+    q = _quantized(Features(), 3, x)
+    for _, m in quant_layers(q):
+        attach_adaround(m)
+    plain = copy.deepcopy(q)
+    report = apply_omr(q, selective=False, calib=x)
+    for _, m in quant_layers(q):
+        assert m.weight_quantizer.alpha.shape == m.weight.shape
+    _assert_equivalent(q, omr_reference(plain, report), plain, _images(seed=1))
