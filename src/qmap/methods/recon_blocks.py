@@ -95,7 +95,7 @@ def make_blocks(units: list[nn.Module], granularity: str, loss_every_layer: bool
         groups, cur = [], []
         for sp in spans:
             cur.append(sp)
-            if any(isinstance(u, POOLS) for u in units[sp[0]:sp[1]]) or sp is spans[-1]:
+            if any(isinstance(m, POOLS) for u in units[sp[0]:sp[1]] for m in u.modules()) or sp is spans[-1]:
                 groups.append(cur)
                 cur = []
     blocks = []
