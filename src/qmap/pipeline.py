@@ -19,7 +19,7 @@ from .data import calibration_set, load_cifar10, resolve_data_root, to_tensor
 from .errors import ConfigError
 from .evaluate import evaluate
 from .export.quantized import save_quantized
-from .hw.check import check_layer, rtl_simulators
+from .hw.check import check_layer, network_view, rtl_simulators
 from .hw.spec import ArraySpec
 from .io import atomic_write_json
 from .methods import get_method
@@ -164,6 +164,17 @@ class Run:
                                  + "".join(f", RTL {s} mismatches {rows[-1][f'rtl_{s}_output_mismatches']} "
                                            f"cycles {rows[-1][f'rtl_{s}_cycles']}" for s in simulators))
         self.results["hardware"] = {"array": spec.to_dict(), "rtl_simulators": simulators, "layers": rows}
+        if hw.network_cycles:
+            k = hw.images[0] if hw.images else 0
+            net = network_view(self.imodel, to_tensor(self.test.images[k:k + 1], self.mean, self.std),
+                               spec.rows, spec.cols)
+            self.results["hardware"]["network"] = net["layers"]
+            self.results["hardware"]["network_summary"] = {**net["summary"], "image": k,
+                                                           "host_layers": net["host_layers"], "array": net["array"]}
+            sm = net["summary"]
+            self.stages.note(f"whole network on {spec.rows}x{spec.cols}: {sm['cycles']:,} cycles, utilisation "
+                             f"{100 * sm['utilisation']:.1f} %, value mismatches {sm['mismatches']}, "
+                             f"integer logits match: {sm['logits_match']}")
 
     def save(self) -> None:
         if self.cfg.export.quantized_model:

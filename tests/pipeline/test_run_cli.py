@@ -29,6 +29,11 @@ def test_run_end_to_end(tiny_setup, tmp_path):
     assert hw[0]["golden_vs_integer_mismatches"] == 0 and hw[0]["golden_vs_files_psum_mismatches"] == 0
     assert (out / "hw" / "features.3" / "image0" / "activation_tile0.txt").is_file()
     assert res["metrics"]["top1_integer"] is not None
+    net = res["hardware"]["network_summary"]
+    assert net["mismatches"] == 0 and net["logits_match"] is True
+    # the signed image input and the conv feeding an average pool on accumulators stay on the host
+    assert net["host_layers"] == ["features.0", "features.10"]
+    assert (out / "plots" / "cycles.png").is_file()
     assert (out / "quantized_model.safetensors").is_file()
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     assert "## Accuracy" in (out / "report.md").read_text()

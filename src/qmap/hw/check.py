@@ -13,9 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import HardwareError
+from ..quant.chain import MaxPool
 from .export import assemble_output, export_conv, read_export
+from .network import IntConvLayer, run_network
 from .sim import run_cocotb, simulator_available
 from .spec import ArraySpec
 from .systolic import simulate
@@ -68,3 +71,43 @@ def _psum_mismatches(fold_psums: np.ndarray, vec) -> int:
     idx = fold_input_indices(vec.mapped.geom)
     files = vec.psums[:, :, np.arange(vec.mapped.geom.n_kij)[:, None], idx, :]
     return int((fold_psums != files).sum())
+
+
+def network_view(imodel, x: torch.Tensor, rows: int, cols: int, psum_bits: int = 32) -> dict:
+    """Every conv layer of the integer model whose input is unsigned (all but a signed first layer, which stays
+    on the host), chained through the golden model on an R×C array: values, cycles and utilisation per layer,
+    and the integer logits, compared with the integer model's. Weight/activation widths are the widest of the
+    chained layers. ``x`` is one normalised float image [1, C, H, W]."""
+    out = imodel.run(x, return_intermediates=True)
+    traces = {t.name: t for t in out.layers}
+    names = [lay.name for lay in imodel.layers]
+    convs = [lay for lay in imodel.layers if lay.kind == "conv"]
+    chain = [lay for lay in convs if int(traces[lay.name].x_int.min()) >= 0 and not lay.pre_ops]
+    if not chain:
+        raise HardwareError("no conv layer with unsigned inputs to run on the array")
+    start = names.index(chain[0].name)
+    chain = [lay for lay in chain if names.index(lay.name) >= start]
+    host = [lay.name for lay in convs if lay not in chain]
+    spec = ArraySpec(rows, cols, w_bits=max(lay.w_bits for lay in chain), a_bits=max(lay.x_bits for lay in chain),
+                     psum_bits=psum_bits)
+    layers = [IntConvLayer(lay.name, traces[lay.name].x_int[0].numpy(), lay.w_int.numpy(), lay.bias_int.numpy(),
+                           padding=lay.padding[0], stride=lay.stride[0],
+                           pool_after=any(isinstance(op, MaxPool) for op in lay.post_ops),
+                           expected_out=np.maximum(traces[lay.name].acc[0].numpy(), 0)) for lay in chain]
+
+    def requant(i: int, y: np.ndarray) -> np.ndarray:
+        lay = chain[i]
+        v = lay.requant(torch.from_numpy(y)[None], lower=0 if lay.relu_in_clamp else None)
+        return v[0].numpy()
+
+    def head(x_last: np.ndarray) -> np.ndarray:
+        v = torch.from_numpy(x_last)[None]
+        for lay in imodel.layers[names.index(chain[-1].name) + 1:]:
+            v = imodel.run_layer(lay, v.flatten(1) if lay.kind == "linear" else v).y_int
+        return v[0].numpy()
+
+    rep = run_network(layers, spec, requant=requant, head=head, expected_logits=out.logits_int[0].numpy())
+    return {"array": spec.to_dict(), "host_layers": host, "summary": rep.summary(spec),
+            "layers": [{k: r[k] for k in ("name", "in_channels", "out_channels", "hw", "macs", "cycles",
+                                          "utilisation", "ideal_cycles", "no_overlap_cycles", "mismatches")}
+                       for r in rep.layers]}
