@@ -223,3 +223,10 @@ def test_adaround_quantizers_are_extended_too():
     for _, m in quant_layers(q):
         assert m.weight_quantizer.alpha.shape == m.weight.shape
     _assert_equivalent(q, omr_reference(plain, report), plain, _images(seed=1))
+
+
+def test_conv_conv_pair_is_skipped_with_a_note():
+    x = _images()
+    q = _quantized(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)), 3, x)
+    report = apply_omr(q, selective=False, calib=x)
+    assert report["pairs"] == [] and "Conv→Conv" in report["skipped"][0]

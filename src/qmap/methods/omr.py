@@ -109,8 +109,6 @@ def _form(qmodel: nn.Module, pair: ChannelPair, form: str, live_clip: bool) -> s
     if form == "bias" and not bias_ok:
         raise ConfigError(f"OMR pair {pair.key}: the bias form needs ReLU with only max-pooling/identity in "
                           f"between and a fixed clip; use form='shift'")
-    if form == "shift" and not pair.between:
-        raise ConfigError(f"OMR pair {pair.key}: no module between the layers to attach the shift to")
     return "bias" if form == "bias" or (form == "auto" and bias_ok) else "shift"
 
 
@@ -212,7 +210,8 @@ def apply_omr(qmodel: nn.Module, pairs: list[tuple[str, str]] | None = None, x_c
     entries, skipped = [], list(notes)
     for p in chosen:
         q = getattr(qmodel.get_submodule(p.consumer), "input_quantizer", None)
-        reason = ("consumer is not a quantized layer" if q is None else
+        reason = ("no module between the layers to carry the migrated copy (Conv→Conv)" if not p.between else
+                  "consumer is not a quantized layer" if q is None else
                   "consumer input quantizer is per-channel" if q.scale.numel() != 1 else
                   "consumer input quantizer is not calibrated" if not bool(q.initialized) else None)
         if reason:
