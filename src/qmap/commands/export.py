@@ -97,5 +97,7 @@ def print_report(report: dict, out) -> None:
     for mode, v in (("as written (reference)", report["verify"]["reference"]),
                     ("ORT optimised (default)", report["verify"]["optimized"])):
         print(f"  {mode:24s} max |dlogit| {v['max_abs_diff']:.3g} ({v['max_rel_diff']:.2g} of max |logit|), "
-              f"top-1 agreement {100 * v['top1_agreement']:.2f} %, top-1 torch {100 * v['top1_torch']:.2f} % "
+              f"{100 * v['images_close']:.1f} % of images within 1e-4, "
+              f"top-1 agreement {100 * v['top1_agreement']:.2f} %, "
+              f"top-1 torch {100 * v['top1_torch']:.2f} % "
               f"/ onnx {100 * v['top1_onnx']:.2f} %, {v['ort_images_per_s']:.0f} images/s", file=out)
