@@ -15,7 +15,7 @@ from . import __version__
 from .errors import QmapError
 
 # Sub-command modules under qmap.commands, in the order --help lists them.
-COMMANDS = ["run", "train", "eval", "quantize", "export", "sim", "compare", "data"]
+COMMANDS = ["run", "compare", "train", "eval", "export", "sim", "data"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qmap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f".commands.{name}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name == f"{__package__}.commands.{name}":
-                continue  # command not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f".commands.{name}", __package__).register(sub)
     return parser
 
 

@@ -65,3 +65,19 @@ def test_help_lists_commands():
     assert proc.returncode == 0
     for cmd in ("run", "eval"):
         assert cmd in proc.stdout
+
+
+def test_compare_runs(tiny_setup, tmp_path, capsys):
+    root, ckpt = tiny_setup
+    outs = []
+    for bits in ("8", "4"):
+        out = tmp_path / f"w{bits}"
+        assert main(_run_args(root, ckpt, out, "--w-bits", bits, "--a-bits", bits,
+                              "--set", "hardware.enabled=false", "--set", f"name=w{bits}")) == 0
+        outs.append(str(out))
+    capsys.readouterr()
+    assert main(["compare", *outs, "--json", "--plot", str(tmp_path / "cmp.png")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in rows] == ["w8", "w4"] and [r["bits"] for r in rows] == ["W8A8", "W4A4"]
+    assert rows[0]["top1_fp"] == rows[1]["top1_fp"]
+    assert (tmp_path / "cmp.png").stat().st_size > 0
