@@ -7,15 +7,20 @@ For a conv ``z = W*x + b`` followed by ``y = γ(z − μ)/√(σ²+ε) + β`` (e
 
 ``fuse_bn(model)`` returns a copy in which each fused conv/linear carries (W_f, b_f) and its BN is replaced
 by ``nn.Identity`` *in place*, so module names (``features.27`` ...) are unchanged by fusion.
-Pairs are found as consecutive children of any ``nn.Sequential`` (the layout of every registry model).
+Pairs are found as consecutive children of any ``nn.Sequential`` (the layout of every registry model), then,
+for models with other layouts (residual blocks calling ``self.bn1(self.conv1(x))``), in the torch.fx graph: a
+BatchNorm whose only input is a conv/linear whose output feeds nothing else.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
-from torch import nn
+from torch import fx, nn
+
+from .graph import set_module
 
 _PAIRS = ((nn.Conv2d, nn.BatchNorm2d), (nn.Linear, nn.BatchNorm1d))
 
@@ -58,6 +63,28 @@ def _fuse_sequential(seq: nn.Sequential) -> int:
     return fused
 
 
+def _fuse_traced(model: nn.Module) -> int:
+    """Fuse the layer→BN pairs the fx graph shows (layer output used by the BN only); modules keep their names."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # untraceable forward: leave the pairs to the error below
+        return 0
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    fused = 0
+    for node in graph.nodes:
+        if node.op != "call_module" or len(node.all_input_nodes) != 1:
+            continue
+        src = node.all_input_nodes[0]
+        if src.op != "call_module" or len(src.users) != 1 or calls[src.target] != 1 or calls[node.target] != 1:
+            continue
+        la, lb = model.get_submodule(src.target), model.get_submodule(node.target)
+        if any(isinstance(la, L) and type(lb) is B for L, B in _PAIRS):
+            set_module(model, src.target, _fused_layer(la, lb))
+            set_module(model, node.target, nn.Identity())
+            fused += 1
+    return fused
+
+
 def fuse_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Fold every Conv2d+BatchNorm2d / Linear+BatchNorm1d pair; returns an eval-mode BN-free model."""
     out = model if inplace else copy.deepcopy(model)
@@ -65,6 +92,8 @@ def fuse_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
     for m in list(out.modules()):
         if isinstance(m, nn.Sequential):
             _fuse_sequential(m)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in out.modules()):
+        _fuse_traced(out)
     left = [n for n, m in out.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if left:
         raise NotImplementedError(f"BatchNorm layers not preceded by a conv/linear in a Sequential: {left}")

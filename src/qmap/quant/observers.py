@@ -55,9 +55,15 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec) -> t
 
 def quant_error(x2d: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Per-row Lp error ‖Q(x) − x‖_p^p for candidate steps ``scale`` [..., rows] (broadcast over leading axes)."""
-    s, z = scale.unsqueeze(-1), zp.unsqueeze(-1)
-    q = torch.clamp(ROUND_FNS[spec.rounding](x2d / s) + z, spec.qmin, spec.qmax)
-    return ((q - z) * s - x2d).abs().pow(spec.p_norm).sum(-1)
+    s = scale.unsqueeze(-1)
+    e = ROUND_FNS[spec.rounding](x2d / s)  # becomes Q(x) − x in place
+    if spec.symmetric:
+        e.clamp_(spec.qmin, spec.qmax)
+    else:
+        z = zp.unsqueeze(-1)
+        e.add_(z).clamp_(spec.qmin, spec.qmax).sub_(z)
+    e.mul_(s).sub_(x2d)
+    return e.square_().sum(-1) if spec.p_norm == 2 else e.abs_().pow_(spec.p_norm).sum(-1)
 
 
 def mse_search(x2d: torch.Tensor, spec: QuantSpec, grid: int = GRID_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +120,7 @@ def refine_step_least_squares(x2d: torch.Tensor, scale: torch.Tensor, spec: Quan
 class Observer:
     """Accumulates statistics over ``update`` calls; ``compute`` returns (scale, zero_point) per row."""
 
-    def __init__(self, spec: QuantSpec, max_samples: int = 1 << 18, seed: int = 0):
+    def __init__(self, spec: QuantSpec, max_samples: int = 1 << 16, seed: int = 0):
         self.spec = spec
         self.max_samples = max_samples
         self.lo: torch.Tensor | None = None
