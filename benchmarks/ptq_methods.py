@@ -1,7 +1,10 @@
 """PTQ methods compared on the reference checkpoint: test top-1, wall time and peak memory per (setting, method).
 
     python benchmarks/ptq_methods.py [--data DIR] [--settings W4A4,W3A3,W2A4,W4A2,W2A2]
-        [--methods fp,rtn,adaround,brecq,qdrop,ocs,domr-no-omr,domr] [--iters 500] [--djos-iters 2000]
+        [--methods fp,rtn,adaround,brecq,qdrop,ocs,domr-no-omr,domr,domr-block] [--iters 500] [--djos-iters 1000]
+
+``domr`` is Algorithm 1 (network-wise DJOS, ``--djos-granularity`` changes it); ``domr-block`` the same
+objective minimised stage by stage (the memory-bound form), for comparison.
 
 Every row (one method at one setting) runs in a child process, so its peak RSS is its own; the results file
 ``benchmarks/results/ptq_methods.json`` (+ ``.md``) is rewritten after every row, so a run killed midway keeps
@@ -47,7 +50,9 @@ def method_call(name: str, args) -> tuple[str, dict]:
     table = {"rtn": ("rtn", {}), "adaround": ("adaround", recon), "brecq": ("brecq", recon),
              "qdrop": ("qdrop", recon), "ocs": ("ocs", {"expand_ratio": args.ocs_expand}),
              "domr-no-omr": ("domr", {**djos, "omr": False}),
-             "domr": ("domr", {**djos, "omr": True, "omr_options": {"budget": args.omr_budget}})}
+             "domr": ("domr", {**djos, "omr": True, "omr_options": {"budget": args.omr_budget}}),
+             "domr-block": ("domr", {**djos, "granularity": "block", "omr": True,
+                                     "omr_options": {"budget": args.omr_budget}})}
     return table[name]
 
 
@@ -147,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--settings", default=ALL_SETTINGS)
     p.add_argument("--methods", default=ALL_METHODS)
     p.add_argument("--iters", type=int, default=500, help="Adam iterations per block (AdaRound, BRECQ, QDrop)")
-    p.add_argument("--djos-iters", type=int, default=2000, help="DJOS iterations T (DOMR)")
+    p.add_argument("--djos-iters", type=int, default=1000, help="DJOS iterations T (DOMR)")
     p.add_argument("--djos-granularity", default="network", choices=("network", "block", "layer"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--calib", type=int, default=1024)

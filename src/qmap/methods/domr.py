@@ -27,7 +27,7 @@ from .base import MethodResult
 from .recon import ReconConfig, run_method
 
 DJOS_DEFAULTS = {"granularity": "network", "loss_every_layer": True, "learn_rounding": True,
-                 "learn_act_step": True, "learn_weight_step": True, "iters": 2000}
+                 "learn_act_step": True, "learn_weight_step": True, "iters": 1000}
 
 
 def decouple_steps(qmodel: nn.Module) -> None:
