@@ -40,6 +40,8 @@ def prepare_out_dir(out: Path, overwrite: bool, resume: bool) -> None:
     """Refuse an existing non-empty output folder unless ``overwrite`` (wipe it) or ``resume`` (keep it)."""
     if out.exists() and any(out.iterdir()):
         if resume:
+            for tmp in out.rglob(".*.tmp"):  # temporaries of atomic writes cut short by a kill
+                tmp.unlink()
             return
         if not overwrite:
             raise ConfigError(f"output folder {out} exists and is not empty: pass --overwrite (replace it) "

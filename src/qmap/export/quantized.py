@@ -3,7 +3,8 @@ input quantizer's step/zero point; the QuantSpecs go in the file's metadata (JSO
 
 Tensor names: ``<layer>.w_int`` (int8 codes), ``<layer>.w_step`` (the step multiplying them: s' when
 decoupled), ``<layer>.w_quant_step`` (s, the step used for rounding), ``<layer>.bias``, ``<layer>.in_step``,
-``<layer>.in_zero_point``. Reading it back needs no pickle.
+``<layer>.in_zero_point``. The metadata holds one key, ``qmap_layers``: a JSON object {layer: specs} (one
+key, because safetensors orders several metadata keys differently from run to run). No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..quant import quant_layers
 @torch.no_grad()
 def quantized_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors: dict[str, torch.Tensor] = {}
-    meta: dict[str, str] = {}
+    meta: dict[str, dict] = {}
     for name, m in quant_layers(qmodel):
         wq, iq = m.weight_quantizer, m.input_quantizer
         tensors[f"{name}.w_int"] = wq.to_int(m.weight).to(torch.int8).cpu()
@@ -32,9 +33,9 @@ def quantized_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[
             tensors[f"{name}.bias"] = m.bias.detach().float().cpu()
         tensors[f"{name}.in_step"] = iq.step.detach().float().cpu()
         tensors[f"{name}.in_zero_point"] = iq.zero_point.detach().float().cpu()
-        meta[name] = json.dumps({"type": type(m).__name__, "weight_spec": asdict(wq.spec),
-                                 "input_spec": asdict(iq.spec), "shape": list(m.weight.shape)})
-    return {k: v.clone().contiguous() for k, v in tensors.items()}, meta
+        meta[name] = {"type": type(m).__name__, "weight_spec": asdict(wq.spec), "input_spec": asdict(iq.spec),
+                      "shape": list(m.weight.shape)}
+    return {k: v.clone().contiguous() for k, v in tensors.items()}, {"qmap_layers": json.dumps(meta)}
 
 
 def save_quantized(qmodel: nn.Module, path: str | Path) -> Path:
