@@ -1,11 +1,11 @@
 """ONNX export of the reference checkpoint (vgg16_bn_sq8 w0.5) at W4A4 and W8A8 RTN, checked in onnxruntime.
 
-For each configuration: export (opset 21: INT4 weights at 4 bits), then on the CIFAR-10 test split (10k images)
+For each configuration: export (opset 21: INT4 weights at 4 bits), then on the CIFAR-10 test split (--split)
 the max |Δlogit| and top-1 of the fake-quant model (torch) against onnxruntime, with the graph run as written
 ("reference") and with onnxruntime's default optimisations ("optimized": 8-bit Q/DQ around Conv fused into
 integer QLinearConv kernels), the file size (next to the float model exported the same way) and images/s.
 
-    python benchmarks/onnx_export.py [--data DIR] [--checkpoint FILE] [--calib 1024] [--threads 2]
+    python benchmarks/onnx_export.py [--data DIR] [--checkpoint FILE] [--calib 1024] [--threads 2] [--split test]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from qmap.data import calibration_set, load_cifar10, resolve_data_root, to_tensor
+from qmap.data.datasets import SPLITS
 from qmap.export.onnx import compare_logits, export_onnx, ort_logits, torch_logits
 from qmap.methods import get_method
 from qmap.models import load_model
@@ -51,6 +52,8 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--split", default="test", choices=SPLITS,
+                    help="test images: 'test' (10k) or 'test_exact' (the 1017 genuine images, faster)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = resolve_data_root(args.data)
@@ -59,7 +62,7 @@ def main() -> None:
     model.eval()
     mean, std = manifest.mean_std()
     calib = calibration_set(load_cifar10(root, "train"), args.calib, args.seed)
-    test = load_cifar10(root, "test")
+    test = load_cifar10(root, args.split)
     x, y = to_tensor(test.images, mean, std), torch.as_tensor(test.labels)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
