@@ -8,9 +8,11 @@ Each stage reads what earlier stages produced and writes into the run folder; ``
 from __future__ import annotations
 
 import hashlib
+import resource
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -25,13 +27,14 @@ from .io import atomic_write_json
 from .methods import get_method
 from .models import load_model
 from .models.checkpoint import sha256_file
+from .nn import get_module
 from .progress import Stages
 from .quant.agreement import compare_with_fake_quant
 from .quant.integer import to_integer_model
 from .report.analysis import layer_output_mse
 from .report.document import write_report
 from .report.provenance import provenance
-from .report.run_plots import plot_run
+from .report.run_plots import plot_run, plot_weight_levels
 
 STAGES = ["load", "evaluate FP", "quantize", "evaluate quantized", "integer model", "hardware", "save", "report"]
 
@@ -68,9 +71,17 @@ class Run:
 
     def save_results(self) -> None:
         self.results["timings"] = dict(self.stages.timings)
+        self.results["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         if torch.cuda.is_available():
-            self.results["peak_memory_bytes"] = {"cuda": torch.cuda.max_memory_allocated()}
+            self.results["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
         atomic_write_json(self.out / "results.json", self.results)
+
+    def method_layer_rows(self) -> dict[str, dict]:
+        """The method report's per-layer rows by layer name (methods report a dict by name or a list of rows)."""
+        layers = self.results.get("method_report", {}).get("layers", {})
+        if isinstance(layers, dict):
+            return {k: v for k, v in layers.items() if isinstance(v, dict)}
+        return {r["layer"]: r for r in layers if isinstance(r, dict) and "layer" in r}
 
     # ----- stages -----
     def load(self) -> None:
@@ -138,8 +149,7 @@ class Run:
             return
         spec = ArraySpec(**vars(hw.array))
         simulators = rtl_simulators(hw.rtl)
-        alphas = {r["layer"]: r.get("alpha") for r in self.results.get("method_report", {}).get("layers", [])
-                  if isinstance(r, dict) and "layer" in r}
+        alphas = {name: row.get("alpha") for name, row in self.method_layer_rows().items()}
         rows = []
         for k in hw.images:
             if not 0 <= k < len(self.test):
@@ -193,6 +203,17 @@ class Run:
 
     def report(self) -> None:
         plot_run(self.results, self.out / "plots")
+        alpha_rows = self.method_layer_rows()
+        for name in self.cfg.hardware.target_layers:
+            layer = get_module(self.qmodel, name)
+            wq = layer.weight_quantizer
+            if wq.step.numel() != 1:
+                continue  # per-channel steps: no single level set to draw
+            row = alpha_rows.get(name, {})
+            step = float(wq.step)
+            grid_step = float(np.ravel(row.get("grid_step", step))[0])
+            plot_weight_levels(layer.fp_weight.cpu().numpy(), grid_step, step, wq.spec.qmin,
+                               wq.spec.qmax, row.get("alpha"), name, self.out / "plots" / f"weight_hist.{name}.png")
         write_report(self.out)
 
 

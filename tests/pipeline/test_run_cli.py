@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from qmap.cli import main
 
 
@@ -13,10 +15,12 @@ def _run_args(root, ckpt, out, *extra):
             "--set", "hardware.rtl=none", *extra]
 
 
-def test_run_end_to_end(tiny_setup, tmp_path):
+@pytest.mark.parametrize("method", ["rtn", "alpha"])
+def test_run_end_to_end(tiny_setup, tmp_path, method):
     root, ckpt = tiny_setup
     out = tmp_path / "run"
-    assert main(_run_args(root, ckpt, out, "--w-bits", "4", "--a-bits", "4")) == 0
+    assert main(_run_args(root, ckpt, out, "--w-bits", "4", "--a-bits", "4", "--method", method,
+                          "--set", "quant.w_per_channel=false")) == 0
     res = json.loads((out / "results.json").read_text())
     m = res["metrics"]
     assert 0.0 <= m["top1_fp"] <= 1.0 and 0.0 <= m["top1_quantized"] <= 1.0
@@ -34,6 +38,11 @@ def test_run_end_to_end(tiny_setup, tmp_path):
     # the signed image input and the conv feeding an average pool on accumulators stay on the host
     assert net["host_layers"] == ["features.0", "features.10"]
     assert (out / "plots" / "cycles.png").is_file()
+    assert (out / "plots" / "weight_hist.features.3.png").is_file()
+    assert res["peak_rss_bytes"] > 0
+    if method == "alpha":
+        assert set(res["method_report"]["layers"]) >= {"features.3"}
+        assert res["hardware"]["layers"][0]["folder"].endswith("image0")
     assert (out / "quantized_model.safetensors").is_file()
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     assert "## Accuracy" in (out / "report.md").read_text()

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+from .plots import bar_per_layer, plt, save_figure, weight_histogram_with_levels
 
 
 def plot_per_layer_mse(layers: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(layers)), 3.5))
-    ax.bar(range(len(layers)), [r["rel_mse"] for r in layers], color="#4472c4")
-    ax.set_xticks(range(len(layers)), [r["layer"] for r in layers], rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("relative output MSE")
-    ax.set_yscale("log")
-    _save(fig, path)
+    bar_per_layer(path, [r["layer"] for r in layers], {"quantized vs FP": [r["rel_mse"] for r in layers]},
+                  ylabel="relative output MSE", title="per-layer output MSE")
+
+
+def plot_weight_levels(weights: np.ndarray, grid_step: float, step: float, qmin: int, qmax: int, alpha: float | None,
+                       layer: str, path: Path) -> None:
+    """The layer's fused weights with its integer levels k·step; with α-scaling also the levels at α = 1."""
+    k = np.arange(qmin, qmax + 1)
+    levels, labels = [k * step], [f"levels (step {step:.3g})" if alpha is None else f"levels at α = {alpha:.3f}"]
+    if alpha is not None:
+        levels.insert(0, k * grid_step)
+        labels.insert(0, "levels at α = 1")
+    weight_histogram_with_levels(path, weights, levels, labels, title=f"{layer}: fused weights")
 
 
 def plot_cycles(rows: list[dict], path: Path) -> None:
@@ -36,7 +35,7 @@ def plot_cycles(rows: list[dict], path: Path) -> None:
     ax2.plot(x, [100 * r["utilisation"] for r in rows], "o-", color="#c00000")
     ax2.set_ylabel("PE utilisation %")
     ax2.set_ylim(0, 105)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_run(results: dict, folder: Path) -> list[Path]:
