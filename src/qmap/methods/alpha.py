@@ -213,25 +213,42 @@ def apply(model: nn.Module, calib: torch.Tensor, qcfg: QuantConfig, grid: tuple[
 
     The output criterion uses the first ``search_images`` calibration images; all of ``calib`` calibrates the
     activation steps. Report: options, seconds, and per layer {alpha, grid_step, mse_before (α = 1), mse_after,
-    zeros_before, zeros_after (integer weights equal to 0), weights}.
+    zeros_before, zeros_after (integer weights equal to 0), weights, seconds}.
     """
-    if criterion not in CRITERIA:
+    if criterion not in CRITERIA:  # checked before the (slow) calibration
         raise ConfigError(f"unknown α criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if fixed_grid not in FIXED_GRIDS:
         raise ConfigError(f"unknown fixed grid {fixed_grid!r}; choose one of {', '.join(FIXED_GRIDS)}")
     search = {"grid": tuple(grid), "points": points, "refine": refine, "refine_iters": refine_iters}
     with Timer() as t:
         qmodel = prepare(model, calib, qcfg, fixed_grid, batch_size)
-        named = quant_layers(qmodel)
-        unknown = sorted(set(layers or []) - {n for n, _ in named})
-        if unknown:
-            raise ConfigError(f"unknown layer(s) for α-scaling: {', '.join(unknown)}")
-        rows = {name: scale_layer(qmodel, layer, calib[:search_images], criterion, sequential, per_channel_alpha,
-                                  search, batch_size)
-                for name, layer in named if layers is None or name in layers}
+        rows = scale_layers(qmodel, calib[:search_images], criterion, sequential, per_channel_alpha, search, layers,
+                            batch_size)
     options = {"criterion": criterion, "sequential": sequential, "per_channel_alpha": per_channel_alpha,
                "fixed_grid": fixed_grid, "search_images": min(search_images, len(calib)), **search}
     return MethodResult(qmodel, {"method": "alpha", "seconds": t.seconds, "options": options, "layers": rows})
+
+
+def scale_layers(qmodel: nn.Module, images: torch.Tensor, criterion: str = "output_mse", sequential: bool = True,
+                 per_channel_alpha: bool = False, search: dict | None = None, layers: list[str] | None = None,
+                 batch_size: int = 128) -> dict[str, dict]:
+    """α-scale, in execution order, the selected layers of a :func:`prepare`-d model in place; report rows by
+    layer name (each with the search's wall ``seconds``)."""
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown α criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    search = search or {"grid": (0.5, 2.0), "points": 64, "refine": True, "refine_iters": 20}
+    named = quant_layers(qmodel)
+    unknown = sorted(set(layers or []) - {n for n, _ in named})
+    if unknown:
+        raise ConfigError(f"unknown layer(s) for α-scaling: {', '.join(unknown)}")
+    rows = {}
+    for name, layer in named:
+        if layers is None or name in layers:
+            with Timer() as t:
+                rows[name] = scale_layer(qmodel, layer, images, criterion, sequential, per_channel_alpha, search,
+                                         batch_size)
+            rows[name]["seconds"] = t.seconds
+    return rows
 
 
 def integer_kernel(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,4 +258,4 @@ def integer_kernel(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 __all__ = ["CRITERIA", "FIXED_GRIDS", "alpha_grid", "apply", "capture_input", "fixed_grid_step", "integer_kernel",
-           "prepare", "search_alpha"]
+           "prepare", "scale_layers", "search_alpha"]
