@@ -76,9 +76,8 @@ def effective_step(grid_step: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor
     return grid_step / alpha.to(grid_step.dtype)
 
 
-def fake_quant_rows(w2d: torch.Tensor, steps: torch.Tensor, quantizer) -> torch.Tensor:
+def fake_quant_rows(w2d: torch.Tensor, steps: torch.Tensor, spec) -> torch.Tensor:
     """(s/α)·clip(round(W/(s/α))) for steps [G, C or 1] → [G, C, K], exactly as ``Quantizer.forward`` computes it."""
-    spec = quantizer.spec
     s = steps.unsqueeze(-1)
     q = torch.clamp(ROUND_FNS[spec.rounding](w2d / s), spec.qmin, spec.qmax)
     return q * s
@@ -93,7 +92,7 @@ def candidate_errors(objective: LayerError, quantizer, grid_step: torch.Tensor, 
     for i in range(0, len(alphas), chunk):
         a = alphas[i:i + chunk].to(w2d.device)
         steps = effective_step(grid_step.to(w2d.device), a)  # [g, C] (or [g, 1]: per-tensor grid, one α)
-        err = objective.per_channel(fake_quant_rows(w2d, steps, quantizer))
+        err = objective.per_channel(fake_quant_rows(w2d, steps, quantizer.spec))
         out.append(err.sum(-1, keepdim=True) if a.shape[1] == 1 else err)
     return torch.cat(out)
 
@@ -106,14 +105,19 @@ def search_alpha(errors, n_alpha: int, grid: tuple[float, float], points: int, r
     err_one = errs[int(torch.nonzero(cands == 1.0)[0])]
     best_err, idx = errs.min(0)
     best = cands[idx]
+
+    def keep_better(log_alpha: torch.Tensor, err: torch.Tensor) -> None:
+        nonlocal best, best_err
+        better = err < best_err
+        best, best_err = torch.where(better, log_alpha.exp(), best), torch.where(better, err, best_err)
+
     if refine and len(cands) > 1:
         lo = cands[(idx - 1).clamp_min(0)].log()
         hi = cands[(idx + 1).clamp_max(len(cands) - 1)].log()
         c, d = hi - INV_PHI * (hi - lo), lo + INV_PHI * (hi - lo)
         fc, fd = errors(torch.stack([c, d]).exp()).unbind(0)
-        for x, f in ((c, fc), (d, fd)):
-            better = f < best_err
-            best, best_err = torch.where(better, x.exp(), best), torch.where(better, f, best_err)
+        keep_better(c, fc)
+        keep_better(d, fd)
         for _ in range(refine_iters):
             left = fc < fd  # the minimum lies in [lo, d]
             hi, lo = torch.where(left, d, hi), torch.where(left, lo, c)
@@ -121,8 +125,7 @@ def search_alpha(errors, n_alpha: int, grid: tuple[float, float], points: int, r
             f = errors(x.exp()[None])[0]
             c, fc, d, fd = (torch.where(left, x, d), torch.where(left, f, fd), torch.where(left, c, x),
                             torch.where(left, fc, f))
-            better = f < best_err
-            best, best_err = torch.where(better, x.exp(), best), torch.where(better, f, best_err)
+            keep_better(x, f)
     return best, best_err, err_one
 
 
