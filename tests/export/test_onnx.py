@@ -12,6 +12,7 @@ Tolerances (stated in docs/onnx.md):
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -115,6 +116,9 @@ def test_weight_storage_type(images, tmp_path, opset, low_bit, expected):
     assert report["layers"][0]["input"]["type"] == "INT8"  # normalised image: signed
     model = onnx.load(tmp_path / "model.onnx")
     assert model.opset_import[0].version == opset
+    per_byte = 2 if expected == "INT4" else 1  # packed raw storage, not one varint per value
+    for t in (t for t in model.graph.initializer if t.name.endswith(".weight.int")):
+        assert len(t.raw_data) == -(-int(np.prod(t.dims)) // per_byte)
     assert check["max_rel_diff"] <= REL_TOL
 
 

@@ -82,11 +82,12 @@ class GraphBuilder:
         return name
 
     def int_tensor(self, base: str, dtype: int, values: np.ndarray) -> str:
-        """An integer initializer of ONNX type ``dtype`` (INT4/UINT4 are packed by onnx.helper)."""
-        name = self.unique(base)
-        vals = np.asarray(values, dtype=np.int64)
-        self.initializers.append(self.helper.make_tensor(name, dtype, list(vals.shape), vals.flatten().tolist()))
-        return name
+        """An integer initializer of ONNX type ``dtype``, stored as packed raw bytes (two INT4 per byte)."""
+        import ml_dtypes  # an onnx dependency: numpy types for INT4/UINT4
+
+        np_type = {self.tp.INT4: ml_dtypes.int4, self.tp.UINT4: ml_dtypes.uint4, self.tp.INT8: np.int8,
+                   self.tp.UINT8: np.uint8}[dtype]
+        return self.tensor(base, np.asarray(values, dtype=np.int64).astype(np_type))
 
     def node(self, op: str, inputs: list[str], base: str, **attrs) -> str:
         out = self.unique(base)
