@@ -171,6 +171,7 @@ class Run:
                     t.x_int[0].numpy(), lay.w_int.numpy(), t.psum[0].numpy(), spec,
                     self.out / "hw" / name / f"image{k}", padding=lay.padding[0], stride=lay.stride[0], meta=meta,
                     simulators=simulators, build_root=self.out / "work" / "rtl"))
+                rows[-1]["folder"] = str(Path(rows[-1]["folder"]).relative_to(self.out))
                 self.stages.note(f"{name} image {k}: golden vs integer mismatches "
                                  f"{rows[-1]['golden_vs_integer_mismatches']}, {rows[-1]['golden_cycles']} cycles"
                                  + "".join(f", RTL {s} mismatches {rows[-1][f'rtl_{s}_output_mismatches']} "

@@ -42,7 +42,7 @@ def test_run_end_to_end(tiny_setup, tmp_path, method):
     assert res["peak_rss_bytes"] > 0
     if method == "alpha":
         assert set(res["method_report"]["layers"]) >= {"features.3"}
-        assert res["hardware"]["layers"][0]["folder"].endswith("image0")
+        assert res["hardware"]["layers"][0]["folder"] == "hw/features.3/image0"
     assert (out / "quantized_model.safetensors").is_file()
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     assert "## Accuracy" in (out / "report.md").read_text()

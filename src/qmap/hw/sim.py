@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import HardwareError
@@ -101,7 +102,9 @@ def run_cocotb(folder: str | Path, simulator: str = "icarus", build_dir: str | P
     """Build qmap_core for ``folder`` and run the cocotb testbench :mod:`qmap.hw.cocotb_tb` on it.
     ``run_wall_s`` covers only the cycles from start to done (not loading, not the build)."""
     _require(simulator)
-    from cocotb.runner import get_runner
+    with warnings.catch_warnings():  # cocotb 1.x flags its Python runner API as experimental
+        warnings.simplefilter("ignore", UserWarning)
+        from cocotb.runner import get_runner
 
     folder = Path(folder).resolve()
     build = Path(build_dir or folder / f"build_{simulator}_cocotb").resolve()
