@@ -8,11 +8,12 @@ start with ``{data}/`` to point inside the data root (``--data`` / ``QMAP_DATA``
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, QmapError, reject_unknown_keys
+from .hw.spec import ArraySpec
 from .quant import QuantConfig
 
 
@@ -40,21 +41,11 @@ class MethodConfig:
 
 
 @dataclass
-class ArrayConfig:
-    rows: int = 8
-    cols: int = 8
-    w_bits: int = 4
-    a_bits: int = 4
-    psum_bits: int = 16
-    dataflow: str = "ws"
-
-
-@dataclass
 class HardwareConfig:
     enabled: bool = True
     target_layers: list[str] = field(default_factory=list)
     images: list[int] = field(default_factory=lambda: [0])
-    array: ArrayConfig = field(default_factory=ArrayConfig)
+    array: ArraySpec = field(default_factory=ArraySpec)
     rtl: str = "auto"  # auto | icarus | verilator | none
     network_cycles: bool = True
 
@@ -85,7 +76,7 @@ class RunConfig:
 _NESTED = {
     RunConfig: {"model": ModelConfig, "data": DataConfig, "quant": QuantConfig, "method": MethodConfig,
                 "hardware": HardwareConfig, "export": ExportConfig},
-    HardwareConfig: {"array": ArrayConfig},
+    HardwareConfig: {"array": ArraySpec},
 }
 
 
@@ -97,15 +88,14 @@ def _build(cls, d: Any, where: str):
             return QuantConfig.from_dict(d)
         except (ConfigError, TypeError) as e:
             raise ConfigError(f"{where}: {e}") from None
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    reject_unknown_keys(d, {f.name for f in fields(cls)}, f"key(s) in {where}")
     nested = _NESTED.get(cls, {})
     kwargs = {k: _build(nested[k], v, f"{where}.{k}") if k in nested else v for k, v in d.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except QmapError as e:  # a section's own validation (e.g. the array's bit widths)
         raise ConfigError(f"{where}: {e}") from None
 
 
@@ -135,21 +125,28 @@ def load_config(path: str | Path) -> RunConfig:
 def set_dotted(cfg: RunConfig, dotted: str, value: Any) -> None:
     """Apply one ``section.key=value`` override (from ``--set``), checking the key exists."""
     obj: Any = cfg
+    parent, attr = None, None
     parts = dotted.split(".")
     for p in parts[:-1]:
         if isinstance(obj, dict):
             obj = obj.setdefault(p, {})
         elif is_dataclass(obj) and hasattr(obj, p):
-            obj = getattr(obj, p)
+            parent, attr, obj = obj, p, getattr(obj, p)
         else:
             raise ConfigError(f"--set {dotted}: no section {p!r}")
     last = parts[-1]
     if isinstance(obj, dict):
         obj[last] = value
     elif is_dataclass(obj) and last in {f.name for f in fields(obj)}:
-        setattr(obj, last, value)
-        if isinstance(obj, QuantConfig):
-            obj.__post_init__()
+        if obj.__dataclass_params__.frozen:  # e.g. the ArraySpec: validated on construction, replaced whole
+            try:
+                setattr(parent, attr, replace(obj, **{last: value}))
+            except QmapError as e:
+                raise ConfigError(f"--set {dotted}: {e}") from None
+        else:
+            setattr(obj, last, value)
+            if isinstance(obj, QuantConfig):
+                obj.__post_init__()
     else:
         raise ConfigError(f"--set {dotted}: unknown key {last!r}")
 

@@ -21,3 +21,10 @@ class ConfigError(QmapError):
 
 class HardwareError(QmapError):
     """A layer does not fit the array, a value does not fit its declared width, a file is malformed."""
+
+
+def reject_unknown_keys(given, known, what: str) -> None:
+    """Raise :class:`ConfigError` naming every key of ``given`` not in ``known`` (and listing the known ones)."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")

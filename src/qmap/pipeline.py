@@ -22,7 +22,6 @@ from .errors import ConfigError
 from .evaluate import evaluate
 from .export.quantized import save_quantized
 from .hw.check import check_layer, network_view, rtl_simulators
-from .hw.spec import ArraySpec
 from .io import atomic_write_json
 from .methods import get_method
 from .models import load_model
@@ -147,7 +146,7 @@ class Run:
         hw = self.cfg.hardware
         if not hw.enabled:
             return
-        spec = ArraySpec(**vars(hw.array))
+        spec = hw.array
         simulators = rtl_simulators(hw.rtl)
         alphas = {name: row.get("alpha") for name, row in self.method_layer_rows().items()}
         rows = []

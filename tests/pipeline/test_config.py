@@ -29,6 +29,12 @@ def test_set_dotted_and_nested_sections():
     assert cfg.method.options == {"iters": 10} and cfg.data.test_limit == 5
     with pytest.raises(ConfigError, match="unknown key"):
         set_dotted(cfg, "data.nope", 1)
+    set_dotted(cfg, "hardware.array.rows", 4)
+    assert cfg.hardware.array.rows == 4 and cfg.hardware.array.cols == 8
+    with pytest.raises(ConfigError, match="w_bits"):
+        set_dotted(cfg, "hardware.array.w_bits", 12)
+    with pytest.raises(ConfigError, match="w_bits"):
+        config_from_dict({"model": {"checkpoint": "x"}, "hardware": {"array": {"w_bits": 1}}})
 
 
 def test_shipped_configs_load(tmp_path):

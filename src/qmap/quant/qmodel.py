@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_keys
 from ..nn import fuse_bn, set_module
 from .qmodules import FLOAT_TO_QUANT, quant_layers
 from .spec import QuantSpec
@@ -47,11 +47,7 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> QuantConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown quantization option(s): {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(names))}")
+        reject_unknown_keys(d, {f.name for f in fields(cls)}, "quantization option(s)")
         d = dict(d)
         if "layer_bits" in d:
             d["layer_bits"] = {k: tuple(v) for k, v in d["layer_bits"].items()}
