@@ -90,3 +90,17 @@ def test_compare_runs(tiny_setup, tmp_path, capsys):
     assert [r["run"] for r in rows] == ["w8", "w4"] and [r["bits"] for r in rows] == ["W8A8", "W4A4"]
     assert rows[0]["top1_fp"] == rows[1]["top1_fp"]
     assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("hardware.target_layers=[features.99]", "no quantized layer 'features.99'"),
+    ("hardware.target_layers=[features.0]", "signed"),                  # the image input is signed
+    ("hardware.array.w_bits=2", "does not fit"),                         # 4-bit weights on a 2-bit array
+    ("hardware.images=[100000]", "outside the test set"),
+])
+def test_bad_hardware_targets_are_one_line_errors(tiny_setup, tmp_path, capsys, setting, message):
+    root, ckpt = tiny_setup
+    rc = main(_run_args(root, ckpt, tmp_path / "run", "--set", setting, "--set", "hardware.network_cycles=false"))
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1, err

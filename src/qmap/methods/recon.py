@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_keys
 from ..io import atomic_write_bytes, atomic_write_json
 from ..quant import QuantConfig, calibrate, quantize_model, set_quant_state
 from .adaround import AdaRoundQuantizer, attach_adaround, harden_layer
@@ -84,11 +84,7 @@ class ReconConfig:
 
     @classmethod
     def from_options(cls, options: dict) -> ReconConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"unknown reconstruction option(s): {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
+        reject_unknown_keys(options, {f.name for f in fields(cls)}, "reconstruction option(s)")
         return cls(**options)
 
     def result_fields(self) -> dict:
