@@ -27,7 +27,7 @@ from .methods import get_method
 from .models import load_model
 from .models.checkpoint import sha256_file
 from .nn import get_module
-from .progress import Stages
+from .progress import Stages, set_quiet
 from .quant.agreement import compare_with_fake_quant
 from .quant.integer import to_integer_model
 from .report.analysis import layer_output_mse
@@ -222,6 +222,7 @@ def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite:
     """Run every stage of ``cfg`` into ``out_dir``; returns the results dict (also in ``results.json``)."""
     out = Path(out_dir)
     prepare_out_dir(out, overwrite, resume)
+    set_quiet(quiet)
     r = Run(cfg, out, data, quiet, resume)
     steps = [("load", r.load), ("evaluate FP", r.evaluate_fp), ("quantize", r.quantize),
              ("evaluate quantized", r.evaluate_quantized), ("integer model", r.integer_model),

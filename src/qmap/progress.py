@@ -32,3 +32,20 @@ class Stages:
 
     def note(self, msg: str) -> None:
         self._say(f"      {msg}")
+
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence every progress bar of this process (``--quiet``)."""
+    global _quiet
+    _quiet = quiet
+
+
+def bar(iterable, desc: str, total: int | None = None, unit: str = "it"):
+    """A tqdm progress bar on stderr (with ETA) around ``iterable``, off under ``set_quiet(True)``."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, file=sys.stderr, disable=_quiet,
+                dynamic_ncols=True)

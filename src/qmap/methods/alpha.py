@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..progress import bar
 from ..quant import QuantConfig, calibrate, quant_layers, quantize_model
 from ..quant.rounding import ROUND_FNS
 from .base import MethodResult, Timer
@@ -245,7 +246,7 @@ def scale_layers(qmodel: nn.Module, images: torch.Tensor, criterion: str = "outp
     if unknown:
         raise ConfigError(f"unknown layer(s) for α-scaling: {', '.join(unknown)}")
     rows = {}
-    for name, layer in named:
+    for name, layer in bar(named, desc="α search", unit="layer"):
         if layers is None or name in layers:
             with Timer() as t:
                 rows[name] = scale_layer(qmodel, layer, images, criterion, sequential, per_channel_alpha, search,

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..errors import ConfigError, reject_unknown_keys
 from ..io import atomic_write_bytes, atomic_write_json
+from ..progress import bar
 from ..quant import QuantConfig, calibrate, quantize_model, set_quant_state
 from .adaround import AdaRoundQuantizer, attach_adaround, harden_layer
 from .base import MethodResult, Timer, model_device
@@ -289,7 +290,7 @@ def optimise_block(block: Block, units: list[nn.Module], data: BlockData, cfg: R
     hooks = add_drop_hooks(layers, cfg.drop_prob, mask_gen) if cfg.drop_prob > 0 else []
     n = len(data.q_in)
     try:
-        for t in range(start, cfg.iters):
+        for t in bar(range(start, cfg.iters), desc=f"reconstruct block {block.index}"):
             if state is not None and cfg.checkpoint_every and t > start and t % cfg.checkpoint_every == 0:
                 state.save(block.index, {"t": torch.tensor(t), "params": dict(params.named),
                                          "optimizer": opt.state_dict(), "idx_gen": idx_gen.get_state(),
