@@ -28,10 +28,12 @@ from .models import load_model
 from .models.checkpoint import sha256_file
 from .nn import get_module
 from .progress import Stages, set_quiet
+from .quant import float_mode
 from .quant.agreement import compare_with_fake_quant
 from .quant.integer import to_integer_model
 from .report.analysis import layer_output_mse
 from .report.document import write_report
+from .report.plots_outliers import plot_outlier_levels
 from .report.provenance import provenance
 from .report.run_plots import plot_run, plot_weight_levels
 
@@ -214,7 +216,30 @@ class Run:
             grid_step = float(np.ravel(row.get("grid_step", step))[0])
             plot_weight_levels(layer.fp_weight.cpu().numpy(), grid_step, step, wq.spec.qmin,
                                wq.spec.qmax, row.get("alpha"), name, self.out / "plots" / f"weight_hist.{name}.png")
+        if self.cfg.method.name in ("domr", "ocs"):
+            self.outlier_level_plots()
         write_report(self.out)
+
+    @torch.no_grad()
+    def outlier_level_plots(self) -> None:
+        """For OMR/OCS runs: each target layer's FP input histogram (original channels) with the plain b-bit and
+        the OMR (b-bit + copy) levels of its input quantizer — the seed's Figure 1 on this run's layer."""
+        for name in self.cfg.hardware.target_layers:
+            layer = get_module(self.qmodel, name)
+            iq = layer.input_quantizer
+            if iq.spec.signed or iq.step.numel() != 1:
+                continue
+            seen: list[torch.Tensor] = []
+            hook = layer.register_forward_pre_hook(lambda _m, inp, seen=seen: seen.append(inp[0].detach()))
+            try:
+                with float_mode(self.qmodel):
+                    self.qmodel(self.calib[:64])
+            finally:
+                hook.remove()
+            original = self.fp_model.get_submodule(name).in_channels  # OMR copies come after the originals
+            values = seen[0][:, :original].flatten().cpu().numpy()
+            plot_outlier_levels(values, float(iq.step), iq.spec.bits, None, self.out / "plots" / f"levels.{name}.png",
+                                title=f"input of {name}, {iq.spec.bits}-bit activations ({self.cfg.method.name})")
 
 
 def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite: bool = False,

@@ -15,7 +15,7 @@ def _run_args(root, ckpt, out, *extra):
             "--set", "hardware.rtl=none", *extra]
 
 
-@pytest.mark.parametrize("method", ["rtn", "alpha"])
+@pytest.mark.parametrize("method", ["rtn", "alpha", "ocs"])
 def test_run_end_to_end(tiny_setup, tmp_path, method):
     root, ckpt = tiny_setup
     out = tmp_path / "run"
@@ -40,6 +40,7 @@ def test_run_end_to_end(tiny_setup, tmp_path, method):
     assert (out / "plots" / "cycles.png").is_file()
     assert (out / "plots" / "weight_hist.features.3.png").is_file()
     assert res["peak_rss_bytes"] > 0
+    assert (out / "plots" / "levels.features.3.png").is_file() == (method == "ocs")
     if method == "alpha":
         assert set(res["method_report"]["layers"]) >= {"features.3"}
         assert res["hardware"]["layers"][0]["folder"] == "hw/features.3/image0"

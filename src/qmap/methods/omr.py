@@ -34,7 +34,6 @@ On the calibration set selective OMR therefore gives exactly the outputs of full
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 
@@ -42,7 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant import Quantizer, quant_layers
+from ..quant import Quantizer, float_mode, quant_layers
 from .channels import (
     ChannelPair,
     channel_max,
@@ -86,20 +85,6 @@ class OutlierShift(nn.Module):
     def extra_repr(self) -> str:
         x = "live" if self.quantizer else f"{float(self.x_clip):.4g}"
         return f"channels={len(self.index)}, x_clip={x}"
-
-
-@contextlib.contextmanager
-def float_mode(qmodel: nn.Module):
-    """Temporarily disable every weight/activation fake-quant (FP forward), restoring each layer's flags."""
-    layers = quant_layers(qmodel)
-    saved = [(m.weight_quantizer.enabled, m.input_quantizer.enabled) for _, m in layers]
-    try:
-        for _, m in layers:
-            m.set_quant_enabled(False, False)
-        yield qmodel
-    finally:
-        for (_, m), (w, a) in zip(layers, saved):
-            m.set_quant_enabled(w, a)
 
 
 def _form(qmodel: nn.Module, pair: ChannelPair, form: str, live_clip: bool) -> str:

@@ -8,6 +8,7 @@ normalised image entering the first layer).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass, field, fields
 
@@ -123,6 +124,20 @@ def calibrate(qmodel: nn.Module, images: torch.Tensor, batch_size: int = 128) ->
         for (_, m), w in zip(layers, w_enabled):
             m.weight_quantizer.enabled = w
             m.input_quantizer.observer = None
+
+
+@contextlib.contextmanager
+def float_mode(qmodel: nn.Module):
+    """Temporarily disable every weight/activation fake-quant (FP forward), restoring each layer's flags."""
+    layers = quant_layers(qmodel)
+    saved = [(m.weight_quantizer.enabled, m.input_quantizer.enabled) for _, m in layers]
+    try:
+        for _, m in layers:
+            m.set_quant_enabled(False, False)
+        yield qmodel
+    finally:
+        for (_, m), (w, a) in zip(layers, saved):
+            m.set_quant_enabled(w, a)
 
 
 def set_quant_state(qmodel: nn.Module, weight: bool = True, act: bool = True) -> None:

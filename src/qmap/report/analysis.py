@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quant import quant_layers, set_quant_state
+from ..quant import float_mode, quant_layers
 
 
 @torch.no_grad()
@@ -15,18 +15,13 @@ def layer_output_mse(qmodel: nn.Module, x: torch.Tensor) -> list[dict]:
     layers = quant_layers(qmodel)
     outs: dict[str, list[torch.Tensor]] = {n: [] for n, _ in layers}
     hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: outs[n].append(o.detach())) for n, m in layers]
-    states = [(m.weight_quantizer.enabled, m.input_quantizer.enabled) for _, m in layers]
     try:
-        set_quant_state(qmodel, False, False)
-        qmodel(x)
-        for (_, m), (w, a) in zip(layers, states):
-            m.set_quant_enabled(w, a)
+        with float_mode(qmodel):
+            qmodel(x)
         qmodel(x)
     finally:
         for h in hooks:
             h.remove()
-        for (_, m), (w, a) in zip(layers, states):
-            m.set_quant_enabled(w, a)
     rows = []
     for n, _ in layers:
         fp, q = outs[n]

@@ -13,29 +13,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from .plots import plt, save_figure
 
 
-def outlier_levels(step: float, bits: int, ocs_step: float) -> dict[str, np.ndarray]:
-    """The three level sets of the module docstring, in original activation units."""
+def outlier_levels(step: float, bits: int, ocs_step: float | None) -> dict[str, np.ndarray]:
+    """The level sets of the module docstring, in original activation units (OCS left out without its step)."""
     qmax = 2 ** bits - 1
     k = np.arange(qmax + 1)
-    return {f"plain {bits}-bit": k * step, f"OCS ({bits}-bit, split channel)": 2 * ocs_step * k,
-            f"OMR ({bits}-bit + copy)": np.arange(2 * qmax + 1) * step}
+    levels = {f"plain {bits}-bit": k * step}
+    if ocs_step is not None:
+        levels[f"OCS ({bits}-bit, split channel)"] = 2 * ocs_step * k
+    levels[f"OMR ({bits}-bit + copy)"] = np.arange(2 * qmax + 1) * step
+    return levels
 
 
-def plot_outlier_levels(values: np.ndarray, step: float, bits: int, ocs_step: float, path: str | Path,
+def plot_outlier_levels(values: np.ndarray, step: float, bits: int, ocs_step: float | None, path: str | Path,
                         title: str = "") -> Path:
     """Histogram of ``values`` (log counts) with each method's levels drawn as vertical lines, one panel each."""
     levels = outlier_levels(step, bits, ocs_step)
     hi = max(float(np.max(values)), *(float(v[-1]) for v in levels.values())) * 1.05
     fig, axes = plt.subplots(len(levels), 1, figsize=(8, 2.2 * len(levels)), sharex=True)
-    colors = ("#c00000", "#ed7d31", "#4472c4")
-    for ax, (name, lv), color in zip(axes, levels.items(), colors):
+    colors = {"plain": "#c00000", "OCS": "#ed7d31", "OMR": "#4472c4"}
+    for ax, (name, lv) in zip(axes, levels.items()):
+        color = colors[name.split()[0]]
         ax.hist(values, bins=200, range=(0, hi), color="#a5a5a5", log=True)
         for x in lv:
             ax.axvline(x, color=color, lw=0.8, alpha=0.8)
@@ -45,9 +47,4 @@ def plot_outlier_levels(values: np.ndarray, step: float, bits: int, ocs_step: fl
     axes[-1].set_xlabel("activation value (shaded: clipped)")
     if title:
         fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
