@@ -26,6 +26,7 @@ from .export import assemble_output
 from .mapping import map_conv
 from .spec import ArraySpec
 from .systolic import simulate
+from .systolic_os import simulate_os
 
 
 @dataclass(frozen=True)
@@ -84,14 +85,17 @@ def run_network(layers: Sequence[IntConvLayer], spec: ArraySpec, *,
                 requant: Callable[[int, np.ndarray], np.ndarray] | None = None,
                 head: Callable[[np.ndarray], np.ndarray] | None = None,
                 expected_logits: np.ndarray | None = None, engine: str = "wavefront") -> NetworkReport:
-    """Simulate every layer; per layer: cycles, utilisation, mismatches against ``expected_out``."""
+    """Simulate every layer (``spec.dataflow`` picks the WS or OS golden model); per layer: cycles, utilisation,
+    mismatches against ``expected_out``."""
     report = NetworkReport()
     t0 = time.perf_counter()
     x = None
     for i, layer in enumerate(layers):
         x_in = layer.x_int if (requant is None or x is None) else x
         mapped = map_conv(x_in, layer.w_int, spec, layer.padding, layer.stride, layer.bias_int)
-        res = simulate(mapped, engine)
+        # OS has no RTL; its vectorised engine plays the WS wavefront engine's role
+        res = (simulate_os(mapped, "vectorised" if engine == "wavefront" else engine) if spec.dataflow == "os"
+               else simulate(mapped, engine))
         y = assemble_output(res.outputs, mapped.geom)
         mismatches = None if layer.expected_out is None else int(np.count_nonzero(y != layer.expected_out))
         g = mapped.geom
