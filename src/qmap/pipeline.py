@@ -133,7 +133,13 @@ class Run:
         self.stages.note(f"quantized top-1 {100 * r['top1']:.2f} % (FP {100 * m['top1_fp']:.2f} %)")
 
     def integer_model(self) -> None:
-        self.imodel = to_integer_model(self.qmodel.cpu(), acc_bits=32)
+        try:
+            self.imodel = to_integer_model(self.qmodel.cpu(), acc_bits=32)
+        except ConfigError as e:  # a graph the integer model cannot lower (e.g. OMR's OutlierShift module)
+            self.imodel = None
+            self.results["integer"] = {"skipped": str(e)}
+            self.stages.note(f"integer model skipped: {e}")
+            return
         r = evaluate(self.imodel.as_module(), self.test, self.mean, self.std, batch_size=self.cfg.data.batch_size,
                      device="cpu", progress=not self.quiet)
         m = self.results["metrics"]
@@ -147,6 +153,10 @@ class Run:
     def hardware(self) -> None:
         hw = self.cfg.hardware
         if not hw.enabled:
+            return
+        if self.imodel is None:
+            self.results["hardware"] = {"skipped": "no integer model: " + self.results["integer"]["skipped"]}
+            self.stages.note("hardware skipped: there is no integer model to export")
             return
         spec = hw.array
         simulators = rtl_simulators(hw.rtl)

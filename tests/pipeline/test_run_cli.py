@@ -105,3 +105,16 @@ def test_bad_hardware_targets_are_one_line_errors(tiny_setup, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert rc == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_domr_with_omr_shift_form_skips_integer_and_hardware_with_reason(tiny_setup, tmp_path):
+    """OMR's shift form (DOMR's live clip) has no integer lowering yet: the run still finishes and says why."""
+    root, ckpt = tiny_setup
+    out = tmp_path / "run"
+    assert main(_run_args(root, ckpt, out, "--method", "domr", "--set", "method.options.iters=2")) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["metrics"]["top1_quantized"] is not None
+    assert {p["form"] for p in res["method_report"]["omr"]["pairs"]} == {"shift"}
+    assert "not supported by the integer model" in res["integer"]["skipped"]
+    assert res["hardware"]["skipped"].startswith("no integer model")
+    assert (out / "report.html").is_file()
