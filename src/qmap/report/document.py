@@ -38,6 +38,9 @@ def _sections(res: dict) -> list[tuple[str, list[dict] | str]]:
     layers = res.get("layers", [])
     if layers:
         out.append(("Per-layer", layers))
+    for key in ("integer", "hardware"):
+        if res.get(key, {}).get("skipped"):
+            out.append((f"{key.capitalize()} stage skipped", res[key]["skipped"]))
     hw = res.get("hardware", {})
     if hw.get("layers"):
         out.append(("Hardware: exported layers (golden model vs integer model vs RTL)", hw["layers"]))
