@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
 from .config import RunConfig, resolve_path
 from .data import calibration_set, load_cifar10, resolve_data_root, to_tensor
 from .errors import ConfigError
@@ -100,7 +99,6 @@ class Run:
             seed=cfg.seed, checkpoint=str(ckpt), checkpoint_sha256=sha256_file(ckpt),
             test_data=test.source, test_data_sha256=test.checksum, calib_sha256=calib.checksum,
             config_sha256=hashlib.sha256(repr(cfg.to_dict()).encode()).hexdigest())
-        self.results["provenance"]["qmap_version"] = __version__
         self.stages.note(f"model {self.manifest.arch} width {self.manifest.width}; test {len(test)} images "
                          f"({test.source}); calibration {len(calib)} images")
 
