@@ -107,14 +107,31 @@ def test_bad_hardware_targets_are_one_line_errors(tiny_setup, tmp_path, capsys, 
     assert len(err.strip().splitlines()) == 1, err
 
 
-def test_domr_with_omr_shift_form_skips_integer_and_hardware_with_reason(tiny_setup, tmp_path):
-    """OMR's shift form (DOMR's live clip) has no integer lowering yet: the run still finishes and says why."""
+def test_domr_with_omr_runs_through_integer_model_and_hardware(tiny_setup, tmp_path):
+    """DOMR's OMR (shift form, live clip) is lowered to the integer model and exported to the array."""
     root, ckpt = tiny_setup
     out = tmp_path / "run"
     assert main(_run_args(root, ckpt, out, "--method", "domr", "--set", "method.options.iters=2")) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["metrics"]["top1_quantized"] is not None
     assert {p["form"] for p in res["method_report"]["omr"]["pairs"]} == {"shift"}
-    assert "not supported by the integer model" in res["integer"]["skipped"]
+    assert res["metrics"]["top1_integer"] is not None
+    hw = res["hardware"]["layers"][0]
+    assert hw["golden_vs_integer_mismatches"] == 0 and hw["files_vs_integer_mismatches"] == 0
+    assert res["hardware"]["network_summary"]["logits_match"] is True
+
+
+def test_unlowerable_model_skips_integer_and_hardware_with_reason(tiny_setup, tmp_path, monkeypatch):
+    import qmap.pipeline
+    from qmap.errors import ConfigError
+
+    def refuse(*_a, **_k):
+        raise ConfigError("integer model: unsupported module X at features.1")
+
+    monkeypatch.setattr(qmap.pipeline, "to_integer_model", refuse)
+    root, ckpt = tiny_setup
+    out = tmp_path / "run"
+    assert main(_run_args(root, ckpt, out)) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["integer"]["skipped"] == "integer model: unsupported module X at features.1"
     assert res["hardware"]["skipped"].startswith("no integer model")
     assert "Hardware stage skipped" in (out / "report.md").read_text()

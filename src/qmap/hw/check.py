@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import HardwareError
-from ..quant.chain import MaxPool
+from ..quant.chain import MaxPool, ShiftCopy
 from .export import assemble_output, export_conv, read_export
 from .network import IntConvLayer, run_network
 from .sim import run_cocotb, simulator_available
@@ -98,6 +98,9 @@ def network_view(imodel, x: torch.Tensor, rows: int, cols: int, psum_bits: int =
     def requant(i: int, y: np.ndarray) -> np.ndarray:
         lay = chain[i]
         v = lay.requant(torch.from_numpy(y)[None], lower=0 if lay.relu_in_clamp else None)
+        for op in lay.post_ops:  # OMR copies (commute with the 2x2 max-pool run_network applies after)
+            if isinstance(op, ShiftCopy):
+                v = op(v)
         return v[0].numpy()
 
     def head(x_last: np.ndarray) -> np.ndarray:

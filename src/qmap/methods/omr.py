@@ -42,6 +42,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..quant import Quantizer, float_mode, quant_layers
+from ..quant.chain import ShiftCopy
 from .channels import (
     ChannelPair,
     channel_max,
@@ -81,6 +82,15 @@ class OutlierShift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, torch.relu(x.index_select(1, self.index) - self.clip())], dim=1)
+
+    def integer_op(self) -> ShiftCopy:
+        """The integer form for :mod:`qmap.quant.integer` (live clip only: X_clip is then qmax − z codes)."""
+        if not self.quantizer:
+            raise ConfigError("integer model: an OMR shift with a fixed x_clip has no exact integer form "
+                              "(use live_clip=True)")
+        q = self.quantizer[0]
+        z = int(q.zero_point.reshape(-1)[0])
+        return ShiftCopy(tuple(int(i) for i in self.index.tolist()), q.spec.qmax - z, q.spec.qmax)
 
     def extra_repr(self) -> str:
         x = "live" if self.quantizer else f"{float(self.x_clip):.4g}"

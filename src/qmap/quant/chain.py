@@ -61,7 +61,23 @@ class Flatten:
         return torch.flatten(x, self.start_dim, self.end_dim)
 
 
-Op = Relu | MaxPool | AvgPool | Flatten
+@dataclass(frozen=True)
+class ShiftCopy:
+    """OMR's shift form on integer codes: the producer is requantized to the wide range [0, qmax + shift] and
+    ``c ↦ cat(clip(c, 0, qmax), clip(c[:, index] − shift, 0, qmax))``, where ``shift`` = X_clip in code units
+    (qmax − z of the consumer's input quantizer). Equal to quantizing ``cat(x, relu(x[:, index] − X_clip))``
+    with step s, since rounding commutes with an integer shift."""
+
+    index: tuple[int, ...]
+    shift: int
+    qmax: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        copies = (x[:, list(self.index)] - self.shift).clamp(0, self.qmax)
+        return torch.cat([x.clamp(max=self.qmax), copies], dim=1)
+
+
+Op = Relu | MaxPool | AvgPool | Flatten | ShiftCopy
 
 
 def _pair(v) -> tuple[int, int]:
@@ -70,7 +86,7 @@ def _pair(v) -> tuple[int, int]:
 
 class _QuantLeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, QUANT_MODULES) or super().is_leaf_module(m, qualname)
+        return isinstance(m, QUANT_MODULES) or hasattr(m, "integer_op") or super().is_leaf_module(m, qualname)
 
 
 _SKIP_MODULES = (nn.Identity, nn.Dropout)
@@ -80,6 +96,8 @@ _RELU_FUNCS = (F.relu, torch.relu, torch.relu_)
 def _module_op(m: nn.Module, where: str, in_shape: torch.Size | None) -> Op | None:
     if isinstance(m, _SKIP_MODULES):
         return None
+    if hasattr(m, "integer_op"):  # a module that states its own integer form (OMR's OutlierShift)
+        return m.integer_op()
     if isinstance(m, nn.ReLU):
         return Relu()
     if isinstance(m, nn.MaxPool2d):

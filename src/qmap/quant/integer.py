@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, HardwareError
-from .chain import AvgPool, Flatten, MaxPool, Op, Relu, trace_chain
+from .chain import AvgPool, Flatten, MaxPool, Op, Relu, ShiftCopy, trace_chain
 from .intconv import abs_max, exact_bilinear
 from .qmodules import QuantConv2d, QuantLinear
 from .requant import Requantizer
@@ -255,7 +255,8 @@ def _int_layer(name: str, m: QuantConv2d | QuantLinear, ops: list[Op], nxt: Quan
         # The bias fraction lost by b_int passes the requantizer as an offset when the accumulator reaches it
         # unchanged (no ReLU/pool before the requantization, the VGG case).
         frac = bias / acc_step - bias_int if not pre else None
-        lay.requant = Requantizer.from_real(real, nspec.qmin, nspec.qmax, nspec.rounding,
+        wide = sum(op.shift for op in post if isinstance(op, ShiftCopy))  # OMR: codes up to qmax + X_clip
+        lay.requant = Requantizer.from_real(real, nspec.qmin, nspec.qmax + wide, nspec.rounding,
                                             mantissa_bits=min(31, 63 - value_bits), pow2=pow2_requant, frac=frac)
     return lay
 
