@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from testutil import randomise_bn
 from torch import nn
 
 from qmap.errors import ConfigError
@@ -21,22 +22,10 @@ CFG = QuantConfig(w_bits=4, a_bits=4, a_observer="minmax")
 SEARCH = {"points": 24, "refine_iters": 10}
 
 
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-            m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
-            m.weight.data.copy_(0.5 + torch.rand(c, generator=g))
-            m.bias.data.copy_(0.1 * torch.randn(c, generator=g))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def tiny() -> nn.Module:
     torch.manual_seed(0)
-    return _randomise_bn(build_model("tiny_cnn", width=0.5))
+    return randomise_bn(build_model("tiny_cnn", width=0.5))
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +191,7 @@ def _random_alphas(model: nn.Module, per_channel: bool, seed: int) -> dict:
 def test_reparameterize_preserves_the_fp_function(arch, per_channel):
     """α on layer l (weight and bias), 1/α on layer l+1's inputs: exact through ReLU, max-pool, avg-pool, flatten."""
     torch.manual_seed(4)
-    model = fuse_bn(_randomise_bn(build_model(arch, width=0.125)))
+    model = fuse_bn(randomise_bn(build_model(arch, width=0.125)))
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         y = model(x)
@@ -211,7 +200,7 @@ def test_reparameterize_preserves_the_fp_function(arch, per_channel):
 
 
 def test_reparameterize_moves_weight_and_bias():
-    model = fuse_bn(_randomise_bn(build_model("tiny_cnn", width=0.5)))
+    model = fuse_bn(randomise_bn(build_model("tiny_cnn", width=0.5)))
     out = reparameterize(model, {"features.0": 2.0})
     assert torch.equal(out.features[0].weight, 2 * model.features[0].weight)
     assert torch.equal(out.features[0].bias, 2 * model.features[0].bias)
@@ -220,7 +209,7 @@ def test_reparameterize_moves_weight_and_bias():
 
 def test_reparameterize_refuses_non_homogeneous_or_last_layers():
     with pytest.raises(ConfigError, match="BatchNorm"):
-        reparameterize(_randomise_bn(build_model("tiny_cnn")), {"features.0": 2.0})
+        reparameterize(randomise_bn(build_model("tiny_cnn")), {"features.0": 2.0})
     with pytest.raises(ConfigError, match="homogeneous"):
         reparameterize(fuse_bn(build_model("tiny_cnn_gelu")), {"features.0": 2.0})
     fused = fuse_bn(build_model("tiny_cnn"))
@@ -231,7 +220,7 @@ def test_reparameterize_refuses_non_homogeneous_or_last_layers():
 
 
 def test_equalization_alphas_equalise_channel_ranges():
-    model = fuse_bn(_randomise_bn(build_model("tiny_cnn", width=0.5)))
+    model = fuse_bn(randomise_bn(build_model("tiny_cnn", width=0.5)))
     alphas = equalization_alphas(model)
     out = reparameterize(model, {"features.0": alphas["features.0"]})
     r0 = out.features[0].weight.abs().amax((1, 2, 3))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from testutil import randomise_bn
 from torch import nn
 
 from qmap.data import load_cifar10, to_tensor
@@ -19,18 +20,6 @@ def relative_error(model: nn.Module, x: torch.Tensor) -> float:
         fused = fuse_bn(model)(x)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fuse_bn(model).modules())
     return float((fused - ref).abs().max() / ref.abs().max())
-
-
-def randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so fusion has something to get wrong."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
-            m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=gen))
-            m.weight.data.copy_(0.5 + torch.rand(c, generator=gen))
-            m.bias.data.copy_(0.2 * torch.randn(c, generator=gen))
-    return model
 
 
 @pytest.mark.parametrize("name", model_names())

@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from datafakes import CLASSES, write_tree  # noqa: E402
+from testutil import randomise_bn  # noqa: E402
 
 from qmap.models import Manifest, build_model, save_checkpoint  # noqa: E402
 
@@ -20,11 +21,7 @@ def tiny_setup(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tinydata")
     write_tree(root / "cifar10-jpeg-q75" / "cifar10_jpeg", {"train": 6, "test": 3}, classes=CLASSES)
     torch.manual_seed(0)
-    model = build_model("tiny_cnn").eval()
-    for m in model.modules():  # non-trivial BN statistics, so fusion is exercised
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
+    model = randomise_bn(build_model("tiny_cnn"))  # non-trivial BN statistics, so fusion is exercised
     ckpt = root / "tiny.safetensors"
     save_checkpoint(model, ckpt, Manifest(arch="tiny_cnn"))
     return root, ckpt
