@@ -25,7 +25,7 @@ from qmap.methods.alpha import fixed_grid_step, integer_kernel, prepare, scale_l
 from qmap.models import load_model
 from qmap.nn import get_module
 from qmap.quant import QuantConfig, quant_layers, quantize_model
-from qmap.report.plots import bar_per_layer, save_figure, weight_histogram_with_levels
+from qmap.report.plots import grouped_bars, save_figure, weight_histogram_with_levels
 from qmap.report.results import markdown_table, write_result
 
 NAME = "alpha_scaling"
@@ -153,10 +153,10 @@ def main() -> None:
     for name, by_bits in runs.items():
         slug = name.replace(", ", "_").replace(" ", "-")
         w4 = by_bits[4]["layers"]
-        bar_per_layer(OUT / f"{NAME}_mse_{slug}.png", list(w4),
-                      {"α = 1 (RTN on the grid)": [r["mse_before"] for r in w4.values()],
-                       "chosen α": [r["mse_after"] for r in w4.values()]},
-                      ylabel="layer output MSE (W4A4)", title=f"per-layer output MSE, {name}")
+        grouped_bars(OUT / f"{NAME}_mse_{slug}.png", list(w4),
+                     {"α = 1 (RTN on the grid)": [r["mse_before"] for r in w4.values()],
+                      "chosen α": [r["mse_after"] for r in w4.values()]},
+                     ylabel="layer output MSE (W4A4)", title=f"per-layer output MSE, {name}")
         for layer, r in w4.items():
             mse_rows.append({"setting": name, "layer": layer, "alpha": r["alpha"], "mse α=1": r["mse_before"],
                              "mse chosen α": r["mse_after"], "reduction %": 100 * (1 - r["mse_after"] / r["mse_before"])

@@ -15,7 +15,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = ("#c00000", "#4472c4", "#ed7d31", "#70ad47", "#7030a0", "#5b9bd5")
+COLORS = ("#c00000", "#4472c4", "#ed7d31", "#70ad47", "#7030a0", "#5b9bd5", "#ffc000", "#7f7f7f")
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
@@ -59,16 +59,17 @@ def weight_histogram_with_levels(ax_or_path, weights, levels_list: Sequence, lab
     return save_figure(ax.figure, path) if path else None
 
 
-def bar_per_layer(ax_or_path, layers: Sequence[str], series: dict[str, Sequence[float]], ylabel: str,
-                  log: bool = True, title: str = "") -> Path | None:
-    """Grouped bars: one group per layer, one bar per named series (e.g. MSE before / after)."""
-    ax, path = _axes(ax_or_path, (max(6.0, 0.55 * len(layers) * max(1, len(series))), 3.8))
+def grouped_bars(ax_or_path, groups: Sequence[str], series: dict[str, Sequence[float]], ylabel: str,
+                 log: bool = True, title: str = "", rotation: int = 60) -> Path | None:
+    """Grouped bars: one group per label (a layer, a bit setting), one bar per named series (e.g. MSE
+    before / after, or one per method)."""
+    ax, path = _axes(ax_or_path, (max(6.0, 0.55 * len(groups) * max(1, len(series))), 3.8))
     n = max(1, len(series))
     width = 0.8 / n
-    x = np.arange(len(layers))
+    x = np.arange(len(groups))
     for i, (name, values) in enumerate(series.items()):
         ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=name, color=COLORS[i % len(COLORS)])
-    ax.set_xticks(x, list(layers), rotation=60, ha="right", fontsize=8)
+    ax.set_xticks(x, list(groups), rotation=rotation, ha="right" if rotation else "center", fontsize=8)
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import bar_per_layer, plt, save_figure, weight_histogram_with_levels
+from .plots import grouped_bars, plt, save_figure, weight_histogram_with_levels
 
 
 def plot_per_layer_mse(layers: list[dict], path: Path) -> None:
-    bar_per_layer(path, [r["layer"] for r in layers], {"quantized vs FP": [r["rel_mse"] for r in layers]},
-                  ylabel="relative output MSE", title="per-layer output MSE")
+    grouped_bars(path, [r["layer"] for r in layers], {"quantized vs FP": [r["rel_mse"] for r in layers]},
+                 ylabel="relative output MSE", title="per-layer output MSE")
 
 
 def plot_weight_levels(weights: np.ndarray, grid_step: float, step: float, qmin: int, qmax: int, alpha: float | None,
