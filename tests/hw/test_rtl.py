@@ -42,10 +42,13 @@ def _assert_agrees(result, golden):
 
 @needs_icarus
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_cocotb_icarus_matches_files_and_golden_cycles(tmp_path, make_conv, name):
+def test_cocotb_icarus_matches_files_and_golden_cycles(tmp_path, make_conv, name, capfd):
     folder, golden = _export(tmp_path, make_conv, name)
+    capfd.readouterr()
     result = run_cocotb(folder, "icarus", tmp_path / "build")
     _assert_agrees(result, golden)
+    assert capfd.readouterr().out == ""  # the runner's chatter goes to runner.log, not `qmap run --json`'s stdout
+    assert "Running command" in (tmp_path / "build" / "runner.log").read_text()
     if name == "8x8_layer":
         assert result["cycles"] == 160
 

@@ -9,6 +9,8 @@ plain TB; cocotb with Verilator needs Verilator >= 5.036 (cocotb 2.x) or the old
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -112,15 +114,20 @@ def run_cocotb(folder: str | Path, simulator: str = "icarus", build_dir: str | P
     result_path.unlink(missing_ok=True)
     runner = get_runner(simulator)
     log = build / "cocotb.log"
+    chatter = io.StringIO()  # the runner prints INFO lines on stdout: keep them off `qmap run --json`'s output
     try:
-        runner.build(verilog_sources=core_sources(), hdl_toplevel="qmap_core", parameters=core_parameters(folder),
-                     build_dir=build, always=True, timescale=("1ns", "1ps"),
-                     log_file=build / "build.log")
-        runner.test(test_module="qmap.hw.cocotb_tb", hdl_toplevel="qmap_core", build_dir=build, test_dir=build,
-                    timescale=("1ns", "1ps"),
-                    extra_env={"QMAP_HW_DIR": str(folder), "QMAP_HW_RESULT": str(result_path)}, log_file=log)
+        with contextlib.redirect_stdout(chatter):
+            runner.build(verilog_sources=core_sources(), hdl_toplevel="qmap_core",
+                         parameters=core_parameters(folder), build_dir=build, always=True,
+                         timescale=("1ns", "1ps"), log_file=build / "build.log")
+            runner.test(test_module="qmap.hw.cocotb_tb", hdl_toplevel="qmap_core", build_dir=build,
+                        test_dir=build, timescale=("1ns", "1ps"),
+                        extra_env={"QMAP_HW_DIR": str(folder), "QMAP_HW_RESULT": str(result_path)}, log_file=log)
     except (SystemExit, subprocess.CalledProcessError, RuntimeError) as e:
         raise HardwareError(f"cocotb/{simulator} run failed ({e}); see {build}") from None
+    finally:
+        build.mkdir(parents=True, exist_ok=True)
+        (build / "runner.log").write_text(chatter.getvalue())
     if not result_path.exists():
         raise HardwareError(f"cocotb/{simulator} wrote no result; see {log}")
     return {"simulator": simulator, "runner": "cocotb", **json.loads(result_path.read_text())}
