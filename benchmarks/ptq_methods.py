@@ -217,7 +217,8 @@ def main(argv=None) -> int:
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
     todo = [j for j in jobs if not any(r["method"] == j[0] and r["setting"] == j[1] and "top1" in r for r in rows)]
     rows = [r for r in rows if "top1" in r]
-    order = {j: i for i, j in enumerate(jobs)}
+    grid = [("fp", "FP"), *((m, st) for st in ALL_SETTINGS.split(",") for m in ALL_METHODS.split(","))]
+    order = {j: i for i, j in enumerate(dict.fromkeys([*grid, *jobs]))}  # rows of a --resume stay in grid order
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_child, passthrough, method, setting) for method, setting in todo]
         for fut in as_completed(futures):
