@@ -129,6 +129,12 @@ def ordering(rows: list[dict]) -> list[str]:
     return notes
 
 
+def settings_and_methods(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """The quantized settings and methods present in ``rows``, in row order (the FP row left out)."""
+    q = [r for r in rows if r["method"] != "fp"]
+    return list(dict.fromkeys(r["setting"] for r in q)), list(dict.fromkeys(r["method"] for r in q))
+
+
 def markdown(rows: list[dict], opts: dict) -> str:
     fp = next((r["top1"] for r in rows if r["method"] == "fp"), None)
     table = [{"setting": r["setting"], "method": r["method"], "top-1 %": r["top1"],
@@ -136,8 +142,7 @@ def markdown(rows: list[dict], opts: dict) -> str:
               "method s": r["method_seconds"], "peak RSS MB": r["peak_rss_mb"],
               "OMR extra MACs": f"{100 * r['omr_extra_mac_fraction']:.1f} %" if "omr_extra_mac_fraction" in r else ""}
              for r in rows]
-    settings = list(dict.fromkeys(r["setting"] for r in rows if r["method"] != "fp"))
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "fp"))
+    settings, methods = settings_and_methods(rows)
     pivot = [{"method": m, **{s: next((f"{r['top1']:.2f}" for r in rows if r["method"] == m and r["setting"] == s),
                                      "") for s in settings}} for m in methods]
     inv = ordering(rows)
@@ -161,8 +166,7 @@ def run_child(passthrough: list[str], method: str, setting: str) -> dict:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Top-1 per setting (groups) and method (bars), FP as a dashed line."""
-    settings = list(dict.fromkeys(r["setting"] for r in rows if r["method"] != "fp"))
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "fp"))
+    settings, methods = settings_and_methods(rows)
     top = {(r["method"], r["setting"]): r["top1"] for r in rows}
     _, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(settings) * len(methods)), 4.0))
     grouped_bars(ax, settings, {m: [top.get((m, s), 0.0) for s in settings] for m in methods},
