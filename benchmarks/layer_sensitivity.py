@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     mean, std = manifest.mean_std()
     calib = to_tensor(calibration_set(load_cifar10(root, "train"), args.calib, seed=args.seed).images, mean, std)
     test = load_cifar10(root, "test")
-    test = test.subset(range(min(args.test_limit, len(test))), source=f"{test.source}[:{args.test_limit}]")
+    test = test.head(args.test_limit)
 
     def top1(layer_bits: dict) -> float:
         qcfg = QuantConfig(w_bits=args.base, a_bits=args.base, layer_bits=layer_bits)

@@ -72,7 +72,7 @@ def load_inputs(args):
     calib_ds = calibration_set(load_cifar10(root, args.calib_split), args.calib, seed=args.seed)
     test = load_cifar10(root, args.test_split)
     if args.test_limit:
-        test = test.subset(range(min(args.test_limit, len(test))), source=f"{test.source}[:{args.test_limit}]")
+        test = test.head(args.test_limit)
     return model.eval(), to_tensor(calib_ds.images, mean, std), test, mean, std
 
 

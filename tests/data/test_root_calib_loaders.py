@@ -83,3 +83,12 @@ def test_batches_cover_every_image_once_and_shuffle_is_seeded():
     again = [y for _, y in batches(ds, 4, (0, 0, 0), (1, 1, 1), shuffle=True, seed=1)]
     assert all(torch.equal(a, b) for a, b in zip(shuffled, again))
     assert sorted(torch.cat(shuffled).tolist()) == sorted(ds.labels.tolist())
+
+
+def test_head_takes_the_first_images_and_labels_the_source():
+    ds = ImageDataset(np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3), np.arange(5) % 3,
+                      ["a", "b", "c"], "src")
+    h = ds.head(3)
+    assert np.array_equal(h.images, ds.images[:3]) and np.array_equal(h.labels, ds.labels[:3])
+    assert h.source == "src[:3]"
+    assert len(ds.head(10)) == 5 and ds.head(10).source == "src[:10]"

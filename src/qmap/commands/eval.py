@@ -40,7 +40,7 @@ def run(args) -> int:
     model, manifest = load_model(args.checkpoint, arch=args.model)
     dataset = load_cifar10(resolve_data_root(args.data), args.split)
     if args.limit is not None:
-        dataset = dataset.subset(range(min(args.limit, len(dataset))), source=f"{dataset.source}[:{args.limit}]")
+        dataset = dataset.head(args.limit)
     mean, std = manifest.mean_std()
     result = evaluate(model, dataset, mean, std, batch_size=args.batch_size, device=args.device,
                       progress=not (args.quiet or args.json) and sys.stderr.isatty())

@@ -72,7 +72,7 @@ def run_onnx(args) -> int:
     if not args.no_verify:
         test = load_cifar10(root, args.verify_split)
         if args.verify_limit is not None:
-            test = test.subset(range(min(args.verify_limit, len(test))), source=f"{test.source}[:{args.verify_limit}]")
+            test = test.head(args.verify_limit)
         x, y = to_tensor(test.images, mean, std), torch.as_tensor(test.labels)
         report["verify"] = {"data": test.source,
                             "reference": verify_onnx(args.out, qmodel, x, y, optimize=False),

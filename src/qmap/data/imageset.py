@@ -49,5 +49,9 @@ class ImageDataset:
         idx = np.asarray(indices, dtype=np.int64)
         return ImageDataset(self.images[idx], self.labels[idx], self.classes, source or f"{self.source}[subset]")
 
+    def head(self, n: int) -> ImageDataset:
+        """The first ``n`` images (all of them when there are fewer), labelled ``<source>[:n]``."""
+        return self.subset(range(min(n, len(self))), source=f"{self.source}[:{n}]")
+
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=len(self.classes))
