@@ -73,17 +73,28 @@ def test_blocks_of_vgg_and_tiny():
     assert torch.allclose(y, vgg(x))
 
 
-def test_non_sequential_model_is_refused():
+def test_residual_is_one_unit_and_unsupported_ops_are_refused():
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
             self.a = nn.Conv2d(3, 3, 1)
+            self.b = nn.Conv2d(3, 3, 1)
+            self.c = nn.Conv2d(3, 3, 1)
 
         def forward(self, x):
-            return self.a(x) + x
+            x = self.a(x)
+            return self.c(torch.relu(self.b(x)) + x)
 
-    with pytest.raises(ConfigError, match="sequential"):
-        sequential_units(Branchy())
+    units = sequential_units(quantize_model(Branchy()))
+    assert len(units) == 3  # a | the residual block (never split) | c
+    assert [len(b.layers(units)) for b in make_blocks(units, "layer")] == [1, 1, 1]
+
+    class Softmaxed(Branchy):
+        def forward(self, x):
+            return torch.softmax(self.a(x), 1)
+
+    with pytest.raises(ConfigError, match="unsupported operation .*softmax.*supported: Conv2d"):
+        sequential_units(Softmaxed())
     with pytest.raises(ConfigError, match="granularity"):
         make_blocks(sequential_units(tiny_cnn()), "row")
 

@@ -18,9 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..errors import HardwareError
+from ..nn import ModelGraph
 from .cycles import ideal_cycles, ws_no_overlap_cycles
 from .export import assemble_output
 from .mapping import map_conv
@@ -133,18 +135,18 @@ class ConvShape:
 
 
 def conv_shapes(model: nn.Module, input_hw: tuple[int, int] = (32, 32)) -> list[ConvShape]:
-    """Conv layers of a sequential CNN (``model.features``: Conv2d / MaxPool2d / others) with their input sizes."""
-    h, w = input_hw
+    """Every Conv2d of ``model`` in execution order with its input size, from the model graph
+    (:class:`~qmap.nn.ModelGraph`); ``pool_after`` when a max-pool sits between it and the next layer."""
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    graph = ModelGraph(model, torch.zeros(1, first.in_channels, *input_hw))
+    pooled = {c.producer for c in graph.chains()[0] if "maxpool" in c.kinds}
     shapes: list[ConvShape] = []
-    for name, mod in model.features.named_children():
+    for name, (x_shape, _) in graph.layer_shapes().items():
+        mod = model.get_submodule(name)
         if isinstance(mod, nn.Conv2d):
             k, p, s = mod.kernel_size[0], mod.padding[0], mod.stride[0]
-            shapes.append(ConvShape(f"features.{name}", mod.in_channels, mod.out_channels, h, w, k, p, s, False))
-            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        elif isinstance(mod, nn.MaxPool2d):
-            if shapes:
-                shapes[-1] = ConvShape(**{**shapes[-1].__dict__, "pool_after": True})
-            h, w = h // 2, w // 2
+            shapes.append(ConvShape(name, mod.in_channels, mod.out_channels, x_shape[2], x_shape[3], k, p, s,
+                                    name in pooled))
     return shapes
 
 

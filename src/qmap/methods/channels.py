@@ -1,9 +1,9 @@
 """Channel surgery shared by OMR and OCS: find producer→consumer layer pairs, duplicate channels, count MACs.
 
-A *pair* (l, l+1) is a Conv2d/Linear ``l`` whose output reaches the Conv2d/Linear ``l+1`` only through
-per-channel modules (BN folded to Identity, one activation, max/avg pooling, dropout), optionally through the
-``flatten`` between ``features`` and ``classifier`` of the registry models. Channel c of l's output then only
-ever feeds channel c of l+1's input (the H·W flattened features c·HW … (c+1)·HW − 1 of a Linear consumer).
+A *pair* (l, l+1) is a :class:`~qmap.nn.Chain` of the model graph — a Conv2d/Linear ``l`` whose output reaches
+the Conv2d/Linear ``l+1`` only through per-channel ops (at most one activation, pooling, flatten) — with a
+dense consumer (not a grouped conv) fed a conv's or linear's channels. Channel c of l's output then only ever
+feeds channel c of l+1's input (the H·W flattened features c·HW … (c+1)·HW − 1 of a Linear consumer).
 
 Duplicating channel c means
 
@@ -19,90 +19,36 @@ optimizers after the surgery.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from ..nn import Chain, ModelGraph
+from ..nn.ops import ACTIVATIONS
+
+ChannelPair = Chain
 COMPUTE = (nn.Conv2d, nn.Linear)
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.Hardswish, nn.SiLU, nn.LeakyReLU)
-PER_CHANNEL = (nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout)
 
 
-@dataclass
-class ChannelPair:
-    """Producer ``l`` and consumer ``l+1``; ``between`` the module names in between, in execution order;
-    ``via_flatten`` when the consumer is the classifier reached through ``torch.flatten``."""
-
-    producer: str
-    consumer: str
-    between: list[str]
-    via_flatten: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"{self.producer}->{self.consumer}"
-
-
-def _run_between(seq_items: list[tuple[str, nn.Module]]) -> tuple[list[str], str | None]:
-    """Names of modules in a run of non-compute modules, or a reason they break the channel correspondence."""
-    names, acts = [], 0
-    for name, m in seq_items:
-        if isinstance(m, ACTIVATIONS):
-            acts += 1
-        elif not isinstance(m, PER_CHANNEL):
-            return names, f"{name} ({type(m).__name__}) is not a per-channel module"
-        names.append(name)
-    if acts > 1:
-        return names, "more than one activation in between"
-    return names, None
+def _grouped(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups != 1
 
 
 def find_pairs(model: nn.Module) -> tuple[list[ChannelPair], list[str]]:
-    """All eligible (l, l+1) pairs and notes on the candidates that were skipped (and why).
-
-    Inside every ``nn.Sequential`` consecutive compute layers form a pair when only per-channel modules
-    separate them. Across ``features`` → ``classifier`` (registry models: ``classifier(flatten(features(x)))``)
-    the last compute layer of ``features`` pairs with the first Linear of ``classifier``.
-    """
-    pairs, notes = [], []
-    for seq_name, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        prefix = f"{seq_name}." if seq_name else ""
-        items = [(prefix + n, m) for n, m in seq.named_children()]
-        compute = [i for i, (_, m) in enumerate(items) if isinstance(m, COMPUTE)]
-        for a, b in zip(compute, compute[1:]):
-            between, why = _run_between(items[a + 1:b])
-            if why:
-                notes.append(f"{items[a][0]}->{items[b][0]}: skipped, {why}")
-            elif isinstance(items[b][1], nn.Conv2d) and isinstance(items[a][1], nn.Linear):
-                notes.append(f"{items[a][0]}->{items[b][0]}: skipped, Linear feeding a Conv2d")
-            else:
-                pairs.append(ChannelPair(items[a][0], items[b][0], between))
-    flat = _flatten_pair(model)
-    if isinstance(flat, ChannelPair):
-        pairs.append(flat)
-    elif flat:
-        notes.append(flat)
+    """All eligible (l, l+1) pairs of the model graph, and notes on the candidates that were skipped (and why)."""
+    chains, notes = ModelGraph(model).chains()
+    pairs = []
+    for c in chains:
+        producer, consumer = model.get_submodule(c.producer), model.get_submodule(c.consumer)
+        why = ("an unfused BatchNorm in between" if "bn" in c.kinds else
+               "more than one activation in between" if sum(k in ACTIVATIONS for k in c.kinds) > 1 else
+               "Linear feeding a Conv2d" if isinstance(producer, nn.Linear) and isinstance(consumer, nn.Conv2d) else
+               "grouped (depthwise) producer" if _grouped(producer) else
+               "grouped (depthwise) consumer" if _grouped(consumer) else None)
+        if why:
+            notes.append(f"{c.key}: skipped, {why}")
+        else:
+            pairs.append(c)
     return pairs, notes
-
-
-def _flatten_pair(model: nn.Module) -> ChannelPair | str | None:
-    features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
-    if not isinstance(features, nn.Sequential) or not isinstance(classifier, (nn.Linear, nn.Sequential)):
-        return None
-    head = [("classifier", classifier)] if isinstance(classifier, nn.Linear) else [
-        (f"classifier.{n}", m) for n, m in classifier.named_children()]
-    first = next((i for i, (_, m) in enumerate(head) if isinstance(m, COMPUTE)), None)
-    items = [(f"features.{n}", m) for n, m in features.named_children()]
-    last = max((i for i, (_, m) in enumerate(items) if isinstance(m, COMPUTE)), default=None)
-    if first is None or last is None or not isinstance(head[first][1], nn.Linear):
-        return None
-    between, why = _run_between(items[last + 1:] + head[:first])
-    if why:
-        return f"{items[last][0]}->{head[first][0]}: skipped, {why}"
-    return ChannelPair(items[last][0], head[first][0], between, via_flatten=True)
 
 
 def flatten_positions(producer: nn.Module, consumer: nn.Module) -> int:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn import fuse_bn
+from ..nn.ops import HOMOGENEOUS
 from ..quant import QuantConfig
 from . import rtn
 from .base import MethodResult, Timer
@@ -42,8 +43,6 @@ from .channels import (
 )
 
 TARGETS = ("weight", "activation", "both")
-HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-               nn.AdaptiveMaxPool2d, nn.Dropout)
 
 
 def _split_once(model: nn.Module, pair: ChannelPair, channel: int, halve: str) -> None:
@@ -81,7 +80,7 @@ def ocs_split(model: nn.Module, calib: torch.Tensor | None = None, expand_ratio:
     pairs, skipped = find_pairs(model)
     rows = []
     if target in ("activation", "both"):
-        ok = [p for p in pairs if all(type(model.get_submodule(n)) in HOMOGENEOUS for n in p.between)]
+        ok = [p for p in pairs if all(k in HOMOGENEOUS for k in p.kinds)]
         skipped += [f"{p.key}: activation splitting skipped, not positively homogeneous in between"
                     for p in pairs if p not in ok]
         maxima = channel_max(model, ok, calib) if ok else {}

@@ -55,7 +55,7 @@ from .channels import (
 )
 
 FORMS = ("auto", "bias", "shift")
-BIAS_FORM_BETWEEN = (nn.Identity, nn.ReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Dropout)
+BIAS_FORM_BETWEEN = ("relu", "maxpool", "flatten")
 
 
 def quantizer_clip(q: Quantizer) -> torch.Tensor:
@@ -98,9 +98,7 @@ class OutlierShift(nn.Module):
 
 
 def _form(qmodel: nn.Module, pair: ChannelPair, form: str, live_clip: bool) -> str:
-    mods = [qmodel.get_submodule(n) for n in pair.between]
-    bias_ok = (any(type(m) is nn.ReLU for m in mods) and all(type(m) in BIAS_FORM_BETWEEN for m in mods)
-               and not live_clip)
+    bias_ok = "relu" in pair.kinds and all(k in BIAS_FORM_BETWEEN for k in pair.kinds) and not live_clip
     if form == "bias" and not bias_ok:
         raise ConfigError(f"OMR pair {pair.key}: the bias form needs ReLU with only max-pooling/identity in "
                           f"between and a fixed clip; use form='shift'")

@@ -1,18 +1,18 @@
-"""Reconstruction units and blocks of a sequential-style network.
+"""Reconstruction units and blocks, derived from the model's structure.
 
-A model is viewed as a chain of *units* whose composition is its forward pass: the children of a
-``nn.Sequential``, or for the registry models (``features`` then ``classifier`` on the flattened map) the
-children of ``features``, a flatten and the classifier. A unit holding several quantized layers (e.g. a
-residual block) is never split.
+A model is viewed as a chain of *units* whose composition is its forward pass: the
+:meth:`~qmap.nn.ModelGraph.units` of its traced graph, cut wherever a single tensor is live. A unit holding
+several quantized layers (a residual block, a squeeze-excite gate, a concat) is never split.
 
 A :class:`Block` is a contiguous run of units ``[start, end)`` with *loss points*: the unit indices after
 which the quantized output is compared with the FP output. Three granularities:
 
-- ``layer``    one block per quantized layer: the layer and the parameter-free units after it (BN-identity,
-               ReLU, pooling) up to the next quantized layer; loss at its end (AdaRound).
-- ``block``    one block per stage: layers up to and including a pooling unit (a VGG stage), the classifier
-               on its own; loss at the end of the stage (BRECQ, QDrop) or after every layer (DJOS block-wise).
-- ``network``  the whole network as one block, loss after every layer (DJOS network-wise, DOMR's Algorithm 1).
+- ``layer``    one block per unit with quantized layers (one layer, or one residual block): it and the
+               parameter-free units after it (activation, pooling) up to the next one; loss at its end (AdaRound).
+- ``block``    one block per stage: units up to and including one that downsamples (a pooling op or a strided
+               conv: a VGG stage, a ResNet stage), the rest on its own; loss at the end of the stage (BRECQ,
+               QDrop) or after every layer unit (DJOS block-wise).
+- ``network``  the whole network as one block, loss after every layer unit (DJOS network-wise, DOMR's Algorithm 1).
 """
 
 from __future__ import annotations
@@ -23,22 +23,15 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..nn import ModelGraph, downsamples
 from ..quant import QUANT_MODULES
 
-POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 GRANULARITIES = ("layer", "block", "network")
 
 
 def sequential_units(model: nn.Module) -> list[nn.Module]:
     """The units whose composition is ``model.forward`` (see the module docstring)."""
-    if isinstance(model, nn.Sequential):
-        return list(model)
-    features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
-    if isinstance(features, nn.Sequential) and isinstance(classifier, nn.Module):
-        head = list(classifier) if isinstance(classifier, nn.Sequential) else [classifier]
-        return [*features, nn.Flatten(1), *head]
-    raise ConfigError(f"{type(model).__name__} is not a sequential-style model (nn.Sequential, or features + "
-                      "classifier): block reconstruction cannot split it")
+    return ModelGraph(model).units()
 
 
 def has_quant_layer(unit: nn.Module) -> bool:
@@ -95,7 +88,7 @@ def make_blocks(units: list[nn.Module], granularity: str, loss_every_layer: bool
         groups, cur = [], []
         for sp in spans:
             cur.append(sp)
-            if any(isinstance(m, POOLS) for u in units[sp[0]:sp[1]] for m in u.modules()) or sp is spans[-1]:
+            if any(downsamples(u) for u in units[sp[0]:sp[1]]) or sp is spans[-1]:
                 groups.append(cur)
                 cur = []
     blocks = []

@@ -2,7 +2,7 @@
 cross-layer equalisation, Nagel et al. 2019).
 
 For layer l (output z = W_l x + b_l), layer l+1 and only positively homogeneous operations φ between them
-(φ(α·z) = α·φ(z) for α > 0: ReLU, LeakyReLU, max/avg pooling, flatten, identity — *not* BatchNorm, so fuse first):
+(φ(α·z) = α·φ(z) for α > 0: ReLU, max/avg pooling, flatten — *not* BatchNorm, so fuse first):
 
     W_l ← α·W_l,  b_l ← α·b_l,  W_{l+1} ← W_{l+1}/α   (on the input columns)   ⇒   the network function is unchanged.
 
@@ -20,31 +20,19 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-
-HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-               nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-COMPUTE = (nn.Conv2d, nn.Linear)
-
-
-def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+from ..nn import ModelGraph
+from ..nn.ops import HOMOGENEOUS
 
 
 def next_layer(model: nn.Module, name: str) -> tuple[nn.Module, nn.Module]:
-    """(layer ``name``, the next Conv2d/Linear) in definition order, checking that every module in between is
-    positively homogeneous. Definition order is execution order for the registry models."""
-    leaves = _leaves(model)
-    names = [n for n, _ in leaves]
-    if name not in names or not isinstance(leaves[names.index(name)][1], COMPUTE):
-        raise ConfigError(f"{name!r} is not a Conv2d/Linear layer of the model")
-    i = names.index(name)
-    for n, m in leaves[i + 1:]:
-        if isinstance(m, COMPUTE):
-            return leaves[i][1], m
-        if not isinstance(m, HOMOGENEOUS):
-            raise ConfigError(f"cannot move α from {name} past {n} ({type(m).__name__}): not positively "
-                              f"homogeneous (fuse BatchNorm first)")
-    raise ConfigError(f"{name} is the last layer: there is no next layer to take 1/α")
+    """(layer ``name``, the layer its output feeds) from the model graph's chain, checking that every op in
+    between is positively homogeneous."""
+    chain = ModelGraph(model).next_layer(name)
+    bad = [k for k in chain.kinds if k not in HOMOGENEOUS]
+    if bad:
+        raise ConfigError(f"cannot move α from {name} to {chain.consumer} past {bad[0]}: not positively "
+                          f"homogeneous (fuse BatchNorm first)")
+    return model.get_submodule(name), model.get_submodule(chain.consumer)
 
 
 def _as_alpha(alpha, channels: int, like: torch.Tensor) -> torch.Tensor:
@@ -106,8 +94,7 @@ def reparameterize(model: nn.Module, alphas: dict[str, float | torch.Tensor], in
 def equalization_alphas(model: nn.Module, names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """CLE's per-channel α for each named layer (default: every Conv2d/Linear that has a next layer)."""
     if names is None:
-        layers = [n for n, m in _leaves(model) if isinstance(m, COMPUTE)]
-        names = layers[:-1]
+        names = [c.producer for c in ModelGraph(model).chains()[0] if all(k in HOMOGENEOUS for k in c.kinds)]
     out = {}
     for name in names:
         layer, nxt = next_layer(model, name)

@@ -1,6 +1,8 @@
-"""Network transforms that keep the function exact: BN fusion, graph lookup."""
+"""The model as one traced graph (:class:`ModelGraph`) and the transforms that keep its function exact (BN fusion)."""
 
 from .fuse import fuse_bn, fuse_weights
-from .graph import compute_layers, get_module, set_module
+from .graph import get_module, set_module
+from .model_graph import Chain, ModelGraph, downsamples
+from .ops import SUPPORTED
 
-__all__ = ["compute_layers", "fuse_bn", "fuse_weights", "get_module", "set_module"]
+__all__ = ["SUPPORTED", "Chain", "ModelGraph", "downsamples", "fuse_bn", "fuse_weights", "get_module", "set_module"]

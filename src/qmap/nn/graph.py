@@ -1,19 +1,8 @@
-"""Graph helpers for sequential-style models: quantizable layers in execution order and their successors."""
+"""Module lookup and replacement by dotted name."""
 
 from __future__ import annotations
 
 from torch import nn
-
-QUANT_LAYERS = (nn.Conv2d, nn.Linear)
-
-
-def compute_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Conv2d/Linear modules (or their quantized wrappers' FP originals) in definition order.
-
-    For the registry models (a ``features`` Sequential followed by ``classifier``) definition order is
-    execution order.
-    """
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:

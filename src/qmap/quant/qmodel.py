@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, reject_unknown_keys
-from ..nn import fuse_bn, set_module
+from ..nn import ModelGraph, fuse_bn, set_module
 from .qmodules import FLOAT_TO_QUANT, quant_layers
 from .spec import QuantSpec
 
@@ -77,13 +77,19 @@ class QuantConfig:
 def quantize_model(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
     """A fake-quant copy of ``model``: BN fused, every Conv2d/Linear wrapped, weight steps initialised.
 
+    The layers are taken from the :class:`~qmap.nn.ModelGraph` in execution order (``first_last_bits`` applies
+    to the first and last layer the input passes through) and recorded as ``qmodel.layer_order``.
     Activation quantizers are created unsigned and uninitialised; call :func:`calibrate` next.
     """
     cfg = cfg or QuantConfig()
     qmodel = fuse_bn(copy.deepcopy(model))
-    layers = [(n, m) for n, m in qmodel.named_modules() if type(m) in FLOAT_TO_QUANT]
-    if not layers:
-        raise ConfigError("model has no Conv2d/Linear layer to quantize")
+    graph = ModelGraph(qmodel)
+    graph.first  # noqa: B018 - ConfigError for a model without a layer
+    layers = [(n, qmodel.get_submodule(n)) for n in graph.layers]
+    wrong = [f"{n} ({type(m).__name__})" for n, m in layers if type(m) not in FLOAT_TO_QUANT]
+    if wrong:
+        raise ConfigError(f"layer(s) {', '.join(wrong)} are already quantized or of a Conv2d/Linear subclass "
+                          "qmap does not know")
     unknown = sorted(set(cfg.skip) | set(cfg.layer_bits) - {n for n, _ in layers})
     unknown = [u for u in unknown if u not in {n for n, _ in layers}]
     if unknown:
@@ -99,6 +105,7 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Modul
         q.weight_quantizer.init_from(q.weight.detach())
         set_module(qmodel, name, q)
     qmodel.qconfig = cfg
+    qmodel.layer_order = graph.layers
     return qmodel.eval()
 
 

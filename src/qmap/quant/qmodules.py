@@ -75,5 +75,8 @@ FLOAT_TO_QUANT = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QuantConv2d | QuantLinear]]:
-    """The quantized layers of ``model`` in definition (= execution, for registry models) order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_MODULES)]
+    """The quantized layers of ``model`` in execution order (``model.layer_order``, recorded by
+    :func:`~qmap.quant.quantize_model` from the model graph; definition order for a model built otherwise)."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QUANT_MODULES)]
+    rank = {n: i for i, n in enumerate(getattr(model, "layer_order", ()))}
+    return sorted(layers, key=lambda nm: rank.get(nm[0], len(rank)))

@@ -1,0 +1,172 @@
+"""The operator vocabulary of a :class:`~qmap.nn.ModelGraph`, and the normalisation that maps a traced forward
+onto it.
+
+Every node of a normalised graph has one *kind*:
+
+    layers        conv (Conv2d, any groups), linear
+    fused         bn (BatchNorm1d/2d: folded into the layer before it)
+    activations   relu, relu6, hardswish, hardsigmoid, gelu, silu, sigmoid
+    pooling       maxpool, avgpool, adaptive_avgpool (module, functional, ``x.mean((2, 3), keepdim=True)``)
+    shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``)
+    merges        add (``+``, ``torch.add``), mul (elementwise, e.g. a squeeze-excite gate), cat (channels)
+    custom        a module that states its own integer form (``integer_op``, e.g. OMR's shift)
+
+Module and functional forms of an op get the same kind; dropout, identity, ``.contiguous()`` and the
+``size``/``shape`` arithmetic of a view vanish. Anything else is unsupported.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..errors import ConfigError
+
+ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "gelu", "silu", "sigmoid")
+POOLS = ("maxpool", "avgpool", "adaptive_avgpool")
+LAYERS = ("conv", "linear")
+MERGES = ("add", "mul", "cat")
+HOMOGENEOUS = ("relu", "maxpool", "avgpool", "adaptive_avgpool", "flatten")  # φ(α·z) = α·φ(z) for α > 0
+
+_MODULE_KINDS: tuple[tuple[type, str], ...] = (
+    (nn.Conv2d, "conv"), (nn.Linear, "linear"), (nn.BatchNorm2d, "bn"), (nn.BatchNorm1d, "bn"),
+    (nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.Hardswish, "hardswish"), (nn.Hardsigmoid, "hardsigmoid"),
+    (nn.GELU, "gelu"), (nn.SiLU, "silu"), (nn.Sigmoid, "sigmoid"), (nn.MaxPool2d, "maxpool"),
+    (nn.AvgPool2d, "avgpool"), (nn.AdaptiveAvgPool2d, "adaptive_avgpool"), (nn.Flatten, "flatten"))
+_NO_OPS = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d)
+
+_FUNCTION_KINDS = {
+    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish",
+    F.hardsigmoid: "hardsigmoid", F.gelu: "gelu", F.silu: "silu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+    F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
+    torch.flatten: "flatten", operator.add: "add", torch.add: "add", operator.mul: "mul", torch.mul: "mul",
+    torch.cat: "cat"}
+# call_method → the function of the same meaning (x.relu() ≡ torch.relu(x) ...)
+_METHODS = {"relu": torch.relu, "relu_": torch.relu, "sigmoid": torch.sigmoid, "flatten": torch.flatten,
+            "add": torch.add, "mul": torch.mul}
+_NO_OP_FUNCTIONS = (F.dropout, F.dropout2d, torch.dropout)
+_NO_OP_METHODS = ("contiguous",)
+
+SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused), ReLU, ReLU6, Hardswish, "
+             "Hardsigmoid, GELU, SiLU, Sigmoid, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W, "
+             "flatten / view / reshape to (N, -1), residual + / torch.add, torch.cat on channels, elementwise * "
+             "(gates), Dropout / Identity")
+
+
+class GraphTracer(fx.Tracer):
+    """Leaves: torch.nn modules, every Conv2d/Linear (incl. quantized subclasses) and modules that state their own
+    integer form (``integer_op``)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.Linear)) or hasattr(m, "integer_op") or super().is_leaf_module(m, qualname)
+
+
+def module_kind(m: nn.Module) -> str | None:
+    if hasattr(m, "integer_op"):
+        return "custom"
+    return next((k for t, k in _MODULE_KINDS if isinstance(m, t)), None)
+
+
+def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """The kind of a node of a *normalised* graph (None: unsupported)."""
+    if node.op == "call_module":
+        return module_kind(modules[node.target])
+    if node.op == "call_function":
+        return _FUNCTION_KINDS.get(node.target)
+    return None
+
+
+def describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """``'features.3 (LeakyReLU)'`` / ``'function softmax (node softmax)'`` for error messages."""
+    if node.op == "call_module":
+        return f"module {node.target} ({type(modules[node.target]).__name__})"
+    if node.op == "call_method":
+        return f"method .{node.target}() (node {node.name})"
+    return f"{node.op} {getattr(node.target, '__name__', node.target)} (node {node.name})"
+
+
+def _is_batch_size(arg) -> bool:
+    """``t.size(0)``, ``t.shape[0]`` or ``t.size()[0]`` of any tensor t (every tensor shares the batch size)."""
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_method" and arg.target == "size":
+        return arg.args[1:] == (0,) or arg.kwargs.get("dim") == 0
+    if arg.op == "call_function" and arg.target is operator.getitem and arg.args[1] == 0:
+        src = arg.args[0]
+        return isinstance(src, fx.Node) and bool(src.args) and (
+            (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
+            or (src.op == "call_method" and src.target == "size" and len(src.args) == 1))
+    return False
+
+
+def _view_shape(node: fx.Node) -> tuple:
+    shape = node.args[1:]
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return tuple(shape)
+
+
+def _is_flatten_view(node: fx.Node) -> bool:
+    """view/reshape to (N, -1): ``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], -1)``, ``torch.reshape(...)``."""
+    if not ((node.op == "call_method" and node.target in ("view", "reshape"))
+            or (node.op == "call_function" and node.target is torch.reshape)):
+        return False
+    shape = _view_shape(node)
+    return len(shape) == 2 and shape[1] == -1 and _is_batch_size(shape[0])
+
+
+def _is_spatial_mean(node: fx.Node) -> bool:
+    if not ((node.op == "call_method" and node.target == "mean") or
+            (node.op == "call_function" and node.target is torch.mean)):
+        return False
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    spatial = sorted(d % 4 if isinstance(d, int) else d for d in dims) == [2, 3]
+    return spatial and node.args[2:] in ((), (True,), (False,))
+
+
+def normalise(gm: fx.GraphModule) -> fx.GraphModule:
+    """Rewrite ``gm`` in place onto the vocabulary above (same function); returns it."""
+    graph = gm.graph
+    modules = dict(gm.named_modules())
+    for node in list(graph.nodes):
+        target = node.target
+        if (node.op == "call_module" and isinstance(modules[target], _NO_OPS)) or (
+                node.op == "call_function" and target in _NO_OP_FUNCTIONS) or (
+                node.op == "call_method" and target in _NO_OP_METHODS):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            continue
+        new = None
+        with graph.inserting_after(node):
+            if _is_flatten_view(node):
+                new = graph.call_function(torch.flatten, (node.args[0], 1))
+            elif _is_spatial_mean(node):
+                keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+                new = graph.call_function(F.adaptive_avg_pool2d, (node.args[0], 1))
+                if not keep:
+                    with graph.inserting_after(new):
+                        new = graph.call_function(torch.flatten, (new, 1))
+            elif node.op == "call_method" and target in _METHODS:
+                new = graph.call_function(_METHODS[target], node.args, node.kwargs)
+            elif node.op == "call_function" and target in _FUNCTION_KINDS and "inplace" in node.kwargs:
+                new = graph.call_function(target, node.args, {k: v for k, v in node.kwargs.items() if k != "inplace"})
+        if new is not None:
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """The normalised fx graph of ``model`` (submodules shared, not copied)."""
+    try:
+        graph = GraphTracer().trace(model)
+    except Exception as e:  # fx raises many types (TraceError, TypeError, ...) for data-dependent control flow
+        raise ConfigError(f"cannot trace {type(model).__name__} with torch.fx: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")) from None
+    return normalise(fx.GraphModule(model, graph, class_name=type(model).__name__))

@@ -1,0 +1,121 @@
+"""ModelGraph: execution order, normalisation, chains, units, shapes and the unsupported-operation error, on
+hand-written user models (tests/user_models.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from user_models import USER_MODELS, build, images
+
+from qmap.errors import ConfigError
+from qmap.nn import ModelGraph, fuse_bn
+from qmap.quant import quantize_model
+
+
+@pytest.mark.parametrize("name", sorted(USER_MODELS))
+def test_units_compose_to_the_forward_and_fusion_is_exact(name):
+    model = build(name)
+    x = images(4)
+    fused = fuse_bn(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    ref = model(x)
+    assert (fused(x) - ref).abs().max() <= 1e-5 * ref.abs().max()
+    y = x
+    for unit in ModelGraph(fused).units():
+        y = unit(y)
+    assert torch.equal(y, fused(x))
+
+
+def test_normalisation_reads_view_mean_and_functional_forms():
+    g = ModelGraph(fuse_bn(build("view_fc")))
+    assert [g.kind[n] for n in g.nodes] == ["conv", "relu", "maxpool", "conv", "relu", "flatten", "linear"]
+    g = ModelGraph(build("se_gate"))
+    kinds = [g.kind[n] for n in g.nodes]
+    assert kinds.count("adaptive_avgpool") == 2 and "mul" in kinds and "hardsigmoid" in kinds
+    g = ModelGraph(build("concat"))
+    assert [g.kind[n] for n in g.nodes][-2:] == ["flatten", "linear"]  # .reshape(x.shape[0], -1)
+
+
+def test_first_and_last_follow_execution_not_definition_order():
+    model = build("head_first")
+    assert [n for n, _ in model.named_modules() if n][:1] == ["head"]  # defined first
+    g = ModelGraph(model)
+    assert (g.first, g.last, g.layers) == ("conv1", "head", ["conv1", "conv2", "head"])
+    q = quantize_model(model)  # W4A4, first/last at 8 bits
+    bits = {n: (q.get_submodule(n).weight_quantizer.spec.bits, q.get_submodule(n).input_quantizer.spec.bits)
+            for n in g.layers}
+    assert bits == {"conv1": (8, 8), "conv2": (4, 4), "head": (8, 8)}
+
+
+def test_chains_stop_at_branches_and_merges():
+    chains, notes = ModelGraph(fuse_bn(build("residual"))).chains()
+    assert [c.key for c in chains] == ["layer1.conv1->layer1.conv2", "layer2.conv1->layer2.conv2"]
+    assert "stem.0: output branches to 2 nodes" in notes
+    assert any(n.startswith("layer2.short.0: reaches add") for n in notes)
+    chains, _ = ModelGraph(fuse_bn(build("view_fc"))).chains()
+    assert [(c.key, c.kinds, c.via_flatten) for c in chains] == [
+        ("features.0->features.4", ("relu", "maxpool"), False), ("features.4->fc", ("relu", "flatten"), True)]
+
+
+def test_residual_block_is_one_unit():
+    g = ModelGraph(fuse_bn(build("residual")))
+    sizes = [sum(isinstance(m, nn.Conv2d) for m in u.modules()) for u in g.units()]
+    assert sizes.count(2) == 1 and sizes.count(3) == 1  # the identity block, the block with a 1x1 shortcut
+
+
+def test_shapes_per_layer():
+    g = ModelGraph(build("depthwise"), images(2))
+    shapes = g.layer_shapes()
+    assert list(shapes) == g.layers
+    assert shapes["body.9"] == ((2, 24, 16, 16), (2, 24, 8, 8))
+    assert shapes["classifier.1"] == ((2, 32), (2, 10))
+    with pytest.raises(ConfigError, match="example input"):
+        ModelGraph(build("depthwise")).layer_shapes()
+
+
+class _Leaky(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.act = nn.LeakyReLU()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+
+class _Softmax(_Leaky):
+    def forward(self, x):
+        return self.fc(torch.softmax(self.conv(x), 1).mean((2, 3)))
+
+
+class _Branching(_Leaky):
+    def forward(self, x):
+        if x.sum() > 0:
+            x = -x
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("model, match", [
+    (_Leaky(), r"unsupported operation module act \(LeakyReLU\) in _Leaky; supported: Conv2d"),
+    (_Softmax(), r"unsupported operation call_function softmax \(node softmax\)"),
+    (_Branching(), r"cannot trace _Branching with torch.fx"),
+])
+def test_unsupported_operation_is_one_line_before_any_work(model, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        quantize_model(model)
+    assert "\n" not in str(err.value)
+
+
+def test_a_layer_called_twice_is_refused():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(torch.relu(self.conv(x)))
+
+    with pytest.raises(ConfigError, match="conv are called more than once"):
+        ModelGraph(Twice())

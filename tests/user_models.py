@@ -1,0 +1,148 @@
+"""Hand-written 'user' CNNs of the kinds people bring (not registry models): each exercises a layout the
+model graph must read from structure, not from attribute names or definition order. All take 3x16x16."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ViewFC(nn.Module):
+    """``features`` + ``fc`` with ``x.view(x.size(0), -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.features(x)
+        return self.fc(x.view(x.size(0), -1))
+
+
+class HeadFirst(nn.Module):
+    """The head is defined before the body: definition order is not execution order."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 10)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, stride=2)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.short = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.short(x))
+
+
+class Residual(nn.Module):
+    """A small ResNet: stem, identity block, downsampling block (1x1 shortcut), global pool, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.layer1 = BasicBlock(8, 8)
+        self.layer2 = BasicBlock(8, 16, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.linear(torch.flatten(self.pool(x), 1))
+
+
+class Depthwise(nn.Module):
+    """MobileNet-v1 style: depthwise 3x3 + ReLU6, pointwise 1x1 + ReLU6, global pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+            nn.Conv2d(16, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU6(),
+            nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24, bias=False), nn.BatchNorm2d(24), nn.ReLU6(),
+            nn.Conv2d(24, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.classifier(F.adaptive_avg_pool2d(self.body(x), 1).flatten(1))
+
+
+class SEGate(nn.Module):
+    """Squeeze-excite: x * hardsigmoid(fc2(relu(fc1(mean(x))))), Hardswish body, 1x1 convs as the FCs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.se1 = nn.Conv2d(16, 4, 1)
+        self.se2 = nn.Conv2d(4, 16, 1)
+        self.out = nn.Conv2d(16, 16, 3, padding=1, stride=2)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.act(self.conv(x))
+        g = F.hardsigmoid(self.se2(F.relu(self.se1(x.mean((2, 3), keepdim=True)))))
+        x = F.silu(self.out(x * g))
+        return self.fc(x.mean((2, 3)))
+
+
+class Concat(nn.Module):
+    """Two branches (3x3 and 1x1 + GELU) concatenated on channels, avg-pooled."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 4, 1)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(12 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = torch.cat([F.relu(self.a(x)), F.gelu(self.b(x))], dim=1)
+        return self.fc(self.pool(x).reshape(x.shape[0], -1))
+
+
+USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
+               "se_gate": SEGate, "concat": Concat}
+INPUT = (3, 16, 16)
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    """The model with random weights and non-trivial BN statistics, eval mode."""
+    torch.manual_seed(seed)
+    model = USER_MODELS[name]()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(c, generator=gen))
+    return model.eval()
+
+
+def images(n: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, *INPUT, generator=torch.Generator().manual_seed(seed))
