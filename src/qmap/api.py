@@ -1,32 +1,75 @@
 """The one-call Python API.
 
     >>> import qmap
-    >>> qmodel, report = qmap.quantize(model, calib_images, method="domr", w_bits=4, a_bits=4)
+    >>> qmodel, report = qmap.quantize(model, calib, method="domr", w_bits=4, a_bits=4)
 
-``calib_images`` are float NCHW tensors normalised as the model expects (see :func:`qmap.data.to_tensor`).
-Any :class:`~qmap.quant.QuantConfig` field may be passed as a keyword; the remaining keywords go to the
-method (e.g. ``iters=``, ``omr=``, ``grid=``).
+``model`` is any ``nn.Module`` built from the supported operations (:data:`qmap.nn.SUPPORTED`; anything else is
+refused with one line naming the operation, before any work). ``calib`` holds normalised float images as the
+model expects them: a tensor [N, C, H, W], a ``DataLoader`` or any iterable of batches (a batch is a tensor or
+an ``(images, labels, ...)`` tuple). Any :class:`~qmap.quant.QuantConfig` field may be passed as a keyword;
+the remaining keywords go to the method (e.g. ``iters=``, ``omr=``, ``grid=``); an unknown keyword is refused
+with the list of valid ones. ``progress=False`` silences the progress bars.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterable
 from dataclasses import fields
 
 import torch
 from torch import nn
 
+from .errors import ConfigError, reject_unknown_keys
 from .methods import get_method
+from .nn import ModelGraph
+from .progress import quiet
 from .quant import QuantConfig
 
 
-def quantize(model: nn.Module, calib: torch.Tensor, method: str = "rtn", qconfig: QuantConfig | None = None,
-             **kwargs) -> tuple[nn.Module, dict]:
+def calibration_tensor(calib: torch.Tensor | Iterable) -> torch.Tensor:
+    """The calibration images of ``calib`` (a tensor, a DataLoader or an iterable of batches) as one tensor."""
+    if isinstance(calib, torch.Tensor):
+        batches = [calib]
+    else:
+        try:
+            batches = [b[0] if isinstance(b, (tuple, list)) else b for b in calib]
+        except TypeError:
+            raise ConfigError(f"calibration data must be a tensor, a DataLoader or an iterable of batches, "
+                              f"not {type(calib).__name__}") from None
+    if not batches or not all(isinstance(b, torch.Tensor) and b.is_floating_point() for b in batches):
+        raise ConfigError("calibration data must hold float image tensors (normalised as the model expects)")
+    images = torch.cat(batches) if len(batches) > 1 else batches[0]
+    if images.dim() < 2 or not len(images):
+        raise ConfigError(f"calibration images must be a batch [N, C, H, W], got shape {tuple(images.shape)}")
+    return images
+
+
+def method_options(apply) -> set[str] | None:
+    """The keyword options ``apply`` takes (None: it forwards them, and checks them itself)."""
+    params = list(inspect.signature(apply).parameters.values())[3:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def quantize(model: nn.Module, calib: torch.Tensor | Iterable, method: str = "rtn",
+             qconfig: QuantConfig | None = None, progress: bool = True, **kwargs) -> tuple[nn.Module, dict]:
     """Quantize ``model`` with ``method``; returns ``(fake_quant_model, report)``."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch nn.Module, not {type(model).__name__}")
+    apply = get_method(method)
     qfields = {f.name for f in fields(QuantConfig)}
+    options = method_options(apply)
+    if options is not None:
+        reject_unknown_keys(kwargs, qfields | options, f"option(s) for method {method!r}")
+    ModelGraph(model)  # unsupported operations: one clear error before any work
+    images = calibration_tensor(calib)
     q_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in qfields}
     if qconfig is None:
         qconfig = QuantConfig(**q_kwargs)
     elif q_kwargs:
         qconfig = QuantConfig.from_dict({**qconfig.to_dict(), **q_kwargs})
-    result = get_method(method)(model, calib, qconfig, **kwargs)
+    with quiet(not progress):
+        result = apply(model.eval(), images, qconfig, **kwargs)
     return result.model, result.report

@@ -43,6 +43,18 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+@contextmanager
+def quiet(on: bool = True):
+    """Silence the progress bars inside the block (when ``on``), restoring the previous setting after it."""
+    global _quiet
+    before = _quiet
+    _quiet = before or on
+    try:
+        yield
+    finally:
+        _quiet = before
+
+
 def bar(iterable, desc: str, total: int | None = None, unit: str = "it"):
     """A tqdm progress bar on stderr (with ETA) around ``iterable``, off under ``set_quiet(True)``."""
     from tqdm import tqdm

@@ -129,8 +129,7 @@ def test_other_activations(images, tmp_path, act, opset):
 
 
 class Residual(nn.Module):
-    """conv → relu(y + conv(relu(y))) → global pool → linear; the pool is ``tensor.mean`` (not exportable) or a
-    module."""
+    """conv → relu(y + conv(relu(y))) → global pool → linear; the pool is ``tensor.mean`` or a module."""
 
     def __init__(self, pool: nn.Module | None = None):
         super().__init__()
@@ -154,13 +153,14 @@ def test_unsupported_module_is_named(images, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_unsupported_function_is_named(images, tmp_path):
+def test_mean_pool_is_a_global_average_pool(images, tmp_path):
     torch.manual_seed(0)
     model = Residual().eval()
     qmodel = quantize_model(model, QuantConfig(w_bits=8, a_bits=8, w_observer="minmax", a_observer="minmax"))
     calibrate(qmodel, images[:32])
-    with pytest.raises(ConfigError, match=r"method \.mean\(\)"):
-        export_onnx(qmodel, tmp_path / "m.onnx", images[:2])
+    report, check = export_and_verify(qmodel, images, tmp_path)
+    assert report["op_counts"]["GlobalAveragePool"] == 1
+    assert check["max_rel_diff"] <= REL_TOL and check["top1_agreement"] == 1.0
 
 
 def test_residual_add_and_same_padding(images, tmp_path):

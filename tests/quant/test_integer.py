@@ -133,9 +133,18 @@ class _Residual(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-def test_unsupported_graph_is_a_clear_error():
+class _GeluAfterAdd(_Residual):
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.fc(torch.nn.functional.gelu(self.b(y) + y).mean((2, 3)))
+
+
+def test_residual_runs_and_a_curved_activation_off_a_layer_is_a_clear_error():
     qmodel = calibrated(_Residual().eval(), QuantConfig(w_bits=4, a_bits=4, **MINMAX), images(8))
-    with pytest.raises(ConfigError, match="residual adds and branches"):
+    x = images(16, seed=3)
+    assert torch.equal(to_integer_model(qmodel).run(x).logits.argmax(1), qmodel(x).argmax(1))
+    qmodel = calibrated(_GeluAfterAdd().eval(), QuantConfig(w_bits=4, a_bits=4, **MINMAX), images(8))
+    with pytest.raises(ConfigError, match="gelu .*needs the b-bit output codes of the layer right before it"):
         to_integer_model(qmodel)
 
 

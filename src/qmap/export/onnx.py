@@ -1,8 +1,9 @@
 """ONNX export of a fake-quant model, and its verification in onnxruntime.
 
-``export_onnx`` traces the model with ``torch.fx`` (quantized layers and quantizers are leaves), checks that
-every quantizer is calibrated and that its output is exactly ``(to_int(x) − z)·s'`` on an example input,
-and writes one ONNX node group per traced operation (see :mod:`qmap.export.onnx_graph` for the Q/DQ form
+``export_onnx`` reads the model's :class:`~qmap.nn.ModelGraph` (traced once, normalised: a functional op is
+exported as the module it equals, ``x.view(x.size(0), -1)`` as a flatten), checks that every quantizer is
+calibrated and that its output is exactly ``(to_int(x) − z)·s'`` on an example input, and writes one ONNX
+node group per graph node (see :mod:`qmap.export.onnx_graph` for the Q/DQ form
 and :mod:`qmap.export.onnx_ops` for the supported modules). The ONNX model then computes the same function
 as the fake-quant model: integer codes, clipping and dequantization are identical; only the float
 accumulation order of Conv/Gemm differs, so logits agree to float rounding — except where such a rounding
@@ -20,38 +21,21 @@ import numpy as np
 import torch
 import torch.fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .. import __version__
 from ..errors import ConfigError
 from ..io import atomic_write_bytes
+from ..nn import ModelGraph
+from ..nn.ops import as_module, describe
 from ..quant import Quantizer
 from .onnx_graph import GraphBuilder, onnx_modules
-from .onnx_ops import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS
+from .onnx_ops import FUNCTION_HANDLERS, MODULE_HANDLERS
 from .onnx_ops import quantizer as quantizer_handler
 
 DEFAULT_OPSET = 21
 MIN_OPSET = 13  # per-axis DequantizeLinear
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 FLOAT_REL_TOL = 1e-4  # |Δlogit| / max|logit| reachable by float summation order alone
-
-
-class _LeafTracer(torch.fx.Tracer):
-    """Stops at every module with an export handler (quantized layers, quantizers, torch.nn leaves)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m) in MODULE_HANDLERS or isinstance(m, Quantizer) or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module, example_input: torch.Tensor) -> torch.fx.GraphModule:
-    """fx graph of ``model`` with tensor shapes (``node.meta['tensor_meta']``) from ``example_input``."""
-    try:
-        gm = torch.fx.GraphModule(model, _LeafTracer().trace(model))
-    except Exception as e:  # fx raises many types (TraceError, TypeError, ...) for untraceable code
-        raise ConfigError(f"cannot trace {type(model).__name__} with torch.fx for export: {e}") from None
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example_input)
-    return gm
 
 
 @torch.no_grad()
@@ -78,28 +62,20 @@ def check_quantizers(model: nn.Module, example_input: torch.Tensor, rtol: float 
                               f"differs from dequantize(to_int(x)) by {err:.3g}; finalise it before export")
 
 
-def _handler(gm: torch.fx.GraphModule, node: torch.fx.Node):
-    if node.op == "call_module":
-        m = gm.get_submodule(node.target)
+def _handler(graph: ModelGraph, node: torch.fx.Node):
+    m = as_module(node, graph.modules)
+    if m is not None:
         fn = MODULE_HANDLERS.get(type(m)) or (quantizer_handler if isinstance(m, Quantizer) else None)
-        what = f"module {node.target} ({type(m).__name__})"
-        supported = sorted(t.__name__ for t in MODULE_HANDLERS)
-        return fn, m, what, supported
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", str(node.target))
-        return FUNCTION_HANDLERS.get(node.target), None, f"function {name} (at {node.name})", \
-            sorted({getattr(f, "__name__", str(f)) for f in FUNCTION_HANDLERS})
-    if node.op == "call_method":
-        return METHOD_HANDLERS.get(node.target), None, f"method .{node.target}() (at {node.name})", \
-            sorted(METHOD_HANDLERS)
-    return None, None, f"{node.op} {node.target}", []
+        return fn, m, describe(node, graph.modules), sorted(t.__name__ for t in MODULE_HANDLERS)
+    return FUNCTION_HANDLERS.get(node.target), None, describe(node, graph.modules), \
+        sorted({getattr(f, "__name__", str(f)) for f in FUNCTION_HANDLERS})
 
 
-def build_graph(gm: torch.fx.GraphModule, g: GraphBuilder) -> str:
-    """Emit ONNX nodes for every fx node; returns the ONNX name of the model output."""
+def build_graph(graph: ModelGraph, g: GraphBuilder) -> str:
+    """Emit ONNX nodes for every graph node; returns the ONNX name of the model output."""
     env: dict[torch.fx.Node, str] = {}
     out_name = None
-    for node in gm.graph.nodes:
+    for node in graph.gm.graph.nodes:
         if node.op == "placeholder":
             if env:
                 raise ConfigError("only models with a single input tensor are exportable")
@@ -110,7 +86,7 @@ def build_graph(gm: torch.fx.GraphModule, g: GraphBuilder) -> str:
                 raise ConfigError("only models returning a single tensor are exportable")
             out_name = env[out]
         else:
-            fn, m, what, supported = _handler(gm, node)
+            fn, m, what, supported = _handler(graph, node)
             if fn is None:
                 raise ConfigError(f"ONNX export does not support {what}; supported: {', '.join(supported)}")
             inputs = [env[a] for a in node.all_input_nodes]
@@ -135,18 +111,18 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_input: torch.Tensor
     try:
         example_input = example_input.to(next(qmodel.parameters()).device)
         check_quantizers(qmodel, example_input)
-        gm = trace(qmodel, example_input)
+        graph = ModelGraph(qmodel, example_input)
         g = GraphBuilder(opset, low_bit_types)
-        output = build_graph(gm, g)
-        out_shape = list(next(n for n in gm.graph.nodes if n.op == "output").args[0].meta["tensor_meta"].shape)
+        output = build_graph(graph, g)
+        out_shape = list(graph.shape(graph.output.args[0]))
     finally:
         qmodel.train(was_training)
     in_shape = ["N", *example_input.shape[1:]]
-    graph = helper.make_graph(
+    onnx_graph = helper.make_graph(
         g.nodes, type(qmodel).__name__, [helper.make_tensor_value_info(INPUT_NAME, tp.FLOAT, in_shape)],
         [helper.make_tensor_value_info(output, tp.FLOAT, ["N", *out_shape[1:]])], g.initializers)
     opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="qmap", producer_version=__version__,
+    model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="qmap", producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets))
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()

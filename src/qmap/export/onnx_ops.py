@@ -11,7 +11,6 @@ import math
 import operator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -49,6 +48,16 @@ def _record(g: GraphBuilder, base: str, op: str, act: dict | None, weight: dict 
     g.layers.append({"name": base, "op": op, "input": act, "weight": weight})
 
 
+def _quantized_output(g: GraphBuilder, m: nn.Module, y: str, base: str) -> str:
+    """Q/DQ of the layer output when the layer quantizes it (a curved activation follows)."""
+    q = getattr(m, "output_quantizer", None)
+    if q is None or not q.enabled:
+        return y
+    out, info = g.quantize_activation(y, q, f"{base}.output")
+    _record(g, f"{base}.output", "QDQ", info, None)
+    return out
+
+
 def conv(g: GraphBuilder, m: nn.Conv2d, inputs: list[str], node, base: str) -> str:
     """Conv2d / QuantConv2d → (Q/DQ input) + (DQ weight) + Conv with a float bias."""
     if m.padding_mode != "zeros":
@@ -63,8 +72,8 @@ def conv(g: GraphBuilder, m: nn.Conv2d, inputs: list[str], node, base: str) -> s
     w, winfo = _weight(g, m, base)
     ins = [x, w] + ([g.tensor(f"{base}.bias", m.bias.detach().float())] if m.bias is not None else [])
     _record(g, base, "Conv", act, winfo)
-    return g.node("Conv", ins, base, kernel_shape=k, strides=_pair(m.stride), pads=pads, dilations=d,
-                  group=m.groups)
+    return _quantized_output(g, m, g.node("Conv", ins, base, kernel_shape=k, strides=_pair(m.stride), pads=pads,
+                                          dilations=d, group=m.groups), base)
 
 
 def linear(g: GraphBuilder, m: nn.Linear, inputs: list[str], node, base: str) -> str:
@@ -75,7 +84,7 @@ def linear(g: GraphBuilder, m: nn.Linear, inputs: list[str], node, base: str) ->
     w, winfo = _weight(g, m, base)
     ins = [x, w] + ([g.tensor(f"{base}.bias", m.bias.detach().float())] if m.bias is not None else [])
     _record(g, base, "Gemm", act, winfo)
-    return g.node("Gemm", ins, base, transB=1)
+    return _quantized_output(g, m, g.node("Gemm", ins, base, transB=1), base)
 
 
 def quantizer(g: GraphBuilder, m: Quantizer, inputs: list[str], node, base: str) -> str:
@@ -130,6 +139,20 @@ def hardswish(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     return g.node("HardSwish", inputs, base)
 
 
+def hardsigmoid(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    """relu6(x + 3) / 6 = HardSigmoid(alpha=1/6, beta=1/2)."""
+    return g.node("HardSigmoid", inputs, base, alpha=1.0 / 6.0, beta=0.5)
+
+
+def sigmoid(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    return g.node("Sigmoid", inputs, base)
+
+
+def silu(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    """x · sigmoid(x)."""
+    return g.node("Mul", [inputs[0], g.node("Sigmoid", inputs, f"{base}.sigmoid")], base)
+
+
 def gelu(g: GraphBuilder, m: nn.GELU, inputs: list[str], node, base: str) -> str:
     """GELU: the Gelu operator at opset ≥ 20, else 0.5·x·(1 + erf(x/√2)) (exact form only)."""
     if g.opset >= 20:
@@ -142,10 +165,6 @@ def gelu(g: GraphBuilder, m: nn.GELU, inputs: list[str], node, base: str) -> str
     one_plus = g.node("Add", [erf, g.tensor(f"{base}.one", torch.tensor(1.0))], f"{base}.one_plus")
     half_x = g.node("Mul", [x, g.tensor(f"{base}.half", torch.tensor(0.5))], f"{base}.half_x")
     return g.node("Mul", [half_x, one_plus], base)
-
-
-def identity(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
-    return inputs[0]
 
 
 def flatten(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
@@ -167,14 +186,21 @@ def add(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     return g.node("Add", inputs, base)
 
 
-# Exact types (subclasses are not assumed to behave like their base).
+def mul(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    """Elementwise product of two tensors (broadcast: a [N, C, 1, 1] gate times a [N, C, H, W] map)."""
+    return g.node("Mul", inputs, base)
+
+
+def cat(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    return g.node("Concat", inputs, base, axis=1)
+
+
+# Exact types (subclasses are not assumed to behave like their base). Functional ops arrive as the module they
+# equal (qmap.nn.ops.as_module); the model graph has already dropped identities and dropouts.
 MODULE_HANDLERS = {
     nn.Conv2d: conv, QuantConv2d: conv, nn.Linear: linear, QuantLinear: linear, Quantizer: quantizer,
-    nn.ReLU: relu, nn.ReLU6: relu6, nn.Hardswish: hardswish, nn.GELU: gelu,
-    nn.MaxPool2d: max_pool, nn.AvgPool2d: avg_pool, nn.AdaptiveAvgPool2d: adaptive_avg_pool,
-    nn.Identity: identity, nn.Dropout: identity, nn.Flatten: flatten,
+    nn.ReLU: relu, nn.ReLU6: relu6, nn.Hardswish: hardswish, nn.Hardsigmoid: hardsigmoid, nn.GELU: gelu,
+    nn.SiLU: silu, nn.Sigmoid: sigmoid, nn.MaxPool2d: max_pool, nn.AvgPool2d: avg_pool,
+    nn.AdaptiveAvgPool2d: adaptive_avg_pool, nn.Flatten: flatten,
 }
-FUNCTION_HANDLERS = {
-    torch.flatten: flatten, torch.relu: relu, F.relu: relu, operator.add: add, torch.add: add,
-}
-METHOD_HANDLERS = {"flatten": flatten, "relu": relu, "add": add}
+FUNCTION_HANDLERS = {operator.add: add, torch.add: add, operator.mul: mul, torch.mul: mul, torch.cat: cat}

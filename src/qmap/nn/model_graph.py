@@ -119,6 +119,11 @@ class ModelGraph:
                 return n
         raise ConfigError(f"model has no layer {layer!r}; layers: {', '.join(self.layers)}")
 
+    def feeds(self, layer: str) -> str | None:
+        """The kind of the node that alone consumes ``layer``'s output (None: several users or the output)."""
+        users = list(self.node_of(layer).users)
+        return self.kind.get(users[0]) if len(users) == 1 else None
+
     def bn_pairs(self) -> list[tuple[str, str]]:
         """(layer, BatchNorm) module names to fuse; ConfigError for a BN that cannot be folded."""
         pairs = []

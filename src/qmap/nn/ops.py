@@ -29,6 +29,7 @@ ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "gelu", "silu", "sig
 POOLS = ("maxpool", "avgpool", "adaptive_avgpool")
 LAYERS = ("conv", "linear")
 MERGES = ("add", "mul", "cat")
+TABLE_ACTIVATIONS = ("hardswish", "hardsigmoid", "gelu", "silu", "sigmoid")  # curved: integer form is a lookup table
 HOMOGENEOUS = ("relu", "maxpool", "avgpool", "adaptive_avgpool", "flatten")  # φ(α·z) = α·φ(z) for α > 0
 
 _MODULE_KINDS: tuple[tuple[type, str], ...] = (
@@ -62,6 +63,30 @@ class GraphTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, (nn.Conv2d, nn.Linear)) or hasattr(m, "integer_op") or super().is_leaf_module(m, qualname)
+
+
+_MODULE_OF = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+              "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "maxpool": nn.MaxPool2d,
+              "avgpool": nn.AvgPool2d, "adaptive_avgpool": nn.AdaptiveAvgPool2d, "flatten": nn.Flatten}
+_ARG_NAMES = {"maxpool": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+              "avgpool": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+              "adaptive_avgpool": ("output_size",), "gelu": ("approximate",), "flatten": ("start_dim", "end_dim")}
+
+
+def as_module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
+    """The module computing channel-wise ``node``: its own module, or for a functional call the equivalent
+    torch.nn module built from the call's arguments (``F.max_pool2d(x, 2)`` → ``nn.MaxPool2d(2)``); None for
+    layers and merges."""
+    if node.op == "call_module":
+        return modules[node.target]
+    kind = node_kind(node, modules)
+    if kind not in _MODULE_OF:
+        return None
+    names = _ARG_NAMES.get(kind, ())
+    kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+    if kind == "flatten":
+        kwargs = {"start_dim": 0} | kwargs  # torch.flatten flattens from dim 0 by default, nn.Flatten from 1
+    return _MODULE_OF[kind](**kwargs | dict(zip(names, node.args[1:])))
 
 
 def module_kind(m: nn.Module) -> str | None:

@@ -9,7 +9,9 @@ by a forward pre-hook), i.e. ``round(fake_quant_output / step)``. Two comparison
 
 Reported per layer: the fraction of output integers that differ and the largest difference (in LSB). For the
 last layer the logits are compared in units of the last layer's accumulator step (end to end, those units are
-fine enough that propagated 1-LSB differences show as many units: compare the arg-max there).
+fine enough that propagated 1-LSB differences show as many units: compare the arg-max there). A layer whose
+output is not one next layer's input codes (it feeds a residual add, a concat, a lookup table) is compared on
+its own input codes, end to end (``isolated`` is None).
 """
 
 from __future__ import annotations
@@ -49,12 +51,15 @@ def compare_with_fake_quant(qmodel: nn.Module, imodel: IntegerModel, x: torch.Te
     codes, fq_logits = fake_quant_inputs(qmodel, x)
     out = imodel.run(x, return_intermediates=True)
     rows = []
-    for i, (lay, trace) in enumerate(zip(imodel.layers, out.layers)):
-        iso = imodel.run_layer(lay, codes[lay.name]).y_int
-        if i + 1 < len(imodel.layers):
-            target = codes[imodel.layers[i + 1].name]
-        else:  # the fake-quant logits in units of the last accumulator step
-            target = torch.round(fq_logits.double() / out.logits_scale.to(fq_logits.device))
-        rows.append({"layer": lay.name, "isolated": _diff(iso, target), "end_to_end": _diff(trace.y_int, target)})
+    last = imodel.steps[-1].op
+    for lay, trace in zip(imodel.layers, out.layers):
+        if lay.feeds is not None or lay is last:
+            iso = imodel.run_layer(lay, codes[lay.name]).y_int
+            target = codes[lay.feeds] if lay.feeds is not None else torch.round(  # logits in accumulator units
+                fq_logits.double() / out.logits_scale.to(fq_logits.device))
+            rows.append({"layer": lay.name, "isolated": _diff(iso, target),
+                         "end_to_end": _diff(trace.y_int, target)})
+        else:
+            rows.append({"layer": lay.name, "isolated": None, "end_to_end": _diff(trace.x_int, codes[lay.name])})
     same = out.logits.argmax(1) == fq_logits.argmax(1)
     return {"layers": rows, "top1_agreement": float(same.double().mean()), "n_images": len(x)}

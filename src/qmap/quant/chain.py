@@ -1,8 +1,9 @@
-"""A quantized model as a chain: ``[layer, op, op, layer, op, ..., layer, op]`` traced with torch.fx.
+"""The integer forms of the operations between quantized layers (:mod:`qmap.quant.integer` places them).
 
-The integer model supports feed-forward chains (the registry VGGs and tiny CNNs): every node takes the output
-of the node before it. Between quantized layers only value-order-preserving ops are allowed — ReLU, max/avg
-pooling, flatten, identity/dropout — which the integer model runs on integers.
+Each acts on an integer tensor whose real value is ``t · step`` (step per channel, axis 1). ReLU, ReLU6's
+clamp, max-pooling and flatten commute with a monotone requantization, so they run on whichever side is
+cheaper; an average pool is a window *sum* (its 1/area moves into the next requantization); a curved
+activation is a lookup table over its 2^b input codes.
 """
 
 from __future__ import annotations
@@ -11,16 +12,37 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
-
-from ..errors import ConfigError
-from .qmodules import QUANT_MODULES
 
 
 @dataclass(frozen=True)
 class Relu:
     """max(x, 0)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp_min(0)
+
+
+@dataclass(frozen=True)
+class Clamp:
+    """ReLU6 on integers: clamp(x, 0, hi) with ``hi`` the code of 6 (per channel on accumulators)."""
+
+    hi: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        hi = self.hi.to(x.device, x.dtype)
+        return torch.minimum(x.clamp_min(0), hi.reshape(1, -1, *([1] * (x.dim() - 2))) if hi.numel() > 1 else hi)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A curved activation on integer codes: ``out = table[x − lo]``, one entry per input code lo..hi (exact: the
+    table holds what the fake-quant model computes for each code)."""
+
+    table: torch.Tensor
+    lo: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table.to(x.device)[(x - self.lo).long()]
 
 
 @dataclass(frozen=True)
@@ -77,92 +99,6 @@ class ShiftCopy:
         return torch.cat([x.clamp(max=self.qmax), copies], dim=1)
 
 
-Op = Relu | MaxPool | AvgPool | Flatten | ShiftCopy
+Op = Relu | Clamp | MaxPool | AvgPool | Flatten | ShiftCopy | Table
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-class _QuantLeafTracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, QUANT_MODULES) or hasattr(m, "integer_op") or super().is_leaf_module(m, qualname)
-
-
-_SKIP_MODULES = (nn.Identity, nn.Dropout)
-_RELU_FUNCS = (F.relu, torch.relu, torch.relu_)
-
-
-def _module_op(m: nn.Module, where: str, in_shape: torch.Size | None) -> Op | None:
-    if isinstance(m, _SKIP_MODULES):
-        return None
-    if hasattr(m, "integer_op"):  # a module that states its own integer form (OMR's OutlierShift)
-        return m.integer_op()
-    if isinstance(m, nn.ReLU):
-        return Relu()
-    if isinstance(m, nn.MaxPool2d):
-        return MaxPool(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
-    if isinstance(m, nn.AvgPool2d) and _pair(m.padding) == (0, 0) and not m.ceil_mode:
-        return AvgPool(_pair(m.kernel_size), _pair(m.stride or m.kernel_size))
-    if isinstance(m, nn.AdaptiveAvgPool2d):
-        (h, w), (oh, ow) = in_shape[-2:], _pair(m.output_size)
-        if h % oh or w % ow:
-            raise ConfigError(f"integer model: adaptive average pool {where} maps {h}x{w} to {oh}x{ow} "
-                              "with unequal windows")
-        return AvgPool((h // oh, w // ow), (h // oh, w // ow))
-    if isinstance(m, nn.Flatten):
-        return Flatten(m.start_dim, m.end_dim)
-    raise ConfigError(f"integer model: unsupported module {type(m).__name__} at {where}; supported between "
-                      "layers: ReLU, MaxPool2d, AvgPool2d (no padding), AdaptiveAvgPool2d, Flatten, Identity, Dropout")
-
-
-def _function_op(node: fx.Node) -> Op | None:
-    target, args = node.target, node.args
-    if target in _RELU_FUNCS or (node.op == "call_method" and target in ("relu", "relu_")):
-        return Relu()
-    if target is torch.flatten or (node.op == "call_method" and target == "flatten"):
-        start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-        end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
-        return Flatten(start, end)
-    raise ConfigError(f"integer model: unsupported operation {getattr(target, '__name__', target)!r} "
-                      f"(node {node.name}); the integer model needs a feed-forward chain of Conv/Linear layers "
-                      "with ReLU, pooling and flatten between them")
-
-
-@torch.no_grad()
-def trace_chain(qmodel: nn.Module, input_shape: tuple[int, ...]) -> list[str | Op]:
-    """The model's forward as a list: quantized layer names (str) and the :data:`Op` s between them.
-
-    ``input_shape`` (C, H, W) fixes the spatial sizes that adaptive pools need.
-    """
-    try:
-        gm = fx.GraphModule(qmodel, _QuantLeafTracer().trace(qmodel))
-    except Exception as e:  # fx raises many types for untraceable control flow
-        raise ConfigError(f"integer model: cannot trace the model with torch.fx ({type(e).__name__}: {e})") from None
-    device = next(qmodel.parameters()).device
-    ShapeProp(gm).propagate(torch.zeros(1, *input_shape, device=device))
-    graph = gm.graph
-    chain: list[str | Op] = []
-    prev: fx.Node | None = None
-    for node in graph.nodes:
-        if node.op == "placeholder":
-            prev = node
-            continue
-        if node.op == "output":
-            break
-        if node.all_input_nodes != [prev]:
-            raise ConfigError(f"integer model: node {node.name} does not take exactly the previous node's output "
-                              "(residual adds and branches are not supported by the integer model)")
-        prev_shape = prev.meta["tensor_meta"].shape
-        prev = node
-        if node.op == "call_module":
-            m = qmodel.get_submodule(node.target)
-            if isinstance(m, QUANT_MODULES):
-                chain.append(node.target)
-                continue
-            op = _module_op(m, node.target, prev_shape)
-        else:
-            op = _function_op(node)
-        if op is not None:
-            chain.append(op)
-    return chain

@@ -15,6 +15,21 @@ before the requantization) and ``lo = 0`` when a ReLU follows (ReLU folded into 
 and ReLU commute with the monotone requantization, so they run on the requantized integers (the cheap side).
 The last layer returns its accumulators as int logits and their float scale s'_x·s'_w / area.
 
+The model is lowered from its :class:`~qmap.nn.ModelGraph`. A layer whose output reaches the next layer through
+a chain of channel-wise ops (the VGG case) requantizes straight into that layer's input codes, as above. Any
+other value (a branch, a merge, a curved activation's input) is an integer tensor t with a real step per
+channel, t·step, and
+
+- a layer fed such a value first requantizes it to its input quantizer (``in_requant``, multiplier step/s_x);
+- residual ``+`` and ``cat`` requantize both branches to a common step (the finest step of either, so neither
+  loses precision) with fixed-point multipliers, then add / concatenate integers;
+- ``*`` (a gate) multiplies integers, the steps multiply;
+- average pooling is a window sum, the step divides by the area; ReLU6 is a clamp at the code of 6;
+- a curved activation (GELU, Hardswish, SiLU, Hardsigmoid, Sigmoid) acts on the b-bit codes of the layer's
+  output quantizer through a 2^b-entry table holding the fake-quant model's own result for each code: the next
+  layer's input code when a layer follows (through max-pool/flatten), else a 16-bit code spanning the table's
+  output range.
+
 Agreement with the fake-quant model: y equals ``to_int`` of the fake-quant model's next-layer input except
 when ``(acc + f)·M`` lies within the fixed-point error of M·2^shift (< 2^−30 relative), the float32 round-off
 of the fake-quant model or (for layers with f = 0) the bias rounding 0.5·M of a rounding boundary; then the
@@ -24,6 +39,7 @@ two differ by 1 LSB.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,9 +47,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, HardwareError
-from .chain import AvgPool, Flatten, MaxPool, Op, Relu, ShiftCopy, trace_chain
+from ..nn import ModelGraph
+from ..nn.ops import LAYERS, TABLE_ACTIVATIONS, as_module, describe
+from .chain import AvgPool, Clamp, Flatten, MaxPool, Op, Relu, ShiftCopy, Table
 from .intconv import abs_max, exact_bilinear
-from .qmodules import QuantConv2d, QuantLinear
+from .qmodules import QuantConv2d, quant_layers
+from .quantizer import Quantizer
 from .requant import Requantizer
 
 
@@ -59,6 +78,8 @@ class IntLayer:
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    in_requant: Requantizer | None = None  # input not yet in this layer's codes: requantize it first
+    feeds: str | None = None               # the layer whose input codes ``requant`` produces (None: other)
 
     @property
     def acc_step(self) -> torch.Tensor:
@@ -111,16 +132,33 @@ class IntegerOutput:
     layers: list[LayerTrace] | None = None
 
 
-class IntegerModel:
-    """A chain of :class:`IntLayer` with the input quantizer of the first one (float image → integers)."""
+@dataclass
+class IntStep:
+    """One step of the integer forward: ``op`` applied to the values named ``inputs``, giving value ``name``."""
 
-    def __init__(self, layers: list[IntLayer], input_scale: float, input_range: tuple[int, int],
-                 input_rounding: str):
-        self.layers = layers
+    name: str
+    op: IntLayer | Callable[..., torch.Tensor]
+    inputs: list[str]
+
+
+class IntegerModel:
+    """The integer forward as :class:`IntStep` s (layers and the ops between them), with the input quantizer of
+    the first layer (float image → integers) and the step of the final value (the logits' scale)."""
+
+    def __init__(self, steps: list[IntStep], input_name: str, output_name: str, output_step: torch.Tensor,
+                 input_scale: float, input_range: tuple[int, int], input_rounding: str):
+        self.steps = steps
+        self.input_name, self.output_name = input_name, output_name
+        self.output_step = output_step
         self.input_scale = input_scale
         self.input_range = input_range
         self.input_rounding = input_rounding
         self.peaks: dict[str, dict[str, int]] = {}
+
+    @property
+    def layers(self) -> list[IntLayer]:
+        """The integer layers in execution order."""
+        return [st.op for st in self.steps if isinstance(st.op, IntLayer)]
 
     def layer(self, name: str) -> IntLayer:
         for lay in self.layers:
@@ -131,8 +169,9 @@ class IntegerModel:
     def to(self, device: torch.device | str) -> IntegerModel:
         for lay in self.layers:
             lay.w_int, lay.bias_int = lay.w_int.to(device), lay.bias_int.to(device)
-            if lay.requant is not None:
-                lay.requant.to(device)
+            for rq in (lay.requant, lay.in_requant):
+                if rq is not None:
+                    rq.to(device)
         return self
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +181,7 @@ class IntegerModel:
         return q.clamp(*self.input_range).to(torch.int32)
 
     def run_layer(self, lay: IntLayer, x: torch.Tensor) -> LayerTrace:
-        """Run one layer on input integers ``x``; records and checks the accumulator peaks."""
+        """Run one layer on its input integers ``x``; records and checks the accumulator peaks."""
         psum = lay.psum(x)
         acc = psum + lay.bias_int.reshape(1, -1, *([1] * (psum.dim() - 2)))
         peak = self.peaks.setdefault(lay.name, {"psum": 0, "acc": 0})
@@ -150,7 +189,7 @@ class IntegerModel:
         peak["acc"] = max(peak["acc"], lay.check_width("accumulator (psum + bias)", acc))
         v = acc
         for op in lay.pre_ops:
-            v = op.sum_pool(v) if isinstance(op, AvgPool) else v.clamp_min(0) if isinstance(op, Relu) else op(v)
+            v = op.sum_pool(v) if isinstance(op, AvgPool) else op(v)
         if lay.requant is not None:
             v = lay.requant(v, lower=0 if lay.relu_in_clamp else None)
         for op in lay.post_ops:
@@ -160,16 +199,21 @@ class IntegerModel:
     @torch.no_grad()
     def run(self, x: torch.Tensor, return_intermediates: bool = False) -> IntegerOutput:
         """Run on float images (quantized by the first input quantizer) or on integer inputs (any int dtype)."""
-        v = x.to(torch.int32) if not torch.is_floating_point(x) else self.quantize_input(x)
+        env = {self.input_name: x.to(torch.int32) if not torch.is_floating_point(x) else self.quantize_input(x)}
         traces = []
-        for lay in self.layers:
-            t = self.run_layer(lay, v)
-            v = t.y_int
-            if return_intermediates:
-                traces.append(t)
-        last = self.layers[-1]
-        scale = last.acc_step / last.pool_area
-        shaped = scale.to(v.device).reshape(1, -1, *([1] * (v.dim() - 2)))
+        for st in self.steps:
+            args = [env[i] for i in st.inputs]
+            if isinstance(st.op, IntLayer):
+                v = args[0] if st.op.in_requant is None else st.op.in_requant(args[0])
+                t = self.run_layer(st.op, v)
+                env[st.name] = t.y_int
+                if return_intermediates:
+                    traces.append(t)
+            else:
+                env[st.name] = st.op(*args)
+        v = env[self.output_name]
+        scale = self.output_step.to(v.device)
+        shaped = scale.reshape(1, -1, *([1] * (v.dim() - 2))) if scale.numel() > 1 else scale.reshape(())
         return IntegerOutput(v.double() * shaped, v.to(torch.int64), scale, traces if return_intermediates else None)
 
     def accumulator_report(self) -> list[dict]:
@@ -214,56 +258,276 @@ def _check_quantizer(q, what: str) -> None:
                           "(only symmetric quantizers are supported)")
 
 
-def _split_ops(ops: list[Op], last: bool) -> tuple[list[Op], list[Op], bool]:
+def _split_ops(ops: list[Op], requant: bool) -> tuple[list[Op], list[Op], bool]:
     """(ops on accumulators, ops on integers, ReLU folded into the clamp)."""
-    if last:
+    if not requant:
         return ops, [], False
     cut = max((i + 1 for i, op in enumerate(ops) if isinstance(op, AvgPool)), default=0)
     post = ops[cut:]
     return ops[:cut], [op for op in post if not isinstance(op, Relu)], any(isinstance(op, Relu) for op in post)
 
 
-def _int_layer(name: str, m: QuantConv2d | QuantLinear, ops: list[Op], nxt: QuantConv2d | QuantLinear | None,
-               acc_bits: int, pow2_requant: bool) -> IntLayer:
-    _check_quantizer(m.weight_quantizer, "weight")
-    _check_quantizer(m.input_quantizer, "input")
-    if m.input_quantizer.scale.numel() != 1:
-        raise ConfigError(f"integer model: input quantizer of {name} must be per-tensor")
-    wq = m.weight_quantizer
-    out_ch = m.weight.shape[0]
-    w_step = wq.step.detach().double().reshape(-1).expand(out_ch).cpu().clone()
-    x_step = float(m.input_quantizer.step.detach().double())
-    acc_step = x_step * w_step
-    bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(out_ch, dtype=torch.float64)
-    bias_int = torch.round(bias / acc_step).to(torch.int64)
-    pre, post, relu_in_clamp = _split_ops(ops, last=nxt is None)
-    x_spec = m.input_quantizer.spec
-    lay = IntLayer(name=name, kind="conv" if isinstance(m, QuantConv2d) else "linear",
-                   w_int=wq.to_int(m.weight.detach()).to(torch.int8).cpu(), bias_int=bias_int, x_step=x_step,
-                   x_range=(x_spec.qmin, x_spec.qmax), w_step=w_step, w_bits=wq.spec.bits, x_bits=x_spec.bits,
-                   acc_bits=acc_bits, pre_ops=pre, post_ops=post, relu_in_clamp=relu_in_clamp)
-    if isinstance(m, QuantConv2d):
-        if m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise ConfigError(f"integer model: layer {name} needs numeric zero padding")
-        lay.stride, lay.padding, lay.dilation, lay.groups = m.stride, m.padding, m.dilation, m.groups
-    lay.check_width("bias", bias_int)
-    if nxt is not None:
-        _check_quantizer(nxt.input_quantizer, "input")
-        nspec = nxt.input_quantizer.spec
-        real = acc_step / lay.pool_area / float(nxt.input_quantizer.scale.detach().double())
+def _per_tensor_step(q: Quantizer) -> float:
+    if q.scale.numel() != 1:
+        raise ConfigError(f"integer model: activation quantizer {q.name} must be per-tensor")
+    return float(q.step.detach().double())
+
+
+def _mantissa(value_bits: int) -> int:
+    """Mantissa width of a multiplier applied to values of ``value_bits`` bits (the product stays below 2^63)."""
+    bits = min(31, 62 - value_bits)
+    if bits < 8:
+        raise ConfigError(f"integer model: values of {value_bits} bits leave no room for a fixed-point multiplier")
+    return bits
+
+
+@dataclass
+class _Value:
+    """What the lowering knows of a value: t·step (per channel), the codes of which quantizer it holds (if any),
+    the bias fraction still owed (accumulator units, per channel) and a bound on its bits."""
+
+    step: torch.Tensor
+    bits: int
+    codes_of: Quantizer | None = None
+    frac: torch.Tensor | None = None
+
+
+class _Lowering:
+    """Builds the :class:`IntStep` s of a calibrated fake-quant model from its graph (see the module docstring)."""
+
+    def __init__(self, qmodel: nn.Module, graph: ModelGraph, widths: dict[str, int], default_bits: int,
+                 pow2_requant: bool):
+        self.qmodel, self.graph = qmodel, graph
+        self.widths, self.default_bits, self.pow2 = widths, default_bits, pow2_requant
+        self.values: dict[str, _Value] = {}
+        self.steps: list[IntStep] = []
+        self.done: set[str] = set()
+
+    def fail(self, node, why: str):
+        raise ConfigError(f"integer model: {describe(node, self.graph.modules)}: {why}")
+
+    # -------------------------------------------------------------------- layers and their chains
+    def _chain(self, node) -> tuple[list, object | None]:
+        """The channel-wise single-user nodes after layer ``node`` and the layer they reach (or None)."""
+        ops, cur = [], node
+        while len(cur.users) == 1:
+            user = next(iter(cur.users))
+            kind = self.graph.kind.get(user)
+            if kind in LAYERS:
+                return ops, user
+            if kind not in ("relu", "relu6", "maxpool", "avgpool", "adaptive_avgpool", "flatten", "custom"):
+                break
+            ops.append(user)
+            cur = user
+        return ops, None
+
+    def _op(self, node, step: torch.Tensor | None, codes: Quantizer | None) -> Op:
+        """The integer op of channel-wise ``node`` acting on values of ``step`` (or on ``codes``' codes)."""
+        kind, m = self.graph.kind[node], as_module(node, self.graph.modules)
+        if kind == "relu":
+            return Relu()
+        if kind == "relu6":
+            if codes is not None:
+                return Clamp(codes.to_int(torch.tensor(6.0)).reshape(-1).to(torch.int64))
+            return Clamp(torch.floor(6.0 / step).to(torch.int64))
+        if kind == "maxpool":
+            return MaxPool(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+        if kind == "avgpool":
+            if _pair(m.padding) != (0, 0) or m.ceil_mode or m.divisor_override:
+                self.fail(node, "average pooling with padding, ceil_mode or a divisor has no exact integer form")
+            return AvgPool(_pair(m.kernel_size), _pair(m.stride or m.kernel_size))
+        if kind == "adaptive_avgpool":
+            (h, w), (oh, ow) = self.graph.shape(node.all_input_nodes[0])[-2:], _pair(m.output_size)
+            if h % oh or w % ow:
+                self.fail(node, f"maps {h}x{w} to {oh}x{ow} with unequal windows")
+            return AvgPool((h // oh, w // ow), (h // oh, w // ow))
+        if kind == "flatten":
+            return Flatten(m.start_dim, m.end_dim)
+        if kind == "custom":
+            return m.integer_op()
+        return self.fail(node, "has no integer form here")
+
+    def _layer(self, node) -> None:
+        name, m = node.target, self.graph.modules[node.target]
+        for what, q in (("weight", m.weight_quantizer), *(("activation", q) for q in m.activation_quantizers())):
+            _check_quantizer(q, what)
+        x_step = _per_tensor_step(m.input_quantizer)
+        src = node.all_input_nodes[0]
+        in_requant = None
+        if src.op != "placeholder":
+            v = self.values[src.name]
+            if v.codes_of is not m.input_quantizer:
+                spec = m.input_quantizer.spec
+                in_requant = Requantizer.from_real(v.step / x_step, spec.qmin, spec.qmax, spec.rounding,
+                                                   _mantissa(v.bits), self.pow2, v.frac)
+        chain, nxt = ([], None) if m.output_quantizer is not None else self._chain(node)
+        target = m.output_quantizer if m.output_quantizer is not None else (
+            self.graph.modules[nxt.target].input_quantizer if nxt is not None else None)
+        wq, out_ch = m.weight_quantizer, m.weight.shape[0]
+        w_step = wq.step.detach().double().reshape(-1).expand(out_ch).cpu().clone()
+        acc_step = x_step * w_step
+        bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(out_ch, dtype=torch.float64)
+        bias_int = torch.round(bias / acc_step).to(torch.int64)
+        acc_bits = self.widths.get(name, self.default_bits)
+        step, ops = acc_step, []
+        for n in chain:  # ops on accumulators see accumulator steps; after a requantization, codes
+            ops.append(self._op(n, step, None))
+            if isinstance(ops[-1], AvgPool):
+                step = step / ops[-1].area
+        pre, post, relu_in_clamp = _split_ops(ops, target is not None)
+        if target is not None and any(isinstance(op, Clamp) for op in post):
+            post = [Clamp(target.to_int(torch.tensor(6.0)).reshape(-1).to(torch.int64)) if isinstance(op, Clamp)
+                    else op for op in post]
+        x_spec = m.input_quantizer.spec
+        lay = IntLayer(name=name, kind="conv" if isinstance(m, QuantConv2d) else "linear",
+                       w_int=wq.to_int(m.weight.detach()).to(torch.int8).cpu(), bias_int=bias_int, x_step=x_step,
+                       x_range=(x_spec.qmin, x_spec.qmax), w_step=w_step, w_bits=wq.spec.bits, x_bits=x_spec.bits,
+                       acc_bits=acc_bits, pre_ops=pre, post_ops=post, relu_in_clamp=relu_in_clamp,
+                       in_requant=in_requant, feeds=nxt.target if nxt is not None else None)
+        if isinstance(m, QuantConv2d):
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise ConfigError(f"integer model: layer {name} needs numeric zero padding")
+            lay.stride, lay.padding, lay.dilation, lay.groups = m.stride, m.padding, m.dilation, m.groups
+        lay.check_width("bias", bias_int)
         value_bits = acc_bits + math.ceil(math.log2(lay.pool_area))
-        # The bias fraction lost by b_int passes the requantizer as an offset when the accumulator reaches it
-        # unchanged (no ReLU/pool before the requantization, the VGG case).
-        frac = bias / acc_step - bias_int if not pre else None
-        wide = sum(op.shift for op in post if isinstance(op, ShiftCopy))  # OMR: codes up to qmax + X_clip
-        lay.requant = Requantizer.from_real(real, nspec.qmin, nspec.qmax + wide, nspec.rounding,
-                                            mantissa_bits=min(31, 63 - value_bits), pow2=pow2_requant, frac=frac)
-    return lay
+        frac = bias / acc_step - bias_int
+        if target is not None:
+            _per_tensor_step(target)
+            spec = target.spec
+            real = acc_step / lay.pool_area / float(target.scale.detach().double())
+            wide = sum(op.shift for op in post if isinstance(op, ShiftCopy))  # OMR: codes up to qmax + X_clip
+            # The bias fraction lost by b_int passes the requantizer as an offset when the accumulator reaches it
+            # unchanged (no ReLU/pool before the requantization, the VGG case).
+            lay.requant = Requantizer.from_real(real, spec.qmin, spec.qmax + wide, spec.rounding,
+                                                mantissa_bits=_mantissa(value_bits), pow2=self.pow2,
+                                                frac=None if pre else frac)
+            out = _Value(target.step.detach().double().reshape(1).cpu(), spec.bits + 1, target)
+        else:  # bits: the worst case over all inputs, K·max|x|·max|w| + max|b|, plus the pooled sums
+            bound = lay.terms * max(map(abs, lay.x_range)) * int(lay.w_int.abs().max()) + int(bias_int.abs().max())
+            keeps_frac = all(isinstance(op, (Relu, MaxPool)) for op in pre)
+            out = _Value(step, min(acc_bits, bound.bit_length() + 1) + math.ceil(math.log2(lay.pool_area)), None,
+                         frac if keeps_frac else None)
+        last = chain[-1] if chain else node
+        for op in post + ([op for op in pre if isinstance(op, Flatten)] if target is None else []):
+            if isinstance(op, Flatten):
+                out = self._flattened(out, last)
+        self.done.update(n.name for n in chain)
+        self.values[last.name] = out
+        self.steps.append(IntStep(last.name, lay, [src.name]))
+
+    def _flattened(self, v: _Value, node) -> _Value:
+        """Per-channel step/frac → per-feature after flattening [N, C, H, W] to [N, C·H·W]."""
+        if v.step.numel() == 1:
+            return v
+        shape = self.graph.shape(node)
+        per = shape[1] // v.step.numel() if len(shape) == 2 else 1
+        frac = v.frac.repeat_interleave(per) if v.frac is not None else None
+        return _Value(v.step.repeat_interleave(per), v.bits, v.codes_of, frac)
+
+    # -------------------------------------------------------------------- everything else
+    def _rescale(self, v: _Value, common: float):
+        rq = Requantizer.from_real(v.step / common, -(1 << 62), 1 << 62, "half_even", _mantissa(v.bits),
+                                   frac=v.frac)
+        return rq.rescale
+
+    def _merge(self, node) -> None:
+        kind = self.graph.kind[node]
+        srcs = node.all_input_nodes if kind != "cat" else list(node.args[0])
+        vals = [self.values[n.name] for n in srcs]
+        if kind == "mul":
+            a, b = vals
+            out = _Value(a.step * b.step, a.bits + b.bits)
+            if out.bits > 62:
+                self.fail(node, f"the product of {a.bits}- and {b.bits}-bit integers overflows 64 bits")
+
+            def op(x, y):
+                return x.to(torch.int64) * y.to(torch.int64)
+        else:
+            common = min(float(v.step.min()) for v in vals)  # the finest step: no branch loses precision
+            scales = [self._rescale(v, common) for v in vals]
+            bits = max(v.bits + math.ceil(math.log2(float(v.step.max()) / common)) for v in vals)
+            out = _Value(torch.tensor([common], dtype=torch.float64), bits + 1)
+
+            def op(*xs, scales=scales, cat=kind == "cat"):
+                parts = [f(x) for f, x in zip(scales, xs)]
+                return torch.cat(parts, 1) if cat else parts[0] + parts[1]
+        self.values[node.name] = out
+        self.steps.append(IntStep(node.name, op, [n.name for n in srcs]))
+
+    def _table(self, node) -> None:
+        src = node.all_input_nodes[0]
+        v = self.values[src.name]
+        producer = self.graph.modules.get(src.target) if src.op == "call_module" else None
+        q = getattr(producer, "output_quantizer", None)
+        if q is None or v.codes_of is not q:
+            self.fail(node, "a curved activation needs the b-bit output codes of the layer right before it")
+        if q.spec.bits > 16:
+            self.fail(node, f"a {q.spec.bits}-bit input needs a 2^{q.spec.bits}-entry table (at most 16 bits)")
+        codes = torch.arange(q.spec.qmin, q.spec.qmax + 1, device=q.scale.device)
+        x = q.dequantize(codes).reshape(1, -1).float()
+        y = as_module(node, self.graph.modules)(x).reshape(-1)
+        chain, nxt = self._chain(node)
+        if nxt is not None and all(self.graph.kind[n] in ("maxpool", "flatten") for n in chain):
+            tq = self.graph.modules[nxt.target].input_quantizer  # codes of the next layer, exactly
+            table = tq.to_int(y).to(torch.int64).cpu()
+            out = _Value(tq.step.detach().double().reshape(1).cpu(), tq.spec.bits + 1, tq)
+        else:
+            fine = float(y.abs().max().double().clamp_min(1e-30)) / 2**15  # 16-bit signed codes over its range
+            table = torch.round(y.double() / fine).to(torch.int64).cpu()
+            out = _Value(torch.tensor([fine], dtype=torch.float64), 17)
+        self.values[node.name] = out
+        self.steps.append(IntStep(node.name, Table(table, q.spec.qmin), [src.name]))
+
+    def _channelwise(self, node) -> None:
+        src = node.all_input_nodes[0]
+        v = self.values[src.name]
+        op = self._op(node, v.step, v.codes_of)
+        out = _Value(v.step, v.bits, v.codes_of, v.frac if isinstance(op, (Relu, MaxPool)) else None)
+        if isinstance(op, AvgPool):
+            out = _Value(v.step / op.area, v.bits + math.ceil(math.log2(op.area)))
+            run = op.sum_pool
+        else:
+            run = op
+        if isinstance(op, Clamp):
+            out.frac = None
+        if isinstance(op, Flatten):
+            out = self._flattened(out, node)
+        self.values[node.name] = out
+        self.steps.append(IntStep(node.name, run, [src.name]))
+
+    def build(self) -> IntegerModel:
+        g = self.graph
+        users = list(g.input.users)
+        if len(users) != 1 or g.kind.get(users[0]) not in LAYERS:
+            raise ConfigError("integer model: the image must feed exactly one layer (the first)")
+        first = g.modules[users[0].target]
+        for node in g.nodes:
+            if node.name in self.done:
+                continue
+            kind = g.kind[node]
+            if kind in LAYERS:
+                self._layer(node)
+            elif kind in ("add", "cat", "mul"):
+                self._merge(node)
+            elif kind in TABLE_ACTIVATIONS:
+                self._table(node)
+            elif kind == "bn":
+                self.fail(node, "unfused BatchNorm (quantize_model fuses it)")
+            else:
+                self._channelwise(node)
+        out_node = g.output.args[0]
+        iq = first.input_quantizer
+        return IntegerModel(self.steps, g.input.name, out_node.name, self.values[out_node.name].step,
+                            float(iq.scale.detach().double()), (iq.spec.qmin, iq.spec.qmax), iq.spec.rounding)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def to_integer_model(qmodel: nn.Module, acc_bits: int | dict[str, int] = 32, pow2_requant: bool = False,
                      input_shape: tuple[int, ...] | None = None) -> IntegerModel:
-    """Convert a calibrated fake-quant model (a feed-forward chain) to an :class:`IntegerModel`.
+    """Convert a calibrated fake-quant model to an :class:`IntegerModel`, lowering its model graph.
 
     ``acc_bits`` declares the signed accumulator width (8..32), for all layers or per layer name; a run whose
     partial sums exceed it raises :class:`~qmap.errors.HardwareError`. ``pow2_requant`` replaces the
@@ -271,33 +535,21 @@ def to_integer_model(qmodel: nn.Module, acc_bits: int | dict[str, int] = 32, pow
     defaults to (first layer's in_channels, 32, 32).
     """
     qmodel = qmodel.eval()
-    modules = dict(qmodel.named_modules())
-    first = next((m for m in modules.values() if isinstance(m, (QuantConv2d, QuantLinear))), None)
-    if first is None:
+    layers = quant_layers(qmodel)
+    if not layers:
         raise ConfigError("integer model: the model has no quantized layer (run quantize_model first)")
+    first = layers[0][1]
     if input_shape is None:
         input_shape = (first.in_channels, 32, 32) if isinstance(first, QuantConv2d) else (first.in_features,)
-    chain = trace_chain(qmodel, input_shape)
-    if not chain or not isinstance(chain[0], str):
-        raise ConfigError("integer model: the first operation must be a quantized Conv2d/Linear")
-    names = [c for c in chain if isinstance(c, str)]
-    ops_after: dict[str, list[Op]] = {n: [] for n in names}
-    current = names[0]
-    for c in chain[1:]:
-        if isinstance(c, str):
-            current = c
-        else:
-            ops_after[current].append(c)
     widths = acc_bits if isinstance(acc_bits, dict) else {}
     default_bits = 32 if isinstance(acc_bits, dict) else acc_bits
     for n, b in [(None, default_bits), *widths.items()]:
         if not isinstance(b, int) or not 8 <= b <= 32:
             raise ConfigError(f"accumulator width {b!r}{f' for {n}' if n else ''} is not supported: use 8..32")
-    layers = [_int_layer(n, modules[n], ops_after[n], modules[names[i + 1]] if i + 1 < len(names) else None,
-                         widths.get(n, default_bits), pow2_requant) for i, n in enumerate(names)]
-    iq = first.input_quantizer
-    return IntegerModel(layers, float(iq.scale.detach().double()), (iq.spec.qmin, iq.spec.qmax), iq.spec.rounding)
+    device = next(qmodel.parameters()).device
+    graph = ModelGraph(qmodel, torch.zeros(1, *input_shape, device=device))
+    return _Lowering(qmodel, graph, widths, default_bits, pow2_requant).build()
 
 
-__all__ = ["AvgPool", "Flatten", "IntLayer", "IntegerModel", "IntegerOutput", "LayerTrace", "MaxPool",
+__all__ = ["AvgPool", "Flatten", "IntLayer", "IntStep", "IntegerModel", "IntegerOutput", "LayerTrace", "MaxPool",
            "to_integer_model"]

@@ -1,6 +1,10 @@
 """``quantize_model``: fuse BN, wrap every Conv2d/Linear in a fake-quant layer, initialise weight steps;
 ``calibrate``: run calibration images through the model to initialise activation steps.
 
+A layer whose output feeds a curved activation (GELU, Hardswish, SiLU, Hardsigmoid, Sigmoid) also quantizes its
+output (``output_quantizer``, the layer's activation bits): the activation then acts on b-bit codes, which is
+what makes its integer form (a lookup table) exact.
+
 Activation signedness is decided from calibration data: an input that is never negative (after ReLU or
 pooling of ReLU outputs) gets an unsigned 0..2^b−1 quantizer, otherwise a signed symmetric one (the
 normalised image entering the first layer).
@@ -17,6 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError, reject_unknown_keys
 from ..nn import ModelGraph, fuse_bn, set_module
+from ..nn.ops import TABLE_ACTIVATIONS
 from .qmodules import FLOAT_TO_QUANT, quant_layers
 from .spec import QuantSpec
 
@@ -103,6 +108,8 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Modul
         wb, ab = cfg.bits_for(name, i, len(layers))
         q = FLOAT_TO_QUANT[type(layer)].from_float(layer, cfg.weight_spec(wb), cfg.act_spec(ab, signed=False), name)
         q.weight_quantizer.init_from(q.weight.detach())
+        if graph.feeds(name) in TABLE_ACTIVATIONS:
+            q.add_output_quantizer(cfg.act_spec(ab, signed=False))
         set_module(qmodel, name, q)
     qmodel.qconfig = cfg
     qmodel.layer_order = graph.layers
@@ -111,26 +118,30 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Modul
 
 @torch.no_grad()
 def calibrate(qmodel: nn.Module, images: torch.Tensor, batch_size: int = 128) -> None:
-    """Initialise every input-activation quantizer from calibration ``images`` (float NCHW, normalised).
+    """Initialise every activation quantizer (inputs, and outputs where there are) from calibration ``images``
+    (float NCHW, normalised).
 
     Observers see FP activations (every quantizer passes values through while observing, weights included);
     an input that was ever negative gets a signed quantizer, otherwise an unsigned one.
     """
     layers = quant_layers(qmodel)
+    acts = [q for _, m in layers for q in m.activation_quantizers()]
     w_enabled = [m.weight_quantizer.enabled for _, m in layers]
     for _, m in layers:
         m.weight_quantizer.enabled = False
-        m.input_quantizer.observe(True)
+    for q in acts:
+        q.observe(True)
     try:
         device = next(qmodel.parameters()).device
         for i in range(0, len(images), batch_size):
             qmodel(images[i:i + batch_size].to(device))
-        for _, m in layers:
-            m.input_quantizer.observe(False)
+        for q in acts:
+            q.observe(False)
     finally:
         for (_, m), w in zip(layers, w_enabled):
             m.weight_quantizer.enabled = w
-            m.input_quantizer.observer = None
+        for q in acts:
+            q.observer = None
 
 
 @contextlib.contextmanager

@@ -6,9 +6,13 @@ type keeps working. Each holds
 - ``weight``, ``bias``     the (fused) FP parameters that methods may rewrite (α-scaling, OMR, ...);
 - ``fp_weight``            the FP original weight (non-persistent buffer), for reconstruction and reports;
 - ``weight_quantizer``     a :class:`~qmap.quant.quantizer.Quantizer` (or a subclass, e.g. AdaRound's);
-- ``input_quantizer``      the quantizer of the activation entering the layer.
+- ``input_quantizer``      the quantizer of the activation entering the layer;
+- ``output_quantizer``     ``None``, or the quantizer of the layer's output when a non-piecewise-linear activation
+                           (GELU, Hardswish, SiLU, Hardsigmoid, Sigmoid) follows it: the activation then sees
+                           b-bit codes, which the integer model maps through a 2^b-entry lookup table, exactly.
 
-forward:  y = op(Q_x(x), Q_w(W)) + b   — the bias stays in float (the integer model puts it in accumulator units).
+forward:  y = op(Q_x(x), Q_w(W)) + b   — the bias stays in float (the integer model puts it in accumulator units);
+          then y = Q_y(y) when there is an output quantizer.
 """
 
 from __future__ import annotations
@@ -25,18 +29,32 @@ class _QuantMixin:
     weight_quantizer: Quantizer
     input_quantizer: Quantizer
 
+    output_quantizer: Quantizer | None
+
     def _setup(self, w_spec: QuantSpec, a_spec: QuantSpec, name: str) -> None:
         self.layer_name = name
+        self.output_quantizer = None
         self.weight_quantizer = Quantizer(w_spec, channels=self.weight.shape[0], ch_axis=0, name=f"{name}.weight")
         self.input_quantizer = Quantizer(a_spec, channels=1, name=f"{name}.input", auto_sign=True)
         self.register_buffer("fp_weight", self.weight.detach().clone(), persistent=False)
+
+    def add_output_quantizer(self, spec: QuantSpec) -> None:
+        self.output_quantizer = Quantizer(spec, channels=1, name=f"{self.layer_name}.output", auto_sign=True)
+
+    def activation_quantizers(self) -> list[Quantizer]:
+        """The input quantizer, and the output quantizer when there is one."""
+        return [self.input_quantizer] + ([self.output_quantizer] if self.output_quantizer is not None else [])
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        return self.output_quantizer(y) if self.output_quantizer is not None else y
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quantizer(self.weight)
 
     def set_quant_enabled(self, weight: bool = True, act: bool = True) -> None:
         self.weight_quantizer.enabled = weight
-        self.input_quantizer.enabled = act
+        for q in self.activation_quantizers():
+            q.enabled = act
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
@@ -52,7 +70,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        return self._output(self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias))
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
@@ -67,7 +85,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        return self._output(F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias))
 
 
 QUANT_MODULES = (QuantConv2d, QuantLinear)

@@ -118,12 +118,16 @@ class Requantizer:
     def _per_channel(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return t.reshape(1, -1, *([1] * (x.dim() - 2))) if t.numel() > 1 else t.reshape(())
 
-    def __call__(self, acc: torch.Tensor, lower: int | None = None) -> torch.Tensor:
-        """Requantize int64 ``acc`` [N, C, ...]; ``lower`` raises the clamp floor (0 folds a ReLU)."""
+    def rescale(self, acc: torch.Tensor) -> torch.Tensor:
+        """``round_shift(acc · multiplier + offset, shift)`` as int64, unclamped (a change of step)."""
         m, k = self._per_channel(self.multiplier, acc), self._per_channel(self.shift, acc)
         p = acc.to(torch.int64) * m
         if self.offset is not None:
             p += self._per_channel(self.offset, acc)
-        y = round_shift(p, k, self.rounding)
+        return round_shift(p, k, self.rounding)
+
+    def __call__(self, acc: torch.Tensor, lower: int | None = None) -> torch.Tensor:
+        """Requantize int64 ``acc`` [N, C, ...]; ``lower`` raises the clamp floor (0 folds a ReLU)."""
+        y = self.rescale(acc)
         lo = self.qmin if lower is None else max(self.qmin, lower)
         return y.clamp(lo, self.qmax).to(torch.int32)

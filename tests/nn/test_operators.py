@@ -1,0 +1,142 @@
+"""Every supported operator, in module and functional form, through fake-quant (vs FP at W8A8), the integer
+model (vs fake-quant: arg-max and per-layer input codes) and ONNX in onnxruntime (vs fake-quant).
+
+Each case is a small net ``stem conv + BN → [operator] → … → linear`` on 8x8 inputs with the operator in the
+middle, so the integer model has to lower it between two quantized layers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qmap.quant import QuantConfig, calibrate, quantize_model, to_integer_model
+from qmap.quant.agreement import fake_quant_inputs
+
+ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+        "gelu": nn.GELU, "silu": nn.SiLU}
+FUNCS = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
+         "gelu": F.gelu, "silu": F.silu}
+POOLS = {"maxpool": nn.MaxPool2d(2), "avgpool": nn.AvgPool2d(2)}
+FLATTENS = ("flatten", "view", "reshape", "nn_flatten")
+OPS = [*ACTS, *(f"{a}_f" for a in FUNCS), "depthwise", "linear", "maxpool", "maxpool_f", "avgpool", "avgpool_f",
+       "adaptive", "adaptive_f", "mean", "add", "torch_add", "cat", "gate", *FLATTENS]
+
+
+class OpNet(nn.Module):
+    def __init__(self, op: str):
+        super().__init__()
+        self.op = op
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = ACTS.get(op, nn.ReLU)()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, groups=8 if op == "depthwise" else 1)
+        self.side = nn.Conv2d(8, 8, 1)
+        self.pool = POOLS.get(op, nn.Identity())
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        channels = 16 if op == "cat" else 8
+        size = 4 if op in ("maxpool", "maxpool_f", "avgpool", "avgpool_f") else 8
+        self.fc = nn.Linear(channels * size * size if op in FLATTENS else channels, 10)
+        self.fc2 = nn.Linear(10, 10)
+
+    def forward(self, x):
+        op = self.op
+        y = self.bn(self.stem(x))
+        y = FUNCS[op[:-2]](y) if op[:-2] in FUNCS else self.act(y)
+        y = self.conv(y)
+        z = F.relu(y)
+        if op == "maxpool_f":
+            z = F.max_pool2d(z, 2)
+        elif op == "avgpool_f":
+            z = F.avg_pool2d(z, 2)
+        elif op == "add":
+            z = F.relu(z + self.side(z))
+        elif op == "torch_add":
+            z = F.relu(torch.add(self.side(z), z))
+        elif op == "cat":
+            z = torch.cat([z, F.relu(self.side(z))], dim=1)
+        elif op == "gate":
+            z = z * F.hardsigmoid(self.side(z.mean((2, 3), keepdim=True)))
+        else:
+            z = self.pool(z)
+        if op == "view":
+            h = z.view(z.size(0), -1)
+        elif op == "reshape":
+            h = z.reshape(z.shape[0], -1)
+        elif op == "flatten":
+            h = torch.flatten(z, 1)
+        elif op == "nn_flatten":
+            h = self.flat(z)
+        elif op == "adaptive_f":
+            h = F.adaptive_avg_pool2d(z, 1).flatten(1)
+        elif op == "mean":
+            h = z.mean((2, 3))
+        else:
+            h = torch.flatten(self.gap(z), 1)
+        out = self.fc(h)
+        return self.fc2(F.relu(out)) if op == "linear" else out
+
+
+def _model(op: str) -> nn.Module:
+    torch.manual_seed(OPS.index(op))
+    m = OpNet(op)
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.2, 0.2)
+        m.bn.running_var.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    cache = {}
+
+    def get(op):
+        if op not in cache:
+            model = _model(op)
+            q = quantize_model(model, QuantConfig(w_bits=8, a_bits=8, first_last_bits=None))
+            calibrate(q, _images(128, 1))
+            cache[op] = (model, q)
+        return cache[op]
+    return get
+
+
+@pytest.mark.parametrize("op", OPS)
+@torch.no_grad()
+def test_fake_quant_w8a8_follows_fp(op, quantized):
+    model, q = quantized(op)
+    x = _images(64, 2)
+    ref, out = model(x), q(x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 0.05
+    assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.9
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_integer_model_matches_fake_quant(op, quantized):
+    _, q = quantized(op)
+    x = _images(64, 3)
+    imodel = to_integer_model(q, input_shape=(3, 8, 8))
+    codes, fq = fake_quant_inputs(q, x)
+    out = imodel.run(x, return_intermediates=True)
+    assert [t.name for t in out.layers] == [lay.name for lay in imodel.layers]
+    for t in out.layers:  # the codes entering every layer: equal, or 1 LSB apart on a rare rounding boundary
+        d = (t.x_int.long() - codes[t.name].long()).abs()
+        assert int(d.max()) <= 1 and float((d > 0).float().mean()) <= 0.01, (t.name, float((d > 0).float().mean()))
+    assert float((out.logits.argmax(1) == fq.argmax(1)).float().mean()) >= 0.95
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_onnx_matches_fake_quant(op, quantized, tmp_path):
+    pytest.importorskip("onnxruntime", reason="optional 'onnx' extra (onnxruntime) not installed")
+    from qmap.export import export_onnx, verify_onnx
+    _, q = quantized(op)
+    x = _images(64, 4)
+    export_onnx(q, tmp_path / "m.onnx", x[:2])
+    check = verify_onnx(tmp_path / "m.onnx", q, x)
+    assert check["max_rel_diff"] <= 5e-3 and check["top1_agreement"] == 1.0
