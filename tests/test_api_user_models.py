@@ -1,0 +1,51 @@
+"""Hand-written user models (tests/user_models.py) through the Python API: every method, then the integer model
+and the ONNX export of its result — the path a new user takes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from user_models import INPUT, USER_MODELS, build, images
+
+import qmap
+from qmap.errors import ConfigError
+from qmap.quant import to_integer_model
+
+FAST = {"iters": 4, "batch_size": 8}
+METHODS = {"rtn": {}, "alpha": {"points": 4, "refine": False, "search_images": 8}, "ocs": {"expand_ratio": 0.1},
+           "adaround": FAST, "brecq": FAST, "qdrop": FAST, "domr": FAST, "domr-no-omr": {**FAST, "omr": False}}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(USER_MODELS))
+def test_every_method_then_integer_model_and_onnx(name, method, tmp_path):
+    model, calib = build(name), images(16)
+    qmodel, report = qmap.quantize(model, calib, method=method.split("-")[0], w_bits=4, a_bits=4,
+                                   progress=False, **METHODS[method])
+    x = images(8, seed=7)
+    with torch.no_grad():
+        out = qmodel(x)
+    assert out.shape == (8, 10) and torch.isfinite(out).all()
+    imodel = to_integer_model(qmodel, input_shape=INPUT)
+    assert float((imodel.run(x).logits.argmax(1) == out.argmax(1)).float().mean()) >= 0.75
+    pytest.importorskip("onnxruntime", reason="optional 'onnx' extra (onnxruntime) not installed")
+    from qmap.export import export_onnx, verify_onnx
+    export_onnx(qmodel, tmp_path / "m.onnx", x[:2])
+    assert verify_onnx(tmp_path / "m.onnx", qmodel, x)["top1_agreement"] >= 0.75
+
+
+def test_calibration_as_dataloader_or_iterable_and_unknown_options():
+    model, calib = build("view_fc"), images(16)
+    ref, _ = qmap.quantize(model, calib, progress=False)
+    loader = DataLoader(TensorDataset(calib, torch.zeros(16, dtype=torch.long)), batch_size=5)
+    x = images(4, seed=3)
+    for source in (loader, [calib[:7], calib[7:]], (b for b in calib.split(4))):
+        q, _ = qmap.quantize(model, source, progress=False)
+        assert torch.equal(q(x), ref(x))
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) for method 'rtn': iters; known: .*batch_size"):
+        qmap.quantize(model, calib, iters=3)
+    with pytest.raises(ConfigError, match="calibration data must be"):
+        qmap.quantize(model, 3)
+    with pytest.raises(ConfigError, match="model must be a torch nn.Module"):
+        qmap.quantize("vgg", calib)
