@@ -49,3 +49,18 @@ def test_calibration_as_dataloader_or_iterable_and_unknown_options():
         qmap.quantize(model, 3)
     with pytest.raises(ConfigError, match="model must be a torch nn.Module"):
         qmap.quantize("vgg", calib)
+
+
+def test_user_factory_by_name_and_plain_state_dict(tmp_path):
+    from qmap.models import build_model
+    from qmap.models.checkpoint import load_model
+    model = build("residual")
+    torch.save(model.state_dict(), tmp_path / "mine.pt")
+    loaded, manifest = load_model(tmp_path / "mine.pt", arch="user_models:Residual")
+    x = images(2)
+    assert manifest.arch == "user_models:Residual" and torch.equal(loaded(x), model(x))
+    assert isinstance(build_model("user_models:Depthwise"), torch.nn.Module)
+    with pytest.raises(ConfigError, match="has no callable 'Nope'"):
+        build_model("user_models:Nope")
+    with pytest.raises(ConfigError, match="cannot import 'no_such_pkg.mod'"):
+        build_model("no_such_pkg.mod:f")

@@ -5,6 +5,8 @@ Every entry also declares the 8x8 hardware target layer (if any) and the input n
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,9 +54,36 @@ def model_names() -> list[str]:
     return sorted(REGISTRY)
 
 
+def user_entry(spec: str) -> ModelEntry:
+    """``package.module:factory`` — the user's own model: ``factory()`` (given ``width``/``num_classes`` only if it
+    takes them) must return an ``nn.Module``; the module must be importable (installed or on PYTHONPATH).
+    CIFAR-10 normalisation unless the checkpoint manifest states another."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"model {spec!r}: cannot import {module_name!r} ({e})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"model {spec!r}: {module_name} has no callable {attr!r}")
+    takes = inspect.signature(factory).parameters
+
+    def build(width: float = 1.0, num_classes: int = 10) -> nn.Module:
+        model = factory(**{k: v for k, v in (("width", width), ("num_classes", num_classes)) if k in takes})
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model {spec!r}: the factory returned a {type(model).__name__}, not an nn.Module")
+        return model
+
+    return ModelEntry(spec, build, f"user model {spec}")
+
+
 def get_entry(name: str) -> ModelEntry:
+    """A registry entry, or for ``package.module:factory`` the user's model (:func:`user_entry`)."""
+    if ":" in name:
+        return user_entry(name)
     if name not in REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(model_names())} "
+                          "(or your own as package.module:factory)")
     return REGISTRY[name]
 
 
