@@ -161,7 +161,7 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
         order = torch.randperm(len(train_set), generator=gen)[: steps_per_epoch * cfg.batch_size]
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(order.split(cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not progress, file=sys.stderr, leave=False)
+                   disable=not progress, file=sys.stderr, leave=False, mininterval=0.1 if sys.stderr.isatty() else 60)
         for idx in bar:
             idx = idx.to(device)
             x = _normalise(random_crop_flip(images[idx], cfg.pad, cfg.pad_mode, gen), mean, std, channels_last)

@@ -53,7 +53,7 @@ def run(args) -> int:
     root = resolve_data_root(args.data)
     train_set, test_set = load_cifar10(root, args.train_split), load_cifar10(root, "test")
     result = train(args.model, args.width, train_set, test_set, cfg, out, resume=args.resume, device=args.device,
-                   progress=not args.quiet and sys.stderr.isatty(), save_dtype=torch.float16 if args.fp16 else None,
+                   progress=not args.quiet, save_dtype=torch.float16 if args.fp16 else None,
                    extra_tests={"test_exact": load_cifar10(root, "test_exact")},
                    manifest_extra={"command": shlex.join(["qmap", *sys.argv[1:]])})
     print(f"{args.model} w{args.width:g}: test top-1 {100 * result['test_top1']:.2f} % "
