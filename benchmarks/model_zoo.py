@@ -81,7 +81,8 @@ def integer_check(qmodel, test, mean, std, agree_x: torch.Tensor) -> dict:
     hw = hw if "unsupported" in hw else hw["summary"]
     return {"integer_top1": 100 * float((preds == torch.as_tensor(test.labels)).double().mean()),
             "argmax_agreement": float((preds == fq_preds).double().mean()),
-            "isolated_max_mismatch_fraction": max(r["isolated"]["mismatch_fraction"] for r in per_layer),
+            "isolated_max_mismatch_fraction": max((r["isolated"]["mismatch_fraction"] for r in per_layer
+                                                   if r["isolated"] is not None), default=None),
             "hardware_8x8": hw if "unsupported" in hw else {k: hw[k] for k in ("layers", "macs", "cycles",
                                                                             "utilisation", "mismatches")}}
 
