@@ -31,6 +31,10 @@ def test_every_method_then_integer_model_and_onnx(name, method, tmp_path):
     assert float((imodel.run(x).logits.argmax(1) == out.argmax(1)).float().mean()) >= 0.75
     pytest.importorskip("onnxruntime", reason="optional 'onnx' extra (onnxruntime) not installed")
     from qmap.export import export_onnx, verify_onnx
+    if any(hasattr(m, "integer_op") for m in qmodel.modules()):  # OMR's shift: no ONNX form yet (known gap)
+        with pytest.raises(ConfigError, match=r"ONNX export does not support .*\(OutlierShift\)"):
+            export_onnx(qmodel, tmp_path / "m.onnx", x[:2])
+        return
     export_onnx(qmodel, tmp_path / "m.onnx", x[:2])
     assert verify_onnx(tmp_path / "m.onnx", qmodel, x)["top1_agreement"] >= 0.75
 
