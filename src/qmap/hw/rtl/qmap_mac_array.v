@@ -5,6 +5,7 @@ module qmap_mac_array #(parameter R = 8, parameter C = 8, parameter WB = 4, para
                         parameter PB = 16) (
     input  wire            clk,
     input  wire            rst,
+    input  wire            sat,
     input  wire [R*AB-1:0] a_left,
     input  wire [R-1:0]    v_left,
     input  wire [R-1:0]    s_left,
@@ -29,7 +30,7 @@ module qmap_mac_array #(parameter R = 8, parameter C = 8, parameter WB = 4, para
           assign p_v[0][c] = {PB{1'b0}};
         end
         qmap_pe #(.WB(WB), .AB(AB), .PB(PB)) pe (
-            .clk(clk), .rst(rst),
+            .clk(clk), .rst(rst), .sat(sat),
             .a_in(a_h[r][c]), .v_in(v_h[r][c]), .s_in(s_h[r][c]), .p_in(p_v[r][c]),
             .w_we(wcol_we && wcol_idx == c), .w_data(wcol_data[r*WB +: WB]),
             .a_out(a_h[r][c+1]), .v_out(v_h[r][c+1]), .s_out(s_h[r][c+1]), .p_out(p_v[r+1][c]));

@@ -1,0 +1,67 @@
+"""One build of the Verilog core runs layers of any shape (runtime configuration from qmap_layer.txt), with
+bias and saturating arithmetic, equal to the golden model value for value and cycle for cycle; a whole tiny
+network runs through it with the host requantizing in between, and its logits equal the integer model's."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from testutil import randomise_bn
+
+from qmap.hw.check import network_view
+from qmap.hw.mapping import map_conv
+from qmap.hw.network import IntConvLayer, layer_tiling
+from qmap.hw.rtl_network import RtlLayerRunner
+from qmap.hw.spec import ArraySpec
+from qmap.hw.systolic import simulate
+from qmap.models import build_model
+from qmap.quant import QuantConfig, calibrate, quantize_model, to_integer_model
+
+pytestmark = [pytest.mark.rtl,
+              pytest.mark.skipif(shutil.which("iverilog") is None, reason="iverilog not installed (apt iverilog)")]
+
+SHAPES = [  # in, out, h, w, k, padding, stride
+    (8, 8, 4, 4, 3, 1, 1),
+    (12, 10, 5, 3, 3, 1, 2),
+    (3, 16, 6, 6, 1, 0, 1),
+    (16, 4, 2, 2, 3, 1, 1),
+]
+
+
+def test_one_build_runs_every_shape_equal_to_golden(tmp_path, make_conv, rng):
+    spec = ArraySpec(psum_bits=12)
+    layers = []
+    for i, o, h, w, k, pad, stride in SHAPES:
+        x, wt = make_conv(i, o, h, w, k)
+        layers.append(IntConvLayer(f"l{len(layers)}", x, wt, rng.integers(-300, 300, o), pad, stride))
+    runner = RtlLayerRunner(spec, [layer_tiling(layer, spec) for layer in layers], tmp_path, "icarus")
+    for layer in layers:
+        m = map_conv(layer.x_int, layer.w_int, spec, layer.padding, layer.stride, layer.bias_int)
+        golden = simulate(m)
+        out, res = runner(m, layer.name)
+        assert np.array_equal(out, golden.outputs) and res["cycles"] == golden.cycles.total, layer.name
+    # saturating arithmetic is runtime configuration of the same build: 15·7·8·9 = 7560 clamps at 2047
+    x, w = np.full((8, 4, 4), 15), np.where(rng.random((8, 8, 3, 3)) < 0.8, 7, -8)
+    m = map_conv(x, w, ArraySpec(psum_bits=12, overflow="saturate"), bias=np.arange(8) * 100 - 400)
+    golden = simulate(m)
+    assert golden.psum_bits_needed > 12 and golden.outputs.max() == 2047
+    out, res = runner(m, "saturating")
+    assert np.array_equal(out, golden.outputs) and res["cycles"] == golden.cycles.total
+    assert len(list(tmp_path.glob("build_*"))) == 1
+
+
+def test_whole_tiny_network_on_the_rtl_gives_the_integer_logits(tmp_path):
+    torch.manual_seed(0)
+    model = randomise_bn(build_model("tiny_cnn", width=0.5))
+    qmodel = quantize_model(model, QuantConfig(w_bits=4, a_bits=4, first_last_bits=None, w_observer="minmax",
+                                                a_observer="minmax"))
+    calibrate(qmodel, torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    imodel = to_integer_model(qmodel)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    net = network_view(imodel, x, ArraySpec(), rtl_work_dir=tmp_path, rtl_simulator="icarus")
+    sm = net["summary"]
+    assert sm["rtl_layers"] == len(net["layers"]) >= 2 and sm["rtl_builds"] == 1
+    assert sm["logits_match"] is True and sm["rtl_mismatches"] == 0 and sm["mismatches"] == 0
+    assert all(row["rtl_cycles"] == row["cycles"] for row in net["layers"]) and sm["rtl_cycles_equal_golden"]
+    assert all(row["psum_bits_needed"] <= row["psum_bits"] for row in net["layers"])
