@@ -172,6 +172,7 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
     summary = rep.summary(spec)
     if rtl is not None:
         summary.update(rtl_simulator=rtl.simulator, rtl_build_s=rtl.build_s, rtl_builds=1,
+                       rtl_build_reused=rtl.build_reused,
                        rtl_network_wall_s=time.perf_counter() - t0 + rtl.build_s,
                        logits_integer=out.logits_int[0].tolist())
     return {"array": spec.to_dict(), "host_layers": host, "summary": summary,

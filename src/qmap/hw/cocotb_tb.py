@@ -65,7 +65,8 @@ def _configure(dut, m) -> None:
     g = m.geom
     for name, value in (("wp", g.padded_w), ("npad", g.n_padded), ("wo", g.out_w), ("n", g.n_positions),
                         ("kh", g.kh), ("kw", g.kw), ("s", g.stride), ("it", m.n_itiles), ("ot", m.n_otiles),
-                        ("sat", int(m.spec.overflow == "saturate"))):
+                        ("sat", int(m.spec.overflow == "saturate")), ("os", int(m.spec.dataflow == "os")),
+                        ("cin", g.in_channels), ("cout", g.out_channels)):
         getattr(dut, f"cfg_{name}").value = value
 
 

@@ -17,8 +17,11 @@ Every other file starts with three one-token ``#...#`` header lines (skipped by 
 - ``dump_decimal.txt``: the same integers in decimal; ``manifest.json``: spec, geometry, meta (scales, α,
   image index, ...) and the SHA-256 of every file.
 
-``reference=False`` writes only what the core reads (activations, weights, bias, qmap_layer.txt): the
-whole-network RTL run uses it, with the expected values coming from the golden model instead of files.
+``reference=False`` writes only what the core reads, *packed*: ``activation.txt`` (the activation tiles'
+lines one after the other), ``weight.txt`` (every weight file's lines in fold order (otile, itile, kij)) and
+``bias.txt`` (one line per otile), the same line format with three header lines, plus qmap_layer.txt. The
+whole-network RTL run uses it (three files per layer instead of up to 9,000), with the expected values coming
+from the golden model instead of files.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ MANIFEST = "manifest.json"
 MIN_ADDR_BITS = 11
 LAYER_FILE = "qmap_layer.txt"
 LAYER_KEYS = ("wp", "npad", "wo", "n", "kh", "kw", "stride", "itiles", "otiles", "saturate", "bias", "reference",
-              "addr_bits")
+              "addr_bits", "os", "cin", "cout", "packed")
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,13 @@ def address_bits(geom: ConvGeometry) -> int:
 
 def layer_files(geom: ConvGeometry, spec: ArraySpec, n_itiles: int, n_otiles: int, *, bias: bool = False,
                 reference: bool = True) -> list[FileSpec]:
-    """Every data file of a layer export, in a fixed order (``reference``: also psum, out and address files)."""
+    """Every data file of a layer export, in a fixed order (``reference``: the course layout with psum, out and
+    address files; else the packed files the core reads)."""
     R, C, P = spec.rows, spec.cols, spec.psum_bits
+    if not reference:
+        files = [FileSpec("activation.txt", "activations", (), R, spec.a_bits, False, n_itiles * geom.n_padded),
+                 FileSpec("weight.txt", "weights", (), R, spec.w_bits, True, n_otiles * n_itiles * geom.n_kij * C)]
+        return files + ([FileSpec("bias.txt", "biases", (), C, P, True, n_otiles)] if bias else [])
     single = n_itiles == 1 and n_otiles == 1
     files = [FileSpec(f"activation_tile{it}.txt", "activation", (it,), R, spec.a_bits, False, geom.n_padded)
              for it in range(n_itiles)]
@@ -79,16 +87,13 @@ def layer_files(geom: ConvGeometry, spec: ArraySpec, n_itiles: int, n_otiles: in
                 files.append(FileSpec(f"weight_itile{it}_otile{ot}_kij{k}.txt", "weight", (ot, it, k), R,
                                       spec.w_bits, True, C))
                 psum = f"psum_kij{k}.txt" if single else f"psum_itile{it}_otile{ot}_kij{k}.txt"
-                if reference:
-                    files.append(FileSpec(psum, "psum", (ot, it, k), C, P, True, geom.n_padded))
+                files.append(FileSpec(psum, "psum", (ot, it, k), C, P, True, geom.n_padded))
         if bias:
             files.append(FileSpec(f"bias_otile{ot}.txt", "bias", (ot,), C, P, True, 1))
-        if reference:
-            files.append(FileSpec("out.txt" if n_otiles == 1 else f"out_otile{ot}.txt", "out", (ot,), C, P, True,
-                                  geom.n_positions))
-    if reference:
-        files.append(FileSpec("acc_address.txt", "address", (), 1, address_bits(geom), False,
-                              geom.n_positions * geom.n_kij))
+        files.append(FileSpec("out.txt" if n_otiles == 1 else f"out_otile{ot}.txt", "out", (ot,), C, P, True,
+                              geom.n_positions))
+    files.append(FileSpec("acc_address.txt", "address", (), 1, address_bits(geom), False,
+                          geom.n_positions * geom.n_kij))
     return files
 
 
@@ -96,7 +101,8 @@ def layer_config_text(geom: ConvGeometry, spec: ArraySpec, n_itiles: int, n_otil
                       reference: bool) -> str:
     """``qmap_layer.txt``: one "name value" line per :data:`LAYER_KEYS` entry, in that order."""
     values = (geom.padded_w, geom.n_padded, geom.out_w, geom.n_positions, geom.kh, geom.kw, geom.stride, n_itiles,
-              n_otiles, int(spec.overflow == "saturate"), int(bias), int(reference), address_bits(geom))
+              n_otiles, int(spec.overflow == "saturate"), int(bias), int(reference), address_bits(geom),
+              int(spec.dataflow == "os"), geom.in_channels, geom.out_channels, int(not reference))
     return "".join(f"{k} {v}\n" for k, v in zip(LAYER_KEYS, values, strict=True))
 
 
@@ -133,6 +139,12 @@ def _file_data(vec: LayerVectors, f: FileSpec) -> np.ndarray:
         return vec.outputs[f.index]
     if f.kind == "bias":
         return m.bias_tiles[f.index][None, :]
+    if f.kind == "activations":
+        return m.x_tiles.transpose(0, 2, 1).reshape(-1, m.spec.rows)
+    if f.kind == "weights":
+        return m.w_tiles.reshape(-1, m.spec.rows)
+    if f.kind == "biases":
+        return m.bias_tiles
     return vec.acc_address[:, None]
 
 
@@ -239,6 +251,12 @@ def read_export(folder: str | Path, verify_checksums: bool = True) -> LayerVecto
             outputs[f.index] = data
         elif f.kind == "bias":
             bias_rows[f.index] = data[0]
+        elif f.kind == "activations":
+            x[:] = data.reshape(n_it, geom.n_padded, R).transpose(0, 2, 1)
+        elif f.kind == "weights":
+            w[:] = data.reshape(w.shape)
+        elif f.kind == "biases":
+            bias_rows[:] = data
         else:
             addr[:] = data[:, 0]
     if has_bias:

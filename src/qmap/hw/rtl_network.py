@@ -1,4 +1,4 @@
-"""Every array layer on the Verilog core, with ONE build of it.
+"""Every array layer on the Verilog core, with ONE build of it (weight- or output-stationary per layer).
 
 :class:`RtlLayerRunner` compiles the plain testbench ``rtl/qmap_tb.v`` (Verilator ``--binary`` when
 installed, else Icarus) once, with memory depths that fit the largest of the layers it will be given; the
@@ -23,7 +23,7 @@ from ..errors import HardwareError
 from .export import export_mapped
 from .formats import read_vectors
 from .mapping import ConvGeometry, MappedConv
-from .sim import build_plain_tb, core_parameters, run_built_tb, simulator_available
+from .sim import cached_plain_tb, core_parameters, run_built_tb, simulator_available
 from .spec import ArraySpec
 
 
@@ -36,23 +36,24 @@ def fastest_simulator() -> str:
 
 
 class RtlLayerRunner:
-    """One build of qmap_core for layers of the given ``(geometry, itiles, otiles)``; call it per layer."""
+    """One build of qmap_core for layers of the given ``(geometry, itiles, otiles)``; call it per layer. The
+    build is kept in :func:`qmap.hw.sim.rtl_cache_dir` and reused by a later run with the same parameters and
+    sources (``build_reused``)."""
 
     def __init__(self, spec: ArraySpec, layers: Sequence[tuple[ConvGeometry, int, int]], work_dir: str | Path,
                  simulator: str | None = None):
-        if spec.dataflow != "ws":
-            raise HardwareError(f"the Verilog core is weight-stationary; dataflow {spec.dataflow!r} has no RTL")
         self.spec, self.work = spec, Path(work_dir)
         self.simulator = simulator or fastest_simulator()
         t0 = time.perf_counter()
         self.params = core_parameters(spec, list(layers))
-        self.cmd = build_plain_tb(self.params, self.simulator, self.work / f"build_{self.simulator}")
+        self.cmd, self.build_reused = cached_plain_tb(self.params, self.simulator)
         self.build_s = time.perf_counter() - t0
 
     def __call__(self, mapped: MappedConv, name: str) -> tuple[np.ndarray, dict]:
         """Run one tiled layer; returns the core's ``outputs[ot, p, c]`` (ReLU(bias + conv)) and the
         testbench's result (cycles, wall time, format errors)."""
-        if replace(mapped.spec, overflow=self.spec.overflow) != self.spec:  # saturation is runtime configuration
+        # the dataflow and the saturation are runtime configuration of the one build
+        if replace(mapped.spec, overflow=self.spec.overflow, dataflow=self.spec.dataflow) != self.spec:
             raise HardwareError(f"{name}: array {mapped.spec} differs from the built core's {self.spec}")
         folder = self.work / "layers" / name
         export_mapped(mapped, folder, has_bias=True, reference=False, meta={"layer": name})

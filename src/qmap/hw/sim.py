@@ -10,8 +10,10 @@ plain TB; cocotb with Verilator needs Verilator >= 5.036 (cocotb 2.x) or the old
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -76,6 +78,35 @@ def _run(cmd: list[str], cwd: Path, what: str, timeout: float = 600) -> str:
     return proc.stdout
 
 
+def rtl_cache_dir() -> Path:
+    """Where built testbenches are kept between runs: ``$QMAP_CACHE/rtl``, else ``~/.cache/qmap/rtl``."""
+    root = os.environ.get("QMAP_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "qmap") / "rtl"
+
+
+def cached_plain_tb(params: dict[str, int], simulator: str) -> tuple[list[str], bool]:
+    """:func:`build_plain_tb` into the cache folder keyed by the simulator, the parameters and the Verilog
+    sources, reusing an earlier build of the same key; returns ``(command, reused)``."""
+    key = hashlib.sha256(json.dumps([simulator, sorted(params.items())]).encode()
+                         + b"".join(p.read_bytes() for p in [*core_sources(), RTL_DIR / TESTBENCH])).hexdigest()
+    final = rtl_cache_dir() / f"{simulator}-{key[:20]}"
+    runnable = final / ("qmap_tb.vvp" if simulator == "icarus" else "obj/qmap_tb")
+    if not runnable.exists():
+        tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_plain_tb(params, simulator, tmp)
+        if final.exists():  # another process built the same key meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        return _tb_command(simulator, final), False
+    return _tb_command(simulator, final), True
+
+
+def _tb_command(simulator: str, build: Path) -> list[str]:
+    return ["vvp", "-n", str(build / "qmap_tb.vvp")] if simulator == "icarus" else [str(build / "obj" / "qmap_tb")]
+
+
 def build_plain_tb(params: dict[str, int], simulator: str, build_dir: str | Path) -> list[str]:
     """Compile the plain testbench with :func:`core_parameters` ``params``; returns the command that runs it
     (append ``+dir=FOLDER`` and optionally ``+out=FILE``)."""
@@ -87,11 +118,11 @@ def build_plain_tb(params: dict[str, int], simulator: str, build_dir: str | Path
         out = build / "qmap_tb.vvp"
         _run(["iverilog", "-g2005", "-o", str(out), *[f"-Pqmap_tb.{k}={v}" for k, v in params.items()], *sources],
              build, "iverilog")
-        return ["vvp", "-n", str(out)]
+        return _tb_command(simulator, build)
     _run(["verilator", "--binary", "-O3", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", "qmap_tb",
           "-Mdir", str(build / "obj"), "-o", "qmap_tb", *[f"-G{k}={v}" for k, v in params.items()], *sources],
          build, "verilator --binary")
-    return [str(build / "obj" / "qmap_tb")]
+    return _tb_command(simulator, build)
 
 
 def run_built_tb(cmd: list[str], folder: str | Path, out_file: str | Path | None = None) -> dict:

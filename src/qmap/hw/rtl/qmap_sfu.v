@@ -2,7 +2,7 @@
 // (itile x kij), starting from the tile's bias, and writes ReLU(acc) to the output memory on the tile's
 // last fold:
 //   acc[pos] <= (first ? bias[ot] : acc[pos]) + psum;  if (last) out[out_addr] <= max(that sum, 0)
-// Sums wrap or saturate at PB bits (qmap_sat_add). done rises the cycle after the write of the final vector.
+// Sums wrap or saturate at PB bits (qmap_sat_add). done rises the cycle after done_set (the final write).
 module qmap_sfu #(parameter C = 8, parameter PB = 16, parameter N_MAX = 16, parameter OUT_DEPTH = 16,
                   parameter OT_MAX = 1) (
     input  wire            clk,
@@ -19,7 +19,7 @@ module qmap_sfu #(parameter C = 8, parameter PB = 16, parameter N_MAX = 16, para
     input  wire [31:0]     out_addr,
     input  wire            first,
     input  wire            last,
-    input  wire            final_vec,
+    input  wire            done_set,
     input  wire [31:0]     out_raddr,
     output wire [C*PB-1:0] out_rdata,
     output reg             done
@@ -46,10 +46,10 @@ module qmap_sfu #(parameter C = 8, parameter PB = 16, parameter N_MAX = 16, para
     if (bias_we) bias_mem[bias_waddr] <= bias_wdata;
     if (rst || start) begin
       done <= 1'b0;
-    end else if (in_valid) begin
-      acc_mem[pos] <= sum;
-      if (last) out_mem[out_addr] <= relu;
-      if (final_vec) done <= 1'b1;
+    end else begin
+      if (in_valid) acc_mem[pos] <= sum;
+      if (in_valid && last) out_mem[out_addr] <= relu;
+      if (done_set) done <= 1'b1;
     end
   end
 endmodule

@@ -6,8 +6,10 @@
 // and, with +out=FILE, writes the core's output memory to FILE (one C x PB-bit line per (otile, position)).
 //
 // Files: qmap_layer.txt ("name value" lines, in this order: wp npad wo n kh kw stride itiles otiles saturate
-// bias reference addr_bits). activation_tile{it}.txt, weight_itile{it}_otile{ot}_kij{k}.txt, bias_otile{ot}.txt
-// (when bias = 1), and, when reference = 1, psum files, out(_otile{ot}).txt and acc_address.txt. As in the
+// bias reference addr_bits os cin cout packed; os = 1 runs the layer output-stationary).
+// activation_tile{it}.txt, weight_itile{it}_otile{ot}_kij{k}.txt, bias_otile{ot}.txt (when bias = 1) -- or,
+// when packed = 1, the same lines in memory order in activation.txt, weight.txt and bias.txt (one file each:
+// the whole-network run writes these) -- and, when reference = 1, psum files, out(_otile{ot}).txt and acc_address.txt. As in the
 // template, each file but acc_address.txt starts with three header tokens skipped by $fscanf("%s"), every
 // data line is read with $fscanf("%<width>b") (Icarus; Verilator 5.006 has no width for %b, so it reads
 // "%b"), and acc_address.txt is read with $fscanf("%<addr_bits>b") from its first line, K addresses per
@@ -26,8 +28,8 @@ module qmap_tb;
   reg [R*AB-1:0] act_wdata = 0;
   reg [R*WB-1:0] w_wdata = 0;
   reg [C*PB-1:0] bias_wdata = 0;
-  reg [31:0] wp, npad, wo, n, kh, kw, s, it_n, ot_n, addr_bits;
-  reg sat, has_bias, reference;
+  reg [31:0] wp, npad, wo, n, kh, kw, s, it_n, ot_n, addr_bits, cin, cout;
+  reg sat, has_bias, reference, os, packed;
   wire [C*PB-1:0] out_rdata, psum_vec;
   wire done, psum_valid;
   wire [31:0] psum_fold, psum_pos;
@@ -36,7 +38,7 @@ module qmap_tb;
   qmap_core #(.R(R), .C(C), .WB(WB), .AB(AB), .PB(PB), .ACT_DEPTH(ACT_DEPTH), .W_DEPTH(W_DEPTH),
               .OUT_DEPTH(OUT_DEPTH), .N_MAX(N_MAX), .OT_MAX(OT_MAX)) dut (
       .clk(clk), .rst(rst), .start(start), .cfg_wp(wp), .cfg_npad(npad), .cfg_wo(wo), .cfg_n(n), .cfg_kh(kh),
-      .cfg_kw(kw), .cfg_s(s), .cfg_it(it_n), .cfg_ot(ot_n), .cfg_sat(sat),
+      .cfg_kw(kw), .cfg_s(s), .cfg_it(it_n), .cfg_ot(ot_n), .cfg_sat(sat), .cfg_os(os), .cfg_cin(cin), .cfg_cout(cout),
       .act_we(act_we), .act_waddr(act_waddr), .act_wdata(act_wdata), .w_we(w_we), .w_waddr(w_waddr),
       .w_wdata(w_wdata), .bias_we(bias_we), .bias_waddr(bias_waddr), .bias_wdata(bias_wdata),
       .out_raddr(out_raddr), .out_rdata(out_rdata), .done(done), .psum_valid(psum_valid), .psum_vec(psum_vec),
@@ -96,8 +98,11 @@ module qmap_tb;
       r = $fscanf(fd, "%s %d", token, value); has_bias = value[0];
       r = $fscanf(fd, "%s %d", token, value); reference = value[0];
       r = $fscanf(fd, "%s %d", token, addr_bits);
+      r = $fscanf(fd, "%s %d", token, value); os = value[0];
+      r = $fscanf(fd, "%s %d", token, cin); r = $fscanf(fd, "%s %d", token, cout);
+      r = $fscanf(fd, "%s %d", token, value); packed = value[0];
       if (r != 2) begin
-        $display("QMAP_ERROR %0s: expected 13 'name value' lines", fname);
+        $display("QMAP_ERROR %0s: expected 17 'name value' lines", fname);
         $finish;
       end
       $fclose(fd);
@@ -106,7 +111,8 @@ module qmap_tb;
         $display("QMAP_ERROR layer does not fit this build's memory depths");
         $finish;
       end
-      max_cycles = 4 * (ot_n * it_n * kh * kw * (n + R + C) + n + R + C);
+      max_cycles = 4 * (ot_n * it_n * kh * kw * (n + R + C) + n + R + C
+                        + ot_n * ((n + R - 1) / R) * (cin * kh * kw + 2 * R + C));
     end
   endtask
 
@@ -119,31 +125,44 @@ module qmap_tb;
     read_config;
     repeat (2) @(posedge clk);
     #1 rst = 0;
-    for (it = 0; it < it_n; it = it + 1) begin
-      $sformat(fname, "%0s/activation_tile%0d.txt", dir, it);
+    if (packed) begin
+      $sformat(fname, "%0s/activation.txt", dir);
       open_file(1);
+    end
+    for (it = 0; it < it_n; it = it + 1) begin
+      if (!packed) begin
+        $sformat(fname, "%0s/activation_tile%0d.txt", dir, it);
+        open_file(1);
+      end
       for (kk = 0; kk < npad; kk = kk + 1) begin
         read_line(R * AB);
         act_we = 1; act_waddr = it * npad + kk; act_wdata = word[R*AB-1:0];
         @(posedge clk); #1;
       end
       act_we = 0;
+      if (!packed) $fclose(fd);
+    end
+    if (packed) begin
       $fclose(fd);
+      $sformat(fname, "%0s/weight.txt", dir);
+      open_file(1);
     end
     kn = kh * kw;
     for (ot = 0; ot < ot_n; ot = ot + 1) begin
       for (it = 0; it < it_n; it = it + 1) begin
         for (k = 0; k < kn; k = k + 1) begin
           f = (ot * it_n + it) * kn + k;
-          $sformat(fname, "%0s/weight_itile%0d_otile%0d_kij%0d.txt", dir, it, ot, k);
-          open_file(1);
+          if (!packed) begin
+            $sformat(fname, "%0s/weight_itile%0d_otile%0d_kij%0d.txt", dir, it, ot, k);
+            open_file(1);
+          end
           for (kk = 0; kk < C; kk = kk + 1) begin
             read_line(R * WB);
             w_we = 1; w_waddr = f * C + kk; w_wdata = word[R*WB-1:0];
             @(posedge clk); #1;
           end
           w_we = 0;
-          $fclose(fd);
+          if (!packed) $fclose(fd);
           if (reference) begin
             if (it_n == 1 && ot_n == 1) $sformat(fname, "%0s/psum_kij%0d.txt", dir, k);
             else $sformat(fname, "%0s/psum_itile%0d_otile%0d_kij%0d.txt", dir, it, ot, k);
@@ -157,7 +176,7 @@ module qmap_tb;
         end
       end
       bias_file[ot] = 0;
-      if (has_bias) begin
+      if (has_bias && !packed) begin
         $sformat(fname, "%0s/bias_otile%0d.txt", dir, ot);
         open_file(1);
         read_line(C * PB);
@@ -175,6 +194,21 @@ module qmap_tb;
           read_line(C * PB);
           out_file[ot * n + kk] = word[C*PB-1:0];
         end
+        $fclose(fd);
+      end
+    end
+    if (packed) begin
+      $fclose(fd);
+      if (has_bias) begin
+        $sformat(fname, "%0s/bias.txt", dir);
+        open_file(1);
+        for (ot = 0; ot < ot_n; ot = ot + 1) begin
+          read_line(C * PB);
+          bias_file[ot] = word[C*PB-1:0];
+          bias_we = 1; bias_waddr = ot; bias_wdata = bias_file[ot];
+          @(posedge clk); #1;
+        end
+        bias_we = 0;
         $fclose(fd);
       end
     end
