@@ -93,15 +93,17 @@ def rtl_network_section(run_dir: Path) -> tuple[dict, str]:
     if "rtl_cycles" not in sm:
         raise SystemExit(f"{run_dir}: the run has no whole-network RTL result (hardware.rtl_network=true)")
     cols = ["name", "in_channels", "out_channels", "hw", "cycles", "rtl_cycles", "rtl_mismatches", "mismatches",
-            "psum_bits_needed", "psum_bits", "rtl_wall_s"]
+            "psum_bits_needed", "psum_bits", "rtl_wall_s", "rtl_cpu_s"]
     md = (f"\n## The whole network on the RTL (one build, {sm['rtl_simulator']}), image {sm['image']}\n\n"
           f"From `{res.get('provenance', {}).get('command', 'qmap run')}` ({run_dir.name}/results.json). "
           f"{sm['rtl_layers']} array layers (host: {', '.join(sm['host_layers']) or 'none'}), "
           f"{sm['rtl_cycles']:,} RTL cycles, RTL = golden cycles on every layer: {sm['rtl_cycles_equal_golden']}; "
           f"RTL vs golden value mismatches {sm['rtl_mismatches']}; integer-model mismatches {sm['mismatches']}; "
           f"RTL logits = integer model's logits: {sm['logits_match']}. Wall time {sm['rtl_network_wall_s']:.1f} s "
-          f"(build {sm['rtl_build_s']:.1f} s, layer runs {sm['rtl_wall_s']:.1f} s, the rest golden model + "
-          f"files + host requantization).\n\n"
+          f"(build {sm['rtl_build_s']:.1f} s{', reused from the cache' if sm.get('rtl_build_reused') else ''}; "
+          f"layer runs {sm['rtl_wall_s']:.1f} s wall, {sm.get('rtl_cpu_s', float('nan')):.1f} s CPU of the "
+          f"simulator; host {sm.get('host_cpu_s', float('nan')):.1f} s CPU for the golden model, files and "
+          f"requantization).\n\n"
           f"RTL logits: {sm['logits']}  \nInteger logits: {sm['logits_integer']}\n\n"
           + markdown_table(layers, [c for c in cols if c in layers[0]]))
     return {"run": str(run_dir), "summary": sm, "layers": layers}, md

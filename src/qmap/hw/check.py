@@ -164,16 +164,17 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
     rtl = None
     if rtl_work_dir is not None:
         rtl = RtlLayerRunner(spec, [layer_tiling(layer, spec) for layer in layers], rtl_work_dir, rtl_simulator)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     rep = run_network(layers, spec, requant=requant, head=head, expected_logits=out.logits_int[0].numpy(), rtl=rtl)
     keys = ("name", "in_channels", "out_channels", "hw", "macs", "cycles", "utilisation", "ideal_cycles",
             "no_overlap_cycles", "psum_bits_needed", "psum_bits", "mismatches", "rtl_cycles", "rtl_mismatches",
-            "rtl_wall_s")
+            "rtl_wall_s", "rtl_cpu_s")
     summary = rep.summary(spec)
     if rtl is not None:
         summary.update(rtl_simulator=rtl.simulator, rtl_build_s=rtl.build_s, rtl_builds=1,
                        rtl_build_reused=rtl.build_reused,
                        rtl_network_wall_s=time.perf_counter() - t0 + rtl.build_s,
+                       host_cpu_s=time.process_time() - cpu0,
                        logits_integer=out.logits_int[0].tolist())
     return {"array": spec.to_dict(), "host_layers": host, "summary": summary,
             "layers": [{k: r[k] for k in keys if k in r} for r in rep.layers]}

@@ -76,7 +76,8 @@ class NetworkReport:
         rtl_summary = {"rtl_layers": len(rtl), "rtl_cycles": sum(r["rtl_cycles"] for r in rtl),
                        "rtl_mismatches": sum(r["rtl_mismatches"] for r in rtl),
                        "rtl_cycles_equal_golden": all(r["rtl_cycles"] == r["cycles"] for r in rtl),
-                       "rtl_wall_s": sum(r["rtl_wall_s"] for r in rtl)} if rtl else {}
+                       "rtl_wall_s": sum(r["rtl_wall_s"] for r in rtl),
+                       "rtl_cpu_s": sum(r["rtl_cpu_s"] for r in rtl)} if rtl else {}
         return {"layers": len(self.layers), "macs": self.total_macs, "cycles": total, **rtl_summary,
                 "ideal_cycles": sum(layer["ideal_cycles"] for layer in self.layers),
                 "no_overlap_cycles": sum(layer["no_overlap_cycles"] for layer in self.layers),
@@ -127,7 +128,7 @@ def run_network(layers: Sequence[IntConvLayer], spec: ArraySpec, *,
         if rtl is not None:
             outputs, r = rtl(mapped, layer.name)
             row.update(rtl_cycles=r["cycles"], rtl_mismatches=int(np.count_nonzero(outputs != res.outputs)),
-                       rtl_wall_s=r["run_wall_s"])
+                       rtl_wall_s=r["run_wall_s"], rtl_cpu_s=r["run_cpu_s"])
         y = assemble_output(outputs, g)
         row["mismatches"] = None if layer.expected_out is None else int(np.count_nonzero(y != layer.expected_out))
         report.layers.append(row)

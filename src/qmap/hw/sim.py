@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import time
@@ -94,7 +95,11 @@ def cached_plain_tb(params: dict[str, int], simulator: str) -> tuple[list[str], 
     if not runnable.exists():
         tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        build_plain_tb(params, simulator, tmp)
+        try:
+            build_plain_tb(params, simulator, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if final.exists():  # another process built the same key meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -127,20 +132,26 @@ def build_plain_tb(params: dict[str, int], simulator: str, build_dir: str | Path
 
 def run_built_tb(cmd: list[str], folder: str | Path, out_file: str | Path | None = None) -> dict:
     """Run a built plain testbench on ``folder`` (``out_file``: where it writes the output memory); parse
-    its QMAP_RESULT line. ``run_wall_s`` covers the whole process (file reading, loading, the run)."""
+    its QMAP_RESULT line. ``run_wall_s`` covers the whole process (file reading, loading, the run);
+    ``run_cpu_s`` is the CPU time it used (user + system; on a loaded machine much less than the wall time)."""
     folder = Path(folder).resolve()
     args = [*cmd, f"+dir={folder}"] + ([f"+out={Path(out_file).resolve()}"] if out_file else [])
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu_s()
     stdout = _run(args, folder, "plain testbench")
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu_s() - cpu0
     match = _RESULT.search(stdout)
     if not match:
         raise HardwareError(f"the testbench printed no QMAP_RESULT line: {stdout[-1000:]}")
     cycles, psums, psum_bad, outputs, out_bad, acc_bad, fmt_bad, done = map(int, match.groups())
     return {"runner": "plain_tb", "cycles": cycles, "done": bool(done), "psums_checked": psums,
             "psum_mismatches": psum_bad, "outputs_checked": outputs, "output_mismatches": out_bad,
-            "acc_mismatches": acc_bad, "format_errors": fmt_bad, "run_wall_s": wall,
+            "acc_mismatches": acc_bad, "format_errors": fmt_bad, "run_wall_s": wall, "run_cpu_s": cpu,
             "cycles_per_s": cycles / wall if wall else None}
+
+
+def _children_cpu_s() -> float:
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
 
 
 def run_plain_tb(folder: str | Path, simulator: str = "icarus", build_dir: str | Path | None = None) -> dict:

@@ -29,7 +29,7 @@ module qmap_tb;
   reg [R*WB-1:0] w_wdata = 0;
   reg [C*PB-1:0] bias_wdata = 0;
   reg [31:0] wp, npad, wo, n, kh, kw, s, it_n, ot_n, addr_bits, cin, cout;
-  reg sat, has_bias, reference, os, packed;
+  reg sat, has_bias, reference, os, is_packed;
   wire [C*PB-1:0] out_rdata, psum_vec;
   wire done, psum_valid;
   wire [31:0] psum_fold, psum_pos;
@@ -86,6 +86,18 @@ module qmap_tb;
     end
   endtask
 
+  // Read one line and write it into the core's memory `which` (0 activations, 1 weights, 2 bias) at addr.
+  task load_line(input integer which, input integer addr);
+    begin
+      read_line(which == 0 ? R * AB : which == 1 ? R * WB : C * PB);
+      act_we = which == 0; w_we = which == 1; bias_we = which == 2;
+      act_waddr = addr; w_waddr = addr; bias_waddr = addr;
+      act_wdata = word[R*AB-1:0]; w_wdata = word[R*WB-1:0]; bias_wdata = word[C*PB-1:0];
+      @(posedge clk); #1;
+      act_we = 0; w_we = 0; bias_we = 0;
+    end
+  endtask
+
   task read_config;
     begin
       $sformat(fname, "%0s/qmap_layer.txt", dir);
@@ -100,7 +112,7 @@ module qmap_tb;
       r = $fscanf(fd, "%s %d", token, addr_bits);
       r = $fscanf(fd, "%s %d", token, value); os = value[0];
       r = $fscanf(fd, "%s %d", token, cin); r = $fscanf(fd, "%s %d", token, cout);
-      r = $fscanf(fd, "%s %d", token, value); packed = value[0];
+      r = $fscanf(fd, "%s %d", token, value); is_packed = value[0];
       if (r != 2) begin
         $display("QMAP_ERROR %0s: expected 17 'name value' lines", fname);
         $finish;
@@ -125,24 +137,19 @@ module qmap_tb;
     read_config;
     repeat (2) @(posedge clk);
     #1 rst = 0;
-    if (packed) begin
+    if (is_packed) begin
       $sformat(fname, "%0s/activation.txt", dir);
       open_file(1);
     end
     for (it = 0; it < it_n; it = it + 1) begin
-      if (!packed) begin
+      if (!is_packed) begin
         $sformat(fname, "%0s/activation_tile%0d.txt", dir, it);
         open_file(1);
       end
-      for (kk = 0; kk < npad; kk = kk + 1) begin
-        read_line(R * AB);
-        act_we = 1; act_waddr = it * npad + kk; act_wdata = word[R*AB-1:0];
-        @(posedge clk); #1;
-      end
-      act_we = 0;
-      if (!packed) $fclose(fd);
+      for (kk = 0; kk < npad; kk = kk + 1) load_line(0, it * npad + kk);
+      if (!is_packed) $fclose(fd);
     end
-    if (packed) begin
+    if (is_packed) begin
       $fclose(fd);
       $sformat(fname, "%0s/weight.txt", dir);
       open_file(1);
@@ -152,17 +159,12 @@ module qmap_tb;
       for (it = 0; it < it_n; it = it + 1) begin
         for (k = 0; k < kn; k = k + 1) begin
           f = (ot * it_n + it) * kn + k;
-          if (!packed) begin
+          if (!is_packed) begin
             $sformat(fname, "%0s/weight_itile%0d_otile%0d_kij%0d.txt", dir, it, ot, k);
             open_file(1);
           end
-          for (kk = 0; kk < C; kk = kk + 1) begin
-            read_line(R * WB);
-            w_we = 1; w_waddr = f * C + kk; w_wdata = word[R*WB-1:0];
-            @(posedge clk); #1;
-          end
-          w_we = 0;
-          if (!packed) $fclose(fd);
+          for (kk = 0; kk < C; kk = kk + 1) load_line(1, f * C + kk);
+          if (!is_packed) $fclose(fd);
           if (reference) begin
             if (it_n == 1 && ot_n == 1) $sformat(fname, "%0s/psum_kij%0d.txt", dir, k);
             else $sformat(fname, "%0s/psum_itile%0d_otile%0d_kij%0d.txt", dir, it, ot, k);
@@ -176,7 +178,7 @@ module qmap_tb;
         end
       end
       bias_file[ot] = 0;
-      if (has_bias && !packed) begin
+      if (has_bias && !is_packed) begin
         $sformat(fname, "%0s/bias_otile%0d.txt", dir, ot);
         open_file(1);
         read_line(C * PB);
@@ -197,18 +199,15 @@ module qmap_tb;
         $fclose(fd);
       end
     end
-    if (packed) begin
+    if (is_packed) begin
       $fclose(fd);
       if (has_bias) begin
         $sformat(fname, "%0s/bias.txt", dir);
         open_file(1);
         for (ot = 0; ot < ot_n; ot = ot + 1) begin
-          read_line(C * PB);
+          load_line(2, ot);
           bias_file[ot] = word[C*PB-1:0];
-          bias_we = 1; bias_waddr = ot; bias_wdata = bias_file[ot];
-          @(posedge clk); #1;
         end
-        bias_we = 0;
         $fclose(fd);
       end
     end
