@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--calib", type=int, default=256)
     p.add_argument("--buffer-kib", type=int, default=64)
     p.add_argument("--scalesim", default=None, help="python interpreter that has the scalesim package")
+    p.add_argument("--no-rtl", action="store_true", help="golden model only (no Verilog runs)")
     args = p.parse_args(argv)
     root = resolve_data_root(args.data)
     t0 = time.perf_counter()
@@ -126,7 +127,8 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="qmap_dataflows_"))
     views, rows = {}, []
     for df in ("ws", "os"):
-        views[df] = network_view(imodel, x, ArraySpec(psum_bits=16, dataflow=df), rtl_work_dir=work / df)
+        views[df] = network_view(imodel, x, ArraySpec(psum_bits=16, dataflow=df),
+                                 rtl_work_dir=None if args.no_rtl else work / df)
     chain, _, layers, _ = array_layers(imodel, x)
     spec = chain_spec(chain, ArraySpec(psum_bits=16))
     for i, layer in enumerate(layers):
@@ -136,8 +138,8 @@ def main(argv=None) -> int:
             v = views[df]["layers"][i]
             tr = layer_traffic(g, replace(spec, dataflow=df), args.buffer_kib * 1024)
             e = tr.energy_pj()
-            row.update({f"{df}_golden_cycles": v["cycles"], f"{df}_rtl_cycles": v["rtl_cycles"],
-                        f"{df}_rtl_mismatches": v["rtl_mismatches"], f"{df}_sram_kbit": tr.sram_bits / 1000,
+            row.update({f"{df}_golden_cycles": v["cycles"], f"{df}_rtl_cycles": v.get("rtl_cycles"),
+                        f"{df}_rtl_mismatches": v.get("rtl_mismatches"), f"{df}_sram_kbit": tr.sram_bits / 1000,
                         f"{df}_dram_kbit": tr.dram_bits / 1000, f"{df}_energy_uj": e["total"] / 1e6,
                         f"{df}_energy_split": f"mac {e['mac'] / e['total']:.0%}, sram {e['sram'] / e['total']:.0%}, "
                                               f"dram {e['dram'] / e['total']:.0%}",
@@ -162,13 +164,18 @@ def main(argv=None) -> int:
     energy_cols = ["name", "ws_sram_kbit", "ws_dram_kbit", "ws_energy_uj", "ws_energy_split", "os_sram_kbit",
                    "os_dram_kbit", "os_energy_uj", "os_energy_split"]
     total = {df: sum(r[f"{df}_energy_uj"] for r in rows) for df in ("ws", "os")}
+    if args.no_rtl:
+        cols = [c for c in cols if "rtl" not in c]
     md = (f"## Reference network (vgg16_bn_sq8 w0.5, RTN W4A4), image {args.image}, 8x8 array, one RTL build\n\n"
+          + ("Golden model only (--no-rtl): " + ", ".join(f"{df.upper()} {s['cycles']:,} cycles, logits = integer "
+                                                         f"model's: {s['logits_match']}" for df, s in summaries.items())
+             + "\n" if args.no_rtl else "")
           + "".join(f"- {df.upper()}: {s['rtl_layers']} layers, golden {s['cycles']:,} cycles, RTL "
                     f"{s['rtl_cycles']:,} (equal on every layer: {s['rtl_cycles_equal_golden']}), RTL vs golden "
                     f"mismatches {s['rtl_mismatches']}, RTL-fed logits = integer model's: {s['logits_match']}, "
                     f"{s['rtl_simulator']} (build reused: {s['rtl_build_reused']}, {s['rtl_build_s']:.0f} s), "
                     f"layer runs {s['rtl_wall_s']:.1f} s wall / {s['rtl_cpu_s']:.1f} s CPU\n"
-                    for df, s in summaries.items())
+                    for df, s in summaries.items() if "rtl_layers" in s)
           + "\n" + markdown_table(rows, cols)
           + (f"\nSCALE-Sim: {scalesim['error']}\n" if scalesim and "error" in scalesim else "")
           + f"\n## Traffic and energy per layer ({args.buffer_kib} KiB buffer, Horowitz ISSCC 2014 45 nm)\n\n"
