@@ -23,6 +23,7 @@ from qmap.data import calibration_set, load_cifar10, to_tensor
 from qmap.errors import QmapError
 from qmap.evaluate import evaluate
 from qmap.hw.check import network_view
+from qmap.hw.spec import ArraySpec
 from qmap.methods import get_method
 from qmap.models import load_model
 from qmap.quant import QuantConfig, to_integer_model
@@ -77,7 +78,7 @@ def integer_check(qmodel, test, mean, std, agree_x: torch.Tensor) -> dict:
             preds.append(imodel.run(x).logits.argmax(1))
             fq_preds.append(qmodel(x).argmax(1))
     preds, fq_preds = torch.cat(preds), torch.cat(fq_preds)
-    hw = attempt(network_view, imodel, agree_x[:1], 8, 8)
+    hw = attempt(network_view, imodel, agree_x[:1], ArraySpec(8, 8, psum_bits=32))
     hw = hw if "unsupported" in hw else hw["summary"]
     return {"integer_top1": 100 * float((preds == torch.as_tensor(test.labels)).double().mean()),
             "argmax_agreement": float((preds == fq_preds).double().mean()),
