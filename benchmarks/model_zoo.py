@@ -47,7 +47,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
-    return p.parse_args()
+    args = p.parse_args()
+    if not args.data:
+        p.error("set QMAP_DATA or pass --data")
+    return args
 
 
 def bits(setting: str) -> tuple[int, int]:
@@ -105,8 +108,6 @@ def run_model(name: str, args, calib_source, test, exact) -> dict:
 
 def main() -> None:
     args = parse_args()
-    if not args.data:
-        raise SystemExit("set QMAP_DATA or pass --data")
     torch.set_num_threads(args.threads)
     root = Path(args.data)
     test = load_cifar10(root, "test")
