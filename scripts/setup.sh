@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Install qmap into ./.venv (CPU torch), plus the test/RTL extras and Icarus Verilog when given --test.
+# Install qmap into ./.venv (CPU torch, ONNX, Ray for `qmap sweep`), plus the test/RTL extras and Icarus Verilog
+# when given --test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="onnx"
+extras="onnx,ray"
 if [[ "${1:-}" == "--test" ]]; then
-  extras="test,rtl,onnx"
+  extras="test,rtl,onnx,ray"
   if ! command -v iverilog >/dev/null 2>&1; then
     SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq iverilog >/dev/null

@@ -15,7 +15,7 @@ from . import __version__
 from .errors import QmapError
 
 # Sub-command modules under qmap.commands, in the order --help lists them.
-COMMANDS = ["run", "compare", "train", "eval", "export", "sim", "data"]
+COMMANDS = ["run", "sweep", "compare", "train", "eval", "export", "sim", "data"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ def register(sub) -> None:
     p = sub.add_parser("compare", help="table and plot of several finished runs",
                        description="Read results.json of each run folder and print one row per run: method, bit "
                                    "widths, top-1 FP / quantized / integer, accuracy gap, quantization time, cycles.")
-    p.add_argument("runs", nargs="+", help="run folders (outputs of qmap run)")
+    p.add_argument("runs", nargs="+", help="run folders (outputs of qmap run) or sweep folders (of qmap sweep)")
     p.add_argument("--plot", help="write a bar chart PNG here")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=main)
