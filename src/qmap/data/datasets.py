@@ -12,6 +12,7 @@ Splits ``test_exact`` / ``train_exact`` are the genuine first 1017 images of ``t
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -23,6 +24,7 @@ from .checksums import read_md5sums, verify_md5
 from .folders import decode_folder, require_split
 from .imageset import ImageDataset
 
+log = logging.getLogger("qmap")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MIRROR_DIR = "cifar10-jpeg-q75"
 MIRROR_TAR = f"{MIRROR_DIR}/cifar10_jpeg_q75.tar"
@@ -30,6 +32,7 @@ MIRROR_TREE = f"{MIRROR_DIR}/cifar10_jpeg"
 ORDER_INDEX = f"{MIRROR_DIR}/order_index.csv"
 EXACT_NPZ = "cifar10-exact-prefix/cifar10_exact_prefix.npz"
 SPLITS = ("train", "test", "train_exact", "test_exact")
+PER_CLASS = {"train": 5000, "test": 1000}  # CIFAR-10 is balanced: images per class in each split
 FIX_HINT = ("point --data / QMAP_DATA at a folder holding cifar10-jpeg-q75/ or cifar-10-batches-py/, "
             "or run 'qmap data prepare --download' (needs internet)")
 
@@ -61,6 +64,18 @@ def to_official_order(ds: ImageDataset, index_csv: Path, split: str) -> ImageDat
     return out
 
 
+def check_counts(ds: ImageDataset, source: Path, split: str) -> None:
+    """A CIFAR-10 split holds the same number of images of every class (5000 train / 1000 test); anything else
+    is a truncated or damaged archive. A balanced but smaller set (a hand-made subset) loads with a warning."""
+    counts = ds.class_counts()
+    if counts.min() != counts.max():
+        short = ", ".join(f"{c} {n}" for c, n in zip(ds.classes, counts) if n != counts.max())
+        raise DataError(f"{source}: the {split} split is truncated or damaged: {counts.max()} images in most "
+                        f"classes but {short} (CIFAR-10 has {PER_CLASS.get(split, '?')} per class); {FIX_HINT}")
+    if split in PER_CLASS and counts.max() != PER_CLASS[split]:
+        log.warning(f"{source}: the {split} split holds {len(ds)} images, CIFAR-10 has {10 * PER_CLASS[split]}")
+
+
 def load_mirror(root: Path, split: str, cache_dir: Path | None) -> ImageDataset | None:
     """The JPEG mirror's ``split`` in official order (tar preferred, else extracted tree); None if neither exists.
 
@@ -81,6 +96,7 @@ def load_mirror(root: Path, split: str, cache_dir: Path | None) -> ImageDataset 
         for s, ds in decoded.items():
             if ds.classes != CLASSES:
                 raise DataError(f"{source}: class folders {ds.classes} are not the CIFAR-10 classes {CLASSES}")
+            check_counts(ds, source, s)
             if index_csv.is_file():
                 decoded[s] = to_official_order(ds, index_csv, s)
         return decoded
