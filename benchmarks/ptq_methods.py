@@ -14,12 +14,11 @@ interruption continues the sweep where it stopped.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-import yaml
-
-from qmap.commands.sweep import parse_pairs
+from qmap.commands.sweep import sweep_arguments
 from qmap.io import atomic_write_bytes
 from qmap.report.results import write_result
 from qmap.sweep.execute import run_sweep
@@ -52,8 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="data root (default: $QMAP_DATA)")
     p.add_argument("--out-dir", default="benchmarks/results")
     args = p.parse_args(argv)
-    sets = [(k, yaml.safe_load(v)) for k, v in parse_pairs(args.set, "--set")]
-    only = {k: v.split(",") for k, v in parse_pairs(args.only, "--only")}
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the sweep's progress lines
+    sets, only = sweep_arguments(args)
     sweep = load_sweep(args.sweep, sets=sets, only=only, name=args.name)
     out = Path(args.out or f"runs/sweeps/{sweep.name}")
     rep = run_sweep(sweep, out, address=args.address, num_cpus=args.num_cpus, data=args.data)

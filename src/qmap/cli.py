@@ -18,12 +18,8 @@ from . import __version__
 from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, OutputError, QmapError
 
 # Sub-command modules under qmap.commands, in the order --help lists them.
-<<<<<<< HEAD
 COMMANDS = ["run", "sweep", "compare", "train", "eval", "export", "sim", "data"]
-=======
-COMMANDS = ["run", "compare", "train", "eval", "export", "sim", "data"]
 log = logging.getLogger("qmap")
->>>>>>> rel16
 
 
 def plain(text: str | None) -> str | None:

@@ -1,4 +1,4 @@
-"""``qmap sweep``: run a grid of ``qmap run`` points on Ray (a local instance or a cluster) and report across them."""
+"""'qmap sweep': run a grid of 'qmap run' points on Ray (a local instance or a cluster) and report across them."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
+from ..config import parse_value
 from ..errors import ConfigError
+from .common import add_data_option, add_logging_options, positive_int
 
 
 def register(sub) -> None:
@@ -16,28 +16,31 @@ def register(sub) -> None:
         "sweep", help="a grid of qmap runs (methods x bit widths x seeds ...) as Ray tasks, with a report",
         description="Expand SWEEP (a base run config plus axes, see docs/sweep.md) into points and run each as an "
                     "ordinary `qmap run` into OUT/points/<point>/, as Ray tasks: a local Ray instance with every "
-                    "CPU of this machine, or the cluster at --address. Points already complete with the same "
-                    "config are skipped, unfinished ones are resumed. Writes OUT/sweep.json, OUT/report.md and "
-                    "OUT/plots/ after every point. Exit status: 0 every point complete, 1 a point failed, 2 bad "
-                    "sweep file or option (also when Ray is not installed: pip install 'qmap[ray]').")
+                    "CPU of this machine, or the cluster at --address. Every point is checked before any runs. "
+                    "Points already complete with the same config are skipped, unfinished ones are resumed. "
+                    "Writes OUT/sweep.json, OUT/report.md and OUT/plots/ after every point. Exit status: 0 every "
+                    "point complete, 1 a point failed (its row and results.json say why), 2 bad sweep file or "
+                    "option, or Ray not installed (pip install 'qmap[ray]').")
     p.add_argument("sweep", help="sweep file (YAML or JSON)")
-    p.add_argument("--out", help="sweep folder (default: runs/sweeps/<sweep name>)")
+    p.add_argument("-o", "--out", help="sweep folder (default: runs/sweeps/<sweep name>)")
     p.add_argument("--address", help="join this Ray cluster (auto, or ray://host:port) instead of starting one")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all of this machine's)")
+    p.add_argument("--num-cpus", type=positive_int, metavar="N",
+                   help="CPUs of the local Ray instance (default: all of this machine's)")
     p.add_argument("--only", action="append", default=[], metavar="AXIS=LEVEL[,LEVEL...]",
                    help="run only these levels of an axis, e.g. --only method=rtn,domr (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of every point's config, e.g. --set data.test_limit=1000")
-    p.add_argument("--data", help="data root for every point (default: each worker's $QMAP_DATA / config file)")
+    add_data_option(p)
     p.add_argument("--overwrite", action="store_true",
                    help="rerun points whose folder holds a run of a different config (otherwise refused)")
     p.add_argument("--list", action="store_true", help="print the points and their state; run nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the sweep report (sweep.json) on stdout")
+    add_logging_options(p)
     p.set_defaults(func=main)
 
 
 def parse_pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` arguments as (key, raw value) pairs."""
     pairs = []
     for item in items:
         key, sep, value = item.partition("=")
@@ -47,16 +50,22 @@ def parse_pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def sweep_arguments(args) -> tuple[list, dict]:
+    """(``--set`` overrides with parsed values, ``--only`` levels per axis)."""
+    sets = [(k, parse_value(v, f"--set {k}")) for k, v in parse_pairs(args.set, "--set")]
+    only = {k: [lab.strip() for lab in v.split(",") if lab.strip()] for k, v in parse_pairs(args.only, "--only")}
+    return sets, only
+
+
 def main(args) -> int:
     from ..sweep.execute import plan, run_sweep
     from ..sweep.spec import load_sweep
 
-    sets = [(k, yaml.safe_load(v)) for k, v in parse_pairs(args.set, "--set")]
-    only = {k: [lab.strip() for lab in v.split(",") if lab.strip()] for k, v in parse_pairs(args.only, "--only")}
+    sets, only = sweep_arguments(args)
     sweep = load_sweep(args.sweep, sets=sets, only=only)
     out = args.out or f"runs/sweeps/{sweep.name}"
     if args.list:
-        for p in plan(sweep, Path(out).resolve(), args.overwrite):
+        for p in plan(sweep, Path(out).resolve(), args.data, args.overwrite):
             print(f"{p.point.name}\t{p.state}\t{p.folder}")
         return 0
     rep = run_sweep(sweep, out, address=args.address, num_cpus=args.num_cpus, data=args.data,

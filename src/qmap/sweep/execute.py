@@ -14,18 +14,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
 from ..errors import ConfigError, QmapError
-from ..runfolder import check_out_dir, config_fingerprint, is_complete, read_marker
+from ..preflight import preflight
+from ..runfolder import config_fingerprint, is_complete, read_marker
 from .report import write_sweep_report
 from .spec import Point, Sweep
 
+log = logging.getLogger("qmap")
 INSTALL_HINT = "qmap sweep runs its points on Ray, which is not installed here: pip install 'qmap[ray]'"
 OBJECT_STORE_BYTES = 100 * 2**20  # points return small dicts; results travel through the run folders
 
@@ -51,10 +53,11 @@ class PlannedPoint:
     state: str  # "complete" (skipped) | "new" | "resume" (same config, unfinished) | "replace" (other config)
 
 
-def plan(sweep: Sweep, out: Path, overwrite: bool = False) -> list[PlannedPoint]:
-    """What each point needs, checked before anything runs: a folder holding a different config's run is
-    refused unless ``overwrite`` (then that point is rerun from scratch), as is a folder that is not a run
-    folder at all."""
+def plan(sweep: Sweep, out: Path, data: str | None = None, overwrite: bool = False) -> list[PlannedPoint]:
+    """What each point needs, checked before anything runs: every point still to run goes through the same
+    checks as ``qmap run`` (:func:`qmap.preflight.preflight`: config, method options, data root, checkpoint,
+    layers, its folder); a folder holding a different config's run is refused unless ``overwrite`` (then that
+    point is rerun from scratch), as is a folder that is not a run folder at all."""
     planned = []
     for point in sweep.points:
         folder, fp = point_folder(out, point), config_fingerprint(point.config)
@@ -71,7 +74,7 @@ def plan(sweep: Sweep, out: Path, overwrite: bool = False) -> list[PlannedPoint]
             raise ConfigError(f"point {point.name}: {folder} holds a run of a different config (the sweep file "
                               f"changed?): pass --overwrite to rerun such points, or use another --out")
         if state != "complete":
-            check_out_dir(folder, fp, overwrite=state == "replace", resume=state == "resume")
+            preflight(point.config, data, out=folder, overwrite=state == "replace", resume=state == "resume")
         planned.append(PlannedPoint(point, folder, fp, state))
     return planned
 
@@ -122,10 +125,9 @@ def run_sweep(sweep: Sweep, out: str | Path, address: str | None = None, num_cpu
     ``data``: the data root given to every point (default: each worker's ``$QMAP_DATA`` or config file)."""
     out = Path(out).resolve()
     data = str(Path(data).resolve()) if data else None
-    planned = plan(sweep, out, overwrite)
+    planned = plan(sweep, out, data, overwrite)
     todo = [p for p in planned if p.state != "complete"]
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    say(f"sweep {sweep.name}: {len(planned)} points, {len(planned) - len(todo)} complete already, "
+    log.info(f"sweep {sweep.name}: {len(planned)} points, {len(planned) - len(todo)} complete already, "
         f"{len(todo)} to run → {out}")
     t0 = time.perf_counter()
     outcomes: dict[str, dict] = {}
@@ -150,7 +152,7 @@ def run_sweep(sweep: Sweep, out: str | Path, address: str | None = None, num_cpu
                     outcome = {"point": p.point.name, "status": "failed",
                                "error": (str(e).strip().splitlines() or [type(e).__name__])[-1]}
                 outcomes[p.point.name] = outcome
-                say(f"  [{len(outcomes)}/{len(todo)}] {p.point.name}: {outcome['status']}"
+                log.info(f"  [{len(outcomes)}/{len(todo)}] {p.point.name}: {outcome['status']}"
                     + (f" in {outcome['wall_s']:.0f} s" if "wall_s" in outcome else "")
                     + (f" — {outcome['error']}" if outcome.get("error") else ""))
                 write_sweep_report(sweep, out, planned, outcomes, invocation | {"wall_s": time.perf_counter() - t0})

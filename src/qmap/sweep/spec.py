@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, config_from_dict, load_config
+from ..config import RunConfig, config_from_dict, load_config, parse_config_text
 from ..errors import ConfigError, reject_unknown_keys
 
 SWEEP_KEYS = {"name", "base", "set", "axes", "resources", "max_retries", "report"}
@@ -79,13 +78,10 @@ def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
     try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-            d = yaml.safe_load(path.read_text())
-        else:
-            d = json.loads(path.read_text())
-    except Exception as e:  # noqa: BLE001 - yaml and json raise different types
-        raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read sweep file {path}: {getattr(e, 'strerror', None) or e}") from None
+    d = parse_config_text(text, path.suffix != ".json", str(path))  # the run config's size/alias/depth limits
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: a sweep file is a mapping with 'base' and 'axes'")
     return d
