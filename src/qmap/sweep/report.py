@@ -101,7 +101,7 @@ def report_markdown(rep: dict, plot_dir: str = "plots") -> str:
     axes = "; ".join(f"{a}: {', '.join(levels)}" for a, levels in rep["axes"].items())
     cols = ["point", "status", "method", "bits", "seed", "top1_fp", "top1_quantized", "top1_integer", "gap_pp",
             "quantize_s", "wall_s", "error"]
-    points = [{k: r.get(k, "") for k in cols} for r in rows]
+    points = [{k: "" if r.get(k) is None else r.get(k, "") for k in cols} for r in rows]
     times = [{"started": i["started"], "cluster CPUs": i.get("cluster_cpus", ""), "points run": i["points_run"],
               "skipped (complete)": i["points_skipped"], "wall s": i["wall_s"],
               "sum of point wall s": i["points_wall_s_sum"], "speed-up": i["speedup"] or ""}
@@ -112,7 +112,8 @@ def report_markdown(rep: dict, plot_dir: str = "plots") -> str:
             + markdown_table(pivot)
             + "\n## Points\n\n" + markdown_table(points)
             + "\n## Time per invocation\n\nWall time of `qmap sweep` (Ray start-up included) against the sum of the "
-              "wall times of the `qmap run`s it ran; speed-up = sum / wall.\n\n" + markdown_table(times)
+              "wall times of the `qmap run`s it finished (each measured inside its Ray worker); speed-up = sum / "
+              "wall.\n\n" + markdown_table(times)
             + "\nPlots: " + ", ".join(f"[{p}]({plot_dir}/{p})" for p in PLOTS) + "\n")
 
 
