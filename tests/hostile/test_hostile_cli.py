@@ -141,7 +141,8 @@ def _bomb(levels: int) -> str:
     lines = ['l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     for i in range(1, levels):
         lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
-    return "\n".join(lines) + f"\nmodel: {{checkpoint: CKPT}}\nmethod: {{name: rtn, options: {{bomb: *l{levels - 1}}}}}\n"
+    tail = f"\nmodel: {{checkpoint: CKPT}}\nmethod: {{name: rtn, options: {{bomb: *l{levels - 1}}}}}\n"
+    return "\n".join(lines) + tail
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -273,7 +274,8 @@ CASES = [
     ("i1-config-name-escape", CONFIG, "name",
      lambda b: ["run", b.config("name: ../../victim\nmodel: {checkpoint: CKPT}\n"), "-q"]),
     # ---- i3: --resume refuses another config; a locked folder is refused
-    ("i3-resume-other-config", CONFIG, "different config", lambda b: (b.run_folder("p"), b.run_args("p", "--resume"))[1]),
+    ("i3-resume-other-config", CONFIG, "different config",
+     lambda b: (b.run_folder("p"), b.run_args("p", "--resume"))[1]),
     ("i3-resume-foreign-folder", CONFIG, "not a qmap run folder",
      lambda b: (b.file("p/x.txt", "x"), b.run_args("p", "--resume"))[1]),
     # ---- i4: output locations that cannot be used
@@ -310,7 +312,8 @@ CASES = [
     ("i6-binary-config", CONFIG, "", lambda b: ["run", b.file("bin.yaml", bytes(range(256)) * 4)]),
     ("i6-config-list", CONFIG, "mapping", lambda b: ["run", b.config("- a\n- b\n")]),
     ("i6-config-empty", CONFIG, "model", lambda b: ["run", b.config("")]),
-    ("i6-config-unknown-section", CONFIG, "bogus", lambda b: ["run", b.config("model: {checkpoint: CKPT}\nbogus: 1\n")]),
+    ("i6-config-unknown-section", CONFIG, "bogus",
+     lambda b: ["run", b.config("model: {checkpoint: CKPT}\nbogus: 1\n")]),
     ("i6-bad-json", CONFIG, "cannot parse", lambda b: ["run", b.file("c.json", "{model: }")]),
     ("i6-set-deep", CONFIG, "", lambda b: b.run_args("out", "--set", "method.options.x=" + "[" * 3000)),
     # ---- i8: archives and images (a data root inside the sandbox; the cache lives outside it)
