@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a usage error already printed as one line
         return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
-        parser.print_help()
+        print("qmap: error: give a command (see 'qmap --help')", file=sys.stderr)
         return 2
     setup_logging(args)
     prog = f"qmap {args.command}"

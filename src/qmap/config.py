@@ -152,6 +152,22 @@ CONSTRAINTS: dict[str, Range | OneOf | Pattern] = {
     "hardware.array.a_bits": BITS,
     "hardware.array.psum_bits": Range(8, 48),
     "hardware.array.dataflow": OneOf(("ws", "os")),
+    # method.options (the methods' Options dataclasses give the types; tests/hostile checks these tuples
+    # against the methods' own constants)
+    "method.options.batch_size": Range(1, 65536),
+    "method.options.iters": Range(0, None),
+    "method.options.granularity": OneOf(("layer", "block", "network")),
+    "method.options.drop_prob": Range(0, 1),
+    "method.options.criterion": OneOf(("output_mse", "weight_mse")),
+    "method.options.fixed_grid": OneOf(("initial", "pow2")),
+    "method.options.points": Range(2, 100_000),
+    "method.options.search_images": Range(1, None),
+    "method.options.refine_iters": Range(0, 10_000),
+    "method.options.target": OneOf(("weight", "activation", "both")),
+    "method.options.expand_ratio": Range(0, 1),
+    "method.options.omr_options.form": OneOf(("auto", "bias", "shift")),
+    "method.options.omr_options.budget_scope": OneOf(("pair", "global")),
+    "method.options.omr_options.budget": Range(0, 1),
 }
 
 

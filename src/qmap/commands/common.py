@@ -28,34 +28,25 @@ def add_device_option(p: argparse.ArgumentParser, default: str | None = None) ->
                    help="auto | cpu | cuda | cuda:N (default: cuda when available)")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def int_in(lo: int, hi: int | None = None, what: str = "an integer"):
+    """An argparse type: an integer in ``lo..hi`` (``hi=None``: no upper bound), else a one-line usage error."""
+    allowed = f"{what} >= {lo}" if hi is None else f"{what} in {lo}..{hi}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def bits(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a bit width 2..8, got {text!r}") from None
-    if not 2 <= value <= 8:
-        raise argparse.ArgumentTypeError(f"expected a bit width 2..8, got {value}")
-    return value
+positive_int = int_in(1)
+bits = int_in(2, 8, "a bit width")
 
 
 def device(text: str) -> str:

@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from ..config import build_section
 from ..data import calibration_set, load_cifar10, resolve_data_root, to_tensor
 from ..data.datasets import SPLITS
 from ..errors import ConfigError
@@ -69,7 +70,8 @@ def run_onnx(args) -> int:
     from ..export import export_onnx, verify_onnx
 
     check_out_file(args.out, (".onnx",))
-    qcfg = QuantConfig(w_bits=args.w_bits, a_bits=args.a_bits, first_last_bits=_first_last_bits(args.first_last_bits))
+    qcfg = build_section(QuantConfig, {"w_bits": args.w_bits, "a_bits": args.a_bits,
+                                       "first_last_bits": _first_last_bits(args.first_last_bits)}, "quant")
     if args.opset < 13:
         raise ConfigError(f"--opset {args.opset}: QDQ export needs opset 13 or later")
     model, manifest = load_model(args.checkpoint)

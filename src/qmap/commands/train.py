@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from ..data import load_cifar10, resolve_data_root
+from ..errors import ConfigError
 from ..models import model_names
 from ..train import TrainConfig, train
 from .common import (
@@ -46,6 +47,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     out = check_out_file(args.out, (".safetensors",))
+    if not 0 < args.width <= 16:
+        raise ConfigError(f"--width must be in (0, 16], got {args.width}")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       schedule=args.schedule, warmup=args.warmup, label_smoothing=args.label_smoothing,
                       pad_mode=args.pad_mode, seed=args.seed, channels_last=not args.no_channels_last,

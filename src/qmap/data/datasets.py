@@ -73,14 +73,17 @@ def check_counts(ds: ImageDataset, source: Path, split: str) -> None:
         raise DataError(f"{source}: the {split} split is truncated or damaged: {counts.max()} images in most "
                         f"classes but {short} (CIFAR-10 has {PER_CLASS.get(split, '?')} per class); {FIX_HINT}")
     if split in PER_CLASS and counts.max() != PER_CLASS[split]:
-        log.warning(f"{source}: the {split} split holds {len(ds)} images, CIFAR-10 has {10 * PER_CLASS[split]}")
+        log.info(f"{source}: the {split} split holds {len(ds)} images (a subset; CIFAR-10 has "
+                 f"{10 * PER_CLASS[split]})")
 
 
 def load_mirror(root: Path, split: str, cache_dir: Path | None) -> ImageDataset | None:
     """The JPEG mirror's ``split`` in official order (tar preferred, else extracted tree); None if neither exists.
 
     The first load checks the tar's md5 (from ``md5sums`` beside it), decodes both splits in one pass,
-    reorders them and caches the result; later loads read the cache.
+    reorders them and caches the result; later loads read the cache. Without an order index and an md5 a
+    split must hold equally many images of every class (:func:`check_counts`), so an archive cut short at a
+    member boundary is refused rather than loaded with fewer images.
     """
     tar, tree = root / MIRROR_TAR, root / MIRROR_TREE
     source = tar if tar.is_file() else tree if tree.is_dir() else None
@@ -89,16 +92,19 @@ def load_mirror(root: Path, split: str, cache_dir: Path | None) -> ImageDataset 
     index_csv = root / ORDER_INDEX
 
     def build_all() -> dict[str, ImageDataset]:
+        verified = False
         if source == tar and (md5 := read_md5sums(tar.parent).get(tar.name)):
             verify_md5(tar, md5, FIX_HINT)
+            verified = True
         decoded = decode_folder(source, size=(32, 32))
         require_split(decoded, source, split)
-        for s, ds in decoded.items():
+        for s, ds in sorted(decoded.items(), key=lambda kv: kv[0] != "test"):  # errors of either split first
             if ds.classes != CLASSES:
                 raise DataError(f"{source}: class folders {ds.classes} are not the CIFAR-10 classes {CLASSES}")
-            check_counts(ds, source, s)
-            if index_csv.is_file():
+            if index_csv.is_file():  # the index fixes the count (and the order) of every split
                 decoded[s] = to_official_order(ds, index_csv, s)
+            elif not verified:  # no index, no md5: the per-class counts are what is left to catch a cut archive
+                check_counts(ds, source, s)
         return decoded
 
     key = source_key(source, "official" if index_csv.is_file() else "folder")

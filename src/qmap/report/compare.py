@@ -23,8 +23,9 @@ def read_results(run_dir: str | Path) -> dict:
         res = json.loads(p.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise QmapError(f"cannot read {p}: {' '.join(str(e).split())}") from None
-    if not isinstance(res, dict):
-        raise QmapError(f"{p}: not a qmap results.json (expected a JSON object)")
+    if not isinstance(res, dict) or not isinstance(res.get("config"), dict) \
+            or not isinstance(res.get("metrics"), dict):
+        raise QmapError(f"{p}: not a qmap results.json (a JSON object with 'config' and 'metrics' objects)")
     return res
 
 
