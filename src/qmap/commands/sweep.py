@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import parse_value
-from ..errors import ConfigError
+from ..errors import EXIT_INTERNAL, ConfigError
 from .common import add_data_option, add_logging_options, positive_int
 
 
@@ -19,8 +19,9 @@ def register(sub) -> None:
                     "CPU of this machine, or the cluster at --address. Every point is checked before any runs. "
                     "Points already complete with the same config are skipped, unfinished ones are resumed. "
                     "Writes OUT/sweep.json, OUT/report.md and OUT/plots/ after every point. Exit status: 0 every "
-                    "point complete, 1 a point failed (its row and results.json say why), 2 bad sweep file or "
-                    "option, or Ray not installed (pip install 'qmap[ray]').")
+                    "point complete; 2 bad sweep file or option, or Ray not installed (pip install 'qmap[ray]'); "
+                    "otherwise the exit code of the first failed point's error (qmap run's codes; 70 when its "
+                    "worker failed), with every failed point's error in the report.")
     p.add_argument("sweep", help="sweep file (YAML or JSON)")
     p.add_argument("-o", "--out", help="sweep folder (default: runs/sweeps/<sweep name>)")
     p.add_argument("--address", help="join this Ray cluster (auto, or ray://host:port) instead of starting one")
@@ -79,4 +80,5 @@ def main(args) -> int:
         print(f"{c['complete']}/{len(rep['points'])} points complete, {c['failed']} failed; wall {last['wall_s']:.0f} s"
               f" for {last['points_run']} points run (sum of their run times {last['points_wall_s_sum']:.0f} s) → "
               f"{out}/report.md")
-    return 1 if rep["counts"]["failed"] else 0
+    failed = [r for r in rep["points"] if r["status"] == "failed"]
+    return failed[0].get("exit_code", EXIT_INTERNAL) if failed else 0

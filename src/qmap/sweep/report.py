@@ -14,6 +14,7 @@ import json
 import statistics
 from pathlib import Path
 
+from ..errors import EXIT_INTERNAL
 from ..io import atomic_write_json, atomic_write_text
 from ..report.compare import run_row
 from ..report.plots import COLORS, plt, save_figure
@@ -37,7 +38,7 @@ def point_row(sweep, planned, outcome: dict | None) -> dict:
         if marker.get("error"):
             row["error"] = marker["error"]
     if outcome is not None and outcome["status"] == "failed":
-        row.update(status="failed", error=outcome.get("error"))
+        row.update(status="failed", error=outcome.get("error"), exit_code=outcome.get("exit_code", EXIT_INTERNAL))
     x = p.labels.get(sweep.x_axis) if sweep.x_axis else row.get("bits")
     series = [lab for a, lab in p.labels.items() if a not in (sweep.x_axis, sweep.repeat_axis)]
     row["x"], row["series"] = x, "-".join(series) or sweep.name
