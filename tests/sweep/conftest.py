@@ -9,7 +9,7 @@ import yaml
 from pipeline.conftest import tiny_setup  # noqa: F401 - the session fixture, shared
 
 
-def tiny_sweep_dict(root: Path, ckpt: Path, iters: int = 60) -> dict:
+def tiny_sweep_dict(root: Path, ckpt: Path) -> dict:
     """2 bit settings x 2 methods = 4 tiny points; AdaRound's iterations make a point last long enough to be
     killed in the middle (and resumed)."""
     return {
@@ -20,10 +20,16 @@ def tiny_sweep_dict(root: Path, ckpt: Path, iters: int = 60) -> dict:
                           "W3A3": {"quant.w_bits": 3, "quant.a_bits": 3}},
                  "method": {"rtn": {"method.name": "rtn"},
                             "adaround": {"method.name": "adaround",
-                                         "method.options": {"iters": iters, "batch_size": 8}}}},
+                                         "method.options": {"iters": 60, "batch_size": 8}}}},
         "resources": {"num_cpus": 1},
         "max_retries": 2,
     }
+
+
+@pytest.fixture
+def tiny_dict(tiny_setup) -> dict:  # noqa: F811 - the fixture imported above
+    """A fresh tiny sweep dict (for tests that change it)."""
+    return tiny_sweep_dict(*tiny_setup)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import yaml
-from conftest import tiny_sweep_dict
 
 from qmap.cli import main
 from qmap.errors import ConfigError
@@ -29,9 +28,8 @@ def test_axes_expand_to_the_product_in_file_order(tiny_sweep_file):
     assert sweep.x_axis == "bits" and sweep.repeat_axis is None
 
 
-def test_list_axes_sets_and_only(tiny_setup, tmp_path):
-    root, ckpt = tiny_setup
-    d = tiny_sweep_dict(root, ckpt)
+def test_list_axes_sets_and_only(tiny_dict, tmp_path):
+    d = tiny_dict
     d["axes"]["seed"] = [0, 1]
     d["axes"]["method.options.seed"] = [5]  # a key inside a free-form section, set after the method axis
     d["set"] = {"data.test_limit": 7}
@@ -55,9 +53,8 @@ def test_list_axes_sets_and_only(tiny_setup, tmp_path):
     (lambda d: d.update({"report": {"x": "nope"}}), "report.x: no axis 'nope'"),
     (lambda d: d.update({"base": 3}), "'base' must be"),
 ])
-def test_bad_sweep_files_are_one_clear_error(tiny_setup, tmp_path, change, message):
-    root, ckpt = tiny_setup
-    d = tiny_sweep_dict(root, ckpt)
+def test_bad_sweep_files_are_one_clear_error(tiny_dict, tmp_path, change, message):
+    d = tiny_dict
     change(d)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_sweep(_write(tmp_path, d))
