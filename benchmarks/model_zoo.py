@@ -24,6 +24,7 @@ from qmap.data import calibration_set, load_cifar10, to_tensor
 from qmap.errors import QmapError
 from qmap.evaluate import evaluate
 from qmap.hw.check import network_view
+from qmap.hw.spec import ArraySpec
 from qmap.methods import get_method
 from qmap.models import load_model
 from qmap.quant import QuantConfig, to_integer_model
@@ -73,7 +74,7 @@ def top1(model, data, mean, std) -> float:
 def integer_check(qmodel, test, mean, std, agree_x: torch.Tensor, fq_top1: float) -> dict:
     """rtn_table's integer-vs-fake-quant row, plus the 8x8 array view of the first image."""
     row = integer_row(qmodel, test, mean, std, agree_x, fq_top1)
-    hw = attempt(network_view, to_integer_model(qmodel), agree_x[:1], 8, 8)
+    hw = attempt(network_view, to_integer_model(qmodel), agree_x[:1], ArraySpec(8, 8, psum_bits=32))
     return {**{k: row[k] for k in ("integer_top1", "argmax_agreement", "isolated_max_mismatch_fraction")},
             "hardware_8x8": hw if "unsupported" in hw else {k: hw["summary"][k] for k in
                                                             ("layers", "macs", "cycles", "utilisation", "mismatches")}}
