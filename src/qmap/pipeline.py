@@ -160,7 +160,7 @@ class Run:
         alphas = {name: row.get("alpha") for name, row in self.method_layer_rows().items()}
         images = []
         for k in hw.images:
-            images.append(to_tensor(self.test.images[k:k + 1], self.mean, self.std))  # range checked in load()
+            images.append(to_tensor(self.test.images[k:k + 1], self.mean, self.std))  # indices checked in load
         jobs = []  # every target layer of every image, validated and checked against psum_bits before any file
         for k, x in zip(hw.images, images, strict=True):
             traces = {t.name: t for t in self.imodel.run(x, return_intermediates=True).layers}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import snapshot
+from hostile_kit import snapshot
 
 from qmap.cli import main
 from qmap.config import CONSTRAINTS, RunConfig, config_from_dict

@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import DROP, refused
+from hostile_kit import DROP, refused
 from PIL import Image
 
 from qmap.errors import CheckpointError  # noqa: F401 - documents the exit code family of the i9 cases
