@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Install qmap into ./.venv (CPU torch), plus the test/RTL extras, Icarus Verilog and Verilator (the fast
-# simulator of the whole-network RTL run, hardware.rtl_network) when given --test.
+# Install qmap into ./.venv (CPU torch, ONNX, Ray for `qmap sweep`), plus the test/RTL extras, Icarus Verilog and
+# Verilator (the fast simulator of the whole-network RTL run, hardware.rtl_network) when given --test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="onnx"
+extras="onnx,ray"
 if [[ "${1:-}" == "--test" ]]; then
-  extras="test,rtl,onnx"
+  extras="test,rtl,onnx,ray"
   missing=""
   command -v iverilog >/dev/null 2>&1 || missing="iverilog"
   command -v verilator >/dev/null 2>&1 || missing="$missing verilator"
