@@ -18,15 +18,16 @@ import time
 from pathlib import Path
 
 import torch
+from rtn_table import integer_row  # benchmarks/ is sys.path[0] when run as a script
 
 from qmap.data import calibration_set, load_cifar10, to_tensor
 from qmap.errors import QmapError
 from qmap.evaluate import evaluate
 from qmap.hw.check import network_view
+from qmap.hw.spec import ArraySpec
 from qmap.methods import get_method
 from qmap.models import load_model
 from qmap.quant import QuantConfig, to_integer_model
-from qmap.quant.agreement import compare_with_fake_quant
 from qmap.report.results import markdown_table, write_result
 
 MODELS = ("resnet20", "mobilenet_cifar", "gelu_cnn")
@@ -47,7 +48,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
-    return p.parse_args()
+    args = p.parse_args()
+    if not args.data:
+        p.error("set QMAP_DATA or pass --data")
+    return args
 
 
 def bits(setting: str) -> tuple[int, int]:
@@ -67,24 +71,13 @@ def top1(model, data, mean, std) -> float:
     return 100 * evaluate(model, data, mean, std, device="cpu", progress=False)["top1"]
 
 
-def integer_check(qmodel, test, mean, std, agree_x: torch.Tensor) -> dict:
-    imodel = to_integer_model(qmodel)
-    per_layer = compare_with_fake_quant(qmodel, imodel, agree_x)["layers"]
-    preds, fq_preds = [], []
-    with torch.no_grad():
-        for start in range(0, len(test), 500):
-            x = to_tensor(test.images[start:start + 500], mean, std)
-            preds.append(imodel.run(x).logits.argmax(1))
-            fq_preds.append(qmodel(x).argmax(1))
-    preds, fq_preds = torch.cat(preds), torch.cat(fq_preds)
-    hw = attempt(network_view, imodel, agree_x[:1], 8, 8)
-    hw = hw if "unsupported" in hw else hw["summary"]
-    return {"integer_top1": 100 * float((preds == torch.as_tensor(test.labels)).double().mean()),
-            "argmax_agreement": float((preds == fq_preds).double().mean()),
-            "isolated_max_mismatch_fraction": max((r["isolated"]["mismatch_fraction"] for r in per_layer
-                                                   if r["isolated"] is not None), default=None),
-            "hardware_8x8": hw if "unsupported" in hw else {k: hw[k] for k in ("layers", "macs", "cycles",
-                                                                            "utilisation", "mismatches")}}
+def integer_check(qmodel, test, mean, std, agree_x: torch.Tensor, fq_top1: float) -> dict:
+    """rtn_table's integer-vs-fake-quant row, plus the 8x8 array view of the first image."""
+    row = integer_row(qmodel, test, mean, std, agree_x, fq_top1)
+    hw = attempt(network_view, to_integer_model(qmodel), agree_x[:1], ArraySpec(8, 8, psum_bits=32))
+    return {**{k: row[k] for k in ("integer_top1", "argmax_agreement", "isolated_max_mismatch_fraction")},
+            "hardware_8x8": hw if "unsupported" in hw else {k: hw["summary"][k] for k in
+                                                            ("layers", "macs", "cycles", "utilisation", "mismatches")}}
 
 
 def run_model(name: str, args, calib_source, test, exact) -> dict:
@@ -107,7 +100,7 @@ def run_model(name: str, args, calib_source, test, exact) -> dict:
             else:
                 row |= {"seconds": time.perf_counter() - t0, "top1": top1(q.model, test, mean, std)}
                 if method == "rtn" and setting in INTEGER_SETTINGS:
-                    row["integer"] = attempt(integer_check, q.model, test, mean, std, agree_x)
+                    row["integer"] = attempt(integer_check, q.model, test, mean, std, agree_x, row["top1"])
                 rows.append(row)
             print(name, {k: v for k, v in rows[-1].items()}, flush=True)
     return {"arch": manifest.arch, "manifest_test_top1": 100 * manifest.extra.get("test_top1", float("nan")),
@@ -116,8 +109,6 @@ def run_model(name: str, args, calib_source, test, exact) -> dict:
 
 def main() -> None:
     args = parse_args()
-    if not args.data:
-        raise SystemExit("set QMAP_DATA or pass --data")
     torch.set_num_threads(args.threads)
     root = Path(args.data)
     test = load_cifar10(root, "test")

@@ -70,8 +70,10 @@ def integer_row(qmodel, test, mean, std, agree_x: torch.Tensor, fq_top1: float) 
     layers = agreement["layers"]
     return {"integer_top1": int_top1, "fake_quant_top1": fq_top1, "delta_pp": int_top1 - fq_top1,
             "argmax_agreement": float((preds == fq_preds).double().mean()),
-            "isolated_max_mismatch_fraction": max(r["isolated"]["mismatch_fraction"] for r in layers),
-            "isolated_max_lsb": max(r["isolated"]["max_lsb"] for r in layers),
+            "isolated_max_mismatch_fraction": max((r["isolated"]["mismatch_fraction"] for r in layers
+                                                   if r["isolated"] is not None), default=None),
+            "isolated_max_lsb": max((r["isolated"]["max_lsb"] for r in layers if r["isolated"] is not None),
+                                    default=None),
             "end_to_end_max_mismatch_fraction": max(r["end_to_end"]["mismatch_fraction"] for r in layers[:-1]),
             "per_layer": layers, "accumulators": imodel.accumulator_report(),
             "integer_seconds": time.perf_counter() - t0}
