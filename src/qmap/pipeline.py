@@ -36,7 +36,9 @@ from .report.plots_outliers import plot_outlier_levels
 from .report.provenance import provenance
 from .report.run_plots import plot_run, plot_weight_levels
 
-STAGES = ["load", "evaluate FP", "quantize", "evaluate quantized", "integer model", "hardware", "save", "report"]
+STAGES = ["load", "evaluate FP", "quantize", "evaluate quantized", "RTN baseline", "integer model", "hardware", "save",
+          "report"]
+ONNX_CHECK_IMAGES = 1000  # test images the run's ONNX check uses (benchmarks/onnx_export.py measures all 10k)
 
 
 def prepare_out_dir(out: Path, overwrite: bool, resume: bool) -> None:
@@ -130,6 +132,16 @@ class Run:
         self.results["layers"] = layer_output_mse(self.qmodel.cpu(), self.calib[:64])
         self.stages.note(f"quantized top-1 {100 * r['top1']:.2f} % (FP {100 * m['top1_fp']:.2f} %)")
 
+    def rtn_baseline(self) -> None:
+        """Top-1 of plain round-to-nearest at the same QuantConfig: what the method is measured against."""
+        if self.cfg.method.name == "rtn":
+            return
+        base = get_method("rtn")(self.fp_model, self.calib, self.cfg.quant).model.eval()
+        r = evaluate(base, self.test, self.mean, self.std, batch_size=self.cfg.data.batch_size,
+                     device=self.device, progress=not self.quiet)
+        self.results["metrics"]["top1_rtn"] = r["top1"]
+        self.stages.note(f"RTN baseline top-1 {100 * r['top1']:.2f} %")
+
     def integer_model(self) -> None:
         try:
             self.imodel = to_integer_model(self.qmodel.cpu(), acc_bits=32)
@@ -158,6 +170,13 @@ class Run:
             return
         spec = hw.array
         simulators = rtl_simulators(hw.rtl)
+        if not simulators:
+            why = ("hardware.rtl is 'none'" if hw.rtl == "none"
+                   else "Icarus Verilog (iverilog) is not on PATH")
+            how = ("--set hardware.rtl=auto" if hw.rtl == "none"
+                   else "bash scripts/setup.sh --rtl (or apt-get install iverilog), then rerun")
+            rtl_skip = {"reason": why, "enable": how}
+            self.stages.note(f"RTL: SKIPPED ({why}; to enable: {rtl_skip['enable']})")
         alphas = {name: row.get("alpha") for name, row in self.method_layer_rows().items()}
         rows = []
         for k in hw.images:
@@ -186,6 +205,8 @@ class Run:
                                  + "".join(f", RTL {s} mismatches {rows[-1][f'rtl_{s}_output_mismatches']} "
                                            f"cycles {rows[-1][f'rtl_{s}_cycles']}" for s in simulators))
         self.results["hardware"] = {"array": spec.to_dict(), "rtl_simulators": simulators, "layers": rows}
+        if not simulators:
+            self.results["hardware"]["rtl_skipped"] = rtl_skip
         if hw.network_cycles:
             k = hw.images[0] if hw.images else 0
             net = network_view(self.imodel, to_tensor(self.test.images[k:k + 1], self.mean, self.std),
@@ -200,15 +221,26 @@ class Run:
 
     def save(self) -> None:
         if self.cfg.export.quantized_model:
-            path = save_quantized(self.qmodel, self.out / "quantized_model.safetensors")
+            man, cfg = self.manifest, self.cfg
+            path = save_quantized(self.qmodel, self.out / "quantized_model.safetensors", arch=man.arch,
+                                  width=man.width, num_classes=man.num_classes, mean=self.mean, std=self.std,
+                                  quant=cfg.quant.to_dict(), method={"name": cfg.method.name,
+                                                                     "options": dict(cfg.method.options)})
             self.results["files"] = {"quantized_model": path.name}
         if self.cfg.export.onnx:
             from .export.onnx import export_onnx, verify_onnx
 
-            example = self.calib[:1]
-            rep = export_onnx(self.qmodel.cpu(), self.out / "model.onnx", example)
-            ver = verify_onnx(self.out / "model.onnx", self.qmodel.cpu(), self.calib[:64])
-            self.results["onnx"] = {**rep, **ver}
+            cfg = self.cfg
+            meta = {"normalization": {"mean": list(self.mean), "std": list(self.std)}, "quant": cfg.quant.to_dict(),
+                    "method": {"name": cfg.method.name, "options": dict(cfg.method.options)},
+                    "model": {"arch": self.manifest.arch, "width": self.manifest.width}}
+            rep = export_onnx(self.qmodel.cpu(), self.out / "model.onnx", self.calib[:1], metadata=meta)
+            test = self.test.head(ONNX_CHECK_IMAGES)
+            ver = verify_onnx(self.out / "model.onnx", self.qmodel.cpu(), to_tensor(test.images, self.mean, self.std),
+                              torch.as_tensor(test.labels), optimize=True)
+            self.results["onnx"] = {**rep, **ver, "session": "onnxruntime defaults", "data": test.source}
+            self.stages.note(f"ONNX (onnxruntime defaults) vs fake-quant on {ver['n']} test images: arg-max "
+                             f"agreement {100 * ver['top1_agreement']:.2f} %")
             self.results.setdefault("files", {})["onnx"] = "model.onnx"
 
     def report(self) -> None:
@@ -258,7 +290,8 @@ def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite:
     set_quiet(quiet)
     r = Run(cfg, out, data, quiet, resume)
     steps = [("load", r.load), ("evaluate FP", r.evaluate_fp), ("quantize", r.quantize),
-             ("evaluate quantized", r.evaluate_quantized), ("integer model", r.integer_model),
+             ("evaluate quantized", r.evaluate_quantized), ("RTN baseline", r.rtn_baseline),
+             ("integer model", r.integer_model),
              ("hardware", r.hardware), ("save", r.save)]
     for name, fn in steps:
         with r.stages.stage(name):
