@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Install qmap into ./.venv (CPU torch), plus the test/RTL extras and Icarus Verilog when given --test.
+# Install qmap into ./.venv (CPU torch).
+#   --rtl   also the RTL check: cocotb (pip extra) and Icarus Verilog (apt) — what scripts/main.sh uses
+#   --test  everything the test suite needs: --rtl, the test extras and Chromium (apt; the report's browser test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="onnx"
-if [[ "${1:-}" == "--test" ]]; then
-  extras="test,rtl,onnx"
-  if ! command -v iverilog >/dev/null 2>&1; then
-    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq iverilog >/dev/null
+apt_packages=()
+case "${1:-}" in
+  --rtl) extras="rtl,onnx" ;;
+  --test) extras="test,rtl,onnx" ;;
+  "") ;;
+  *) echo "usage: bash scripts/setup.sh [--rtl|--test]" >&2; exit 2 ;;
+esac
+if [[ "$extras" == *rtl* ]] && ! command -v iverilog >/dev/null 2>&1; then apt_packages+=(iverilog); fi
+if [[ "${1:-}" == "--test" ]] && ! command -v chromium >/dev/null 2>&1; then apt_packages+=(chromium); fi
+if (( ${#apt_packages[@]} )); then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${apt_packages[@]}" >/dev/null; }; then
+    echo "setup: could not install ${apt_packages[*]} with apt-get; the RTL check / browser test will be" \
+         "reported as SKIPPED with the reason" >&2
   fi
 fi
 [[ -x .venv/bin/python ]] || python3 -m venv .venv

@@ -34,7 +34,7 @@ from .report.analysis import layer_output_mse
 from .report.document import write_report
 from .report.plots_outliers import plot_outlier_levels
 from .report.provenance import provenance
-from .report.run_plots import plot_run, plot_weight_levels
+from .report.run_plots import plot_activation_levels, plot_run, plot_weight_levels
 
 STAGES = ["load", "evaluate FP", "quantize", "evaluate quantized", "RTN baseline", "integer model", "hardware", "save",
           "report"]
@@ -127,6 +127,7 @@ class Run:
                      device=self.device, progress=not self.quiet)
         m = self.results["metrics"]
         m["top1_quantized"] = r["top1"]
+        m["test_images"] = r["n"]
         m["quantized_images_per_s"] = r["images_per_s"]
         m["fakequant_slowdown"] = m["fp_images_per_s"] / r["images_per_s"]
         self.results["layers"] = layer_output_mse(self.qmodel.cpu(), self.calib[:64])
@@ -256,30 +257,38 @@ class Run:
             grid_step = float(np.ravel(row.get("grid_step", step))[0])
             plot_weight_levels(layer.fp_weight.cpu().numpy(), grid_step, step, wq.spec.qmin,
                                wq.spec.qmax, row.get("alpha"), name, self.out / "plots" / f"weight_hist.{name}.png")
-        if self.cfg.method.name in ("domr", "ocs"):
-            self.outlier_level_plots()
+        self.activation_plots()
         write_report(self.out)
 
     @torch.no_grad()
-    def outlier_level_plots(self) -> None:
-        """For OMR/OCS runs: each target layer's FP input histogram (original channels) with the plain b-bit and
-        the OMR (b-bit + copy) levels of its input quantizer — the seed's Figure 1 on this run's layer."""
+    def target_inputs(self, name: str) -> torch.Tensor:
+        """The FP input of target layer ``name`` on 64 calibration images (original channels only: OMR copies
+        come after them), with every quantizer off."""
+        layer = get_module(self.qmodel, name)
+        seen: list[torch.Tensor] = []
+        hook = layer.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach()))
+        try:
+            with float_mode(self.qmodel):
+                self.qmodel(self.calib[:64])
+        finally:
+            hook.remove()
+        original = self.fp_model.get_submodule(name).in_channels
+        return seen[0][:, :original].flatten().cpu()
+
+    def activation_plots(self) -> None:
+        """Each target layer's input histogram with its activation levels; for OMR/OCS runs also the plain
+        b-bit and the OMR (b-bit + copy) levels — the seed's Figure 1 on this run's layer."""
         for name in self.cfg.hardware.target_layers:
-            layer = get_module(self.qmodel, name)
-            iq = layer.input_quantizer
-            if iq.spec.signed or iq.step.numel() != 1:
+            iq = get_module(self.qmodel, name).input_quantizer
+            if iq.step.numel() != 1:
                 continue
-            seen: list[torch.Tensor] = []
-            hook = layer.register_forward_pre_hook(lambda _m, inp, seen=seen: seen.append(inp[0].detach()))
-            try:
-                with float_mode(self.qmodel):
-                    self.qmodel(self.calib[:64])
-            finally:
-                hook.remove()
-            original = self.fp_model.get_submodule(name).in_channels  # OMR copies come after the originals
-            values = seen[0][:, :original].flatten().cpu().numpy()
-            plot_outlier_levels(values, float(iq.step), iq.spec.bits, None, self.out / "plots" / f"levels.{name}.png",
-                                title=f"input of {name}, {iq.spec.bits}-bit activations ({self.cfg.method.name})")
+            values = self.target_inputs(name).numpy()
+            plot_activation_levels(values, float(iq.step), float(iq.zero_point), iq.spec.qmin, iq.spec.qmax, name,
+                                   self.out / "plots" / f"act_hist.{name}.png")
+            if self.cfg.method.name in ("domr", "ocs") and not iq.spec.signed:
+                plot_outlier_levels(values, float(iq.step), iq.spec.bits, None,
+                                    self.out / "plots" / f"levels.{name}.png",
+                                    title=f"input of {name}, {iq.spec.bits}-bit activations ({self.cfg.method.name})")
 
 
 def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite: bool = False,

@@ -138,3 +138,17 @@ def load_quantized(path: str | Path, model_fn: Callable[[], nn.Module] | None = 
         if name not in ints or not torch.equal(m.weight_quantizer.to_int(m.weight).to(torch.int8), ints[name]):
             raise QmapError(f"{path}: layer {name}: the weights do not round to the stored integer weights")
     return QuantizedModel(model.eval(), header, path)
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, QuantizedModel]:
+    """(``results.json`` of a finished ``qmap run`` folder, its loaded quantized model)."""
+    run_dir = Path(run_dir)
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError) as e:
+        raise QmapError(f"{run_dir} is not a finished qmap run folder: cannot read results.json ({e})") from None
+    name = results.get("files", {}).get("quantized_model")
+    if not name:
+        raise QmapError(f"{run_dir}: the run saved no quantized model (export.quantized_model was off, or the "
+                        f"run did not reach the save stage)")
+    return results, load_quantized(run_dir / name)
