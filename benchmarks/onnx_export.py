@@ -8,6 +8,7 @@ the max |Δlogit| and top-1 of the fake-quant model (torch) against onnxruntime,
 units (plus their float fraction), so the default optimisations have no bias to re-round (docs/onnx.md).
 
     python benchmarks/onnx_export.py [--data DIR] [--checkpoint FILE] [--calib 1024] [--threads 2] [--split test]
+                                     [--configs FP32,W8A8,W4A4]
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split", default="test", choices=SPLITS,
                     help="test images: 'test' (10k) or 'test_exact' (the 1017 genuine images, faster)")
+    ap.add_argument("--configs", default=",".join(name for name, _ in CONFIGS),
+                    help="comma-separated subset of " + ", ".join(name for name, _ in CONFIGS))
     args = ap.parse_args()
+    wanted = args.configs.split(",")
+    if unknown := set(wanted) - {name for name, _ in CONFIGS}:
+        ap.error(f"unknown configs: {', '.join(sorted(unknown))}")
     torch.set_num_threads(args.threads)
     root = resolve_data_root(args.data)
     ckpt = Path(args.checkpoint or root / "models" / "vgg16_bn_sq8_w0.5.safetensors")
@@ -68,7 +74,7 @@ def main() -> None:
     x, y = to_tensor(test.images, mean, std), torch.as_tensor(test.labels)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, bits in CONFIGS:
+        for name, bits in (c for c in CONFIGS if c[0] in wanted):
             if bits is None:
                 qmodel = fuse_bn(copy.deepcopy(model))
             else:
