@@ -54,4 +54,4 @@ def test_rtl_skip_is_recorded_and_reported(finished_run):
 def test_eval_run_on_a_folder_without_results_is_one_line(tmp_path, capsys):
     assert main(["eval", "--run", str(tmp_path)]) != 0
     err = capsys.readouterr().err
-    assert "not a finished qmap run folder" in err and len(err.strip().splitlines()) == 1
+    assert "is not a qmap run folder" in err and len(err.strip().splitlines()) == 1

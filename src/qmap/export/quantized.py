@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import QmapError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, read_run_results
 from ..quant import quant_layers
 from .module_tree import build_children, module_tree
 
@@ -143,10 +143,7 @@ def load_quantized(path: str | Path, model_fn: Callable[[], nn.Module] | None = 
 def load_run(run_dir: str | Path) -> tuple[dict, QuantizedModel]:
     """(``results.json`` of a finished ``qmap run`` folder, its loaded quantized model)."""
     run_dir = Path(run_dir)
-    try:
-        results = json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError) as e:
-        raise QmapError(f"{run_dir} is not a finished qmap run folder: cannot read results.json ({e})") from None
+    results = read_run_results(run_dir)
     name = results.get("files", {}).get("quantized_model")
     if not name:
         raise QmapError(f"{run_dir}: the run saved no quantized model (export.quantized_model was off, or the "

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from ..errors import QmapError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_run_results
 from .verdict import rtl_summary, verdict
 
 PLOT_TITLES = {  # file-name prefix -> title, in report order
@@ -168,10 +167,7 @@ def context(res: dict, run_dir: Path) -> dict:
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into ``run_dir`` from its ``results.json`` and ``plots/``."""
     run_dir = Path(run_dir)
-    try:
-        res = json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError) as e:
-        raise QmapError(f"cannot read {run_dir / 'results.json'}: {e}") from None
+    res = read_run_results(run_dir)
     ctx = context(res, run_dir)
     env = _env()
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
