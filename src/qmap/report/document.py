@@ -27,6 +27,7 @@ PLOT_TITLES = {  # file-name prefix -> title, in report order
 LAYER_COLUMNS = ["layer", "runs on", "W bits", "A bits", "α", "w step s'", "x step s'", "x zero point", "rel. MSE",
                  "psum bits needed", "cycles", "util. %"]
 HW_HIDDEN = {"folder"}
+SUMMARY_HIDDEN = {"logits", "array", "host_layers", "image"}  # shown elsewhere (verdict) or too long
 
 
 def cell(v) -> str:
@@ -156,6 +157,8 @@ def context(res: dict, run_dir: Path) -> dict:
                                              if c not in HW_HIDDEN],
         "network": net_rows, "network_columns": net_cols, "array": f"{arr.get('rows')}×{arr.get('cols')}",
         "network_image": hw.get("network_summary", {}).get("image"),
+        "network_summary": [{k: v for k, v in hw["network_summary"].items() if k not in SUMMARY_HIDDEN}]
+        if hw.get("network_summary") else [],
         "onnx": onnx_row, "onnx_columns": list(onnx_row) if onnx_row else [],
         "next_steps": next_steps(res, run_dir),
         "timings": [{"stage": k, "seconds": v} for k, v in res.get("timings", {}).items()],
