@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install qmap into ./.venv (CPU torch).
-#   --rtl   also the RTL check: cocotb (pip extra) and Icarus Verilog (apt) — what scripts/main.sh uses
+#   --rtl   also the RTL check: cocotb (pip extra), Icarus Verilog and Verilator (apt; Verilator is the fast
+#           simulator of the whole-network RTL run, hardware.rtl_network) — what scripts/main.sh uses
 #   --test  everything the test suite needs: --rtl, the test extras and Chromium (apt; the report's browser test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,10 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: bash scripts/setup.sh [--rtl|--test]" >&2; exit 2 ;;
 esac
-if [[ "$extras" == *rtl* ]] && ! command -v iverilog >/dev/null 2>&1; then apt_packages+=(iverilog); fi
+if [[ "$extras" == *rtl* ]]; then
+  command -v iverilog >/dev/null 2>&1 || apt_packages+=(iverilog)
+  command -v verilator >/dev/null 2>&1 || apt_packages+=(verilator)
+fi
 if [[ "${1:-}" == "--test" ]] && ! command -v chromium >/dev/null 2>&1; then apt_packages+=(chromium); fi
 if (( ${#apt_packages[@]} )); then
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
