@@ -2,6 +2,7 @@
 (cycles and utilisation per layer, golden-model speed), RTL simulation speed per simulator.
 
     python benchmarks/hw_cycles.py [--verilator] [--repeats 3] [--run RUN_DIR]
+    python benchmarks/hw_cycles.py --run RUN_DIR --only-run     # just the run's table -> hw_rtl_network.{json,md}
 
 Writes benchmarks/results/hw_cycles.json and .md. ``--run`` adds the whole-network RTL table of a
 ``qmap run ... --set hardware.rtl_network=true`` folder (read from its results.json: per-layer RTL and golden
@@ -115,8 +116,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--run", type=Path, help="a qmap run folder made with hardware.rtl_network=true")
+    ap.add_argument("--only-run", action="store_true", help="write only the --run table (hw_rtl_network)")
     args = ap.parse_args()
     rtl_net = rtl_network_section(args.run) if args.run else None
+    if args.only_run:
+        if rtl_net is None:
+            raise SystemExit("--only-run needs --run RUN_DIR")
+        write_result("hw_rtl_network", rtl_net[0], rtl_net[1])
+        print(rtl_net[1])
+        return
     sims = [s for s in (["icarus"] + (["verilator"] if args.verilator else [])) if simulator_available(s)]
     work = Path(tempfile.mkdtemp(prefix="qmap_hw_bench_"))
     t0 = time.perf_counter()

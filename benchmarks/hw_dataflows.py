@@ -93,7 +93,7 @@ def scalesim_cycles(python: str, layers: list, spec: ArraySpec, kib: int, work: 
         cfg.write_text(SCALESIM_CFG.format(df=df, rows=spec.rows, cols=spec.cols, kib=kib))
         logs = work / f"logs_{df}"
         proc = subprocess.run([python, "-m", "scalesim.scale", "-c", str(cfg), "-t", str(topo), "-l", str(layout),
-                               "-p", str(logs), "-i", "conv"], capture_output=True, text=True, timeout=3600)
+                               "-p", str(logs), "-i", "conv", "-s", "N"], capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             raise RuntimeError(f"SCALE-Sim ({df}) failed: {(proc.stdout + proc.stderr)[-1500:]}")
         report = next(logs.rglob("COMPUTE_REPORT.csv"))
