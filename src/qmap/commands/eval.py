@@ -13,12 +13,7 @@ from ..data.datasets import SPLITS
 from ..errors import ConfigError
 from ..evaluate import evaluate
 from ..models import load_model
-
-
-def add_data_options(p) -> None:
-    """``--data``, ``--quiet``: shared by the commands that read the dataset."""
-    p.add_argument("--data", metavar="DIR", help="data root (default: $QMAP_DATA, then 'data:' in qmap.yaml)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+from .common import add_data_option, add_device_option, add_logging_options, positive_int, resolved_device
 
 
 def register(subparsers) -> None:
@@ -26,23 +21,23 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("model", nargs="?", help="model name (optional; the manifest names it)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", "-c", help="checkpoint (.safetensors with a .json manifest)")
+    src.add_argument("-c", "--checkpoint", help="checkpoint (.safetensors with a .json manifest)")
     src.add_argument("--run", metavar="DIR", help="a finished qmap run folder: evaluate its quantized model")
     p.add_argument("--integer", action="store_true", help="with --run: also evaluate the integer-only model")
     p.add_argument("--split", choices=SPLITS,
                    help="test: full 10k test split; test_exact: the 1017 genuine test images (default: test; "
                         "with --run: the run's split)")
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
-    p.add_argument("--batch-size", type=int, help="default 500; with --run the run's batch size")
-    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
+                   help="images per batch (default 500; with --run the run's batch size)")
+    add_device_option(p)
+    add_data_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (top1 as a fraction, n, ...)")
-    add_data_options(p)
+    add_logging_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.limit is not None and args.limit <= 0:
-        raise ConfigError(f"--limit must be positive, got {args.limit}")
     if args.run:
         return run_folder(args)
     if args.integer:
@@ -53,7 +48,7 @@ def run(args) -> int:
     if args.limit is not None:
         dataset = dataset.head(args.limit)
     mean, std = manifest.mean_std()
-    result = evaluate(model, dataset, mean, std, batch_size=args.batch_size, device=args.device,
+    result = evaluate(model, dataset, mean, std, batch_size=args.batch_size, device=resolved_device(args.device),
                       progress=not (args.quiet or args.json) and sys.stderr.isatty())
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "arch": manifest.arch, "width": manifest.width,
@@ -84,7 +79,7 @@ def run_folder(args) -> int:
     same_data = split == data["test_split"] and limit == data.get("test_limit")
     for name, model in models.items():
         r = evaluate(model, dataset, mean, std, batch_size=args.batch_size or data["batch_size"],
-                     device="cpu" if name == "integer" else args.device, progress=progress)
+                     device="cpu" if name == "integer" else resolved_device(args.device), progress=progress)
         recorded = run.get("metrics", {}).get(f"top1_{name}") if same_data else None
         out[name] = {**r, "recorded_top1": recorded, "equal": recorded == r["top1"] if recorded is not None else None}
     if args.json:
