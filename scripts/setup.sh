@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Install qmap into ./.venv (CPU torch).
+# Install qmap into ./.venv (CPU torch, ONNX, Ray for `qmap sweep`).
 #   --rtl   also the RTL check: cocotb (pip extra), Icarus Verilog and Verilator (apt; Verilator is the fast
 #           simulator of the whole-network RTL run, hardware.rtl_network) — what scripts/main.sh uses
 #   --test  everything the test suite needs: --rtl, the test extras and Chromium (apt; the report's browser test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="onnx"
+extras="onnx,ray"
 apt_packages=()
 case "${1:-}" in
-  --rtl) extras="rtl,onnx" ;;
-  --test) extras="test,rtl,onnx" ;;
+  --rtl) extras="rtl,onnx,ray" ;;
+  --test) extras="test,rtl,onnx,ray" ;;
   "") ;;
   *) echo "usage: bash scripts/setup.sh [--rtl|--test]" >&2; exit 2 ;;
 esac
