@@ -29,7 +29,7 @@ class _QuantMixin:
     weight_quantizer: Quantizer
     input_quantizer: Quantizer
 
-    output_quantizer: Quantizer | None
+    output_quantizer: Quantizer | None = None  # class default: layers rebuilt without _setup have none
 
     def _setup(self, w_spec: QuantSpec, a_spec: QuantSpec, name: str) -> None:
         self.layer_name = name
