@@ -360,8 +360,9 @@ class _Lowering:
                 spec = m.input_quantizer.spec
                 in_requant = Requantizer.from_real(v.step / x_step, spec.qmin, spec.qmax, spec.rounding,
                                                    _mantissa(v.bits), self.pow2, v.frac)
-        chain, nxt = ([], None) if m.output_quantizer is not None else self._chain(node)
-        target = m.output_quantizer if m.output_quantizer is not None else (
+        out_q = getattr(m, "output_quantizer", None)
+        chain, nxt = ([], None) if out_q is not None else self._chain(node)
+        target = out_q if out_q is not None else (
             self.graph.modules[nxt.target].input_quantizer if nxt is not None else None)
         wq, out_ch = m.weight_quantizer, m.weight.shape[0]
         w_step = wq.step.detach().double().reshape(-1).expand(out_ch).cpu().clone()

@@ -29,7 +29,7 @@ class _QuantMixin:
     weight_quantizer: Quantizer
     input_quantizer: Quantizer
 
-    output_quantizer: Quantizer | None = None  # class default: layers rebuilt without _setup have none
+    output_quantizer: Quantizer | None
 
     def _setup(self, w_spec: QuantSpec, a_spec: QuantSpec, name: str) -> None:
         self.layer_name = name
@@ -43,10 +43,12 @@ class _QuantMixin:
 
     def activation_quantizers(self) -> list[Quantizer]:
         """The input quantizer, and the output quantizer when there is one."""
-        return [self.input_quantizer] + ([self.output_quantizer] if self.output_quantizer is not None else [])
+        out = getattr(self, "output_quantizer", None)  # None too for a layer rebuilt without _setup
+        return [self.input_quantizer] + ([out] if out is not None else [])
 
     def _output(self, y: torch.Tensor) -> torch.Tensor:
-        return self.output_quantizer(y) if self.output_quantizer is not None else y
+        out = getattr(self, "output_quantizer", None)
+        return out(y) if out is not None else y
 
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quantizer(self.weight)
