@@ -2,7 +2,8 @@
 input quantizer's step/zero point; the QuantSpecs go in the file's metadata (JSON strings).
 
 Tensor names: ``<layer>.w_int`` (int8 codes), ``<layer>.w_step`` (the step multiplying them: s' when
-decoupled), ``<layer>.w_quant_step`` (s, the step used for rounding), ``<layer>.bias``, ``<layer>.in_step``,
+decoupled), ``<layer>.w_quant_step`` (s, the step used for rounding), ``<layer>.w_zero_point`` (z: the weight is
+(w_int − z)·w_step), ``<layer>.bias``, ``<layer>.in_step``,
 ``<layer>.in_zero_point``. The metadata holds one key, ``qmap_layers``: a JSON object {layer: specs} (one
 key, because safetensors orders several metadata keys differently from run to run). No pickle anywhere.
 """
@@ -29,6 +30,7 @@ def quantized_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[
         tensors[f"{name}.w_int"] = wq.to_int(m.weight).to(torch.int8).cpu()
         tensors[f"{name}.w_step"] = wq.step.detach().float().cpu()
         tensors[f"{name}.w_quant_step"] = wq.scale.detach().float().cpu()
+        tensors[f"{name}.w_zero_point"] = wq.zero_point.detach().float().cpu()
         if m.bias is not None:
             tensors[f"{name}.bias"] = m.bias.detach().float().cpu()
         tensors[f"{name}.in_step"] = iq.step.detach().float().cpu()

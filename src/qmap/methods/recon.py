@@ -44,7 +44,7 @@ from ..errors import ConfigError, reject_unknown_keys
 from ..io import atomic_write_bytes, atomic_write_json
 from ..progress import bar
 from ..quant import QuantConfig, calibrate, quantize_model, set_quant_state
-from .adaround import AdaRoundQuantizer, attach_adaround, harden_layer
+from ..quant.adaround import AdaRoundQuantizer, attach_adaround, harden_layer
 from .base import MethodResult, Timer, model_device
 from .recon_blocks import Block, make_blocks, sequential_units
 from .recon_cache import ActivationStore, CachePool, fill_store
