@@ -17,7 +17,7 @@ import torch
 
 from .config import RunConfig, resolve_path
 from .data import calibration_set, load_cifar10, resolve_data_root, to_tensor
-from .errors import ConfigError
+from .errors import ConfigError, HardwareError
 from .evaluate import evaluate
 from .export.quantized import save_quantized
 from .hw.check import check_layer, network_view, rtl_simulators
@@ -172,6 +172,10 @@ class Run:
                 lay, t = self.imodel.layer(name), traces[name]
                 if lay.kind != "conv":
                     raise ConfigError(f"hardware.target_layers: {name} is not a conv layer")
+                if lay.w_bits > spec.w_bits:
+                    raise HardwareError(f"layer {name}: weights need {lay.w_bits}-bit signed integers (q − z), the "
+                                        f"array holds {spec.w_bits}-bit ones (set quant.w_symmetric: true or fewer "
+                                        "weight bits)")
                 meta = {"layer": name, "image_index": k, "label": int(self.test.labels[k]),
                         "x_step": lay.x_step, "w_step": lay.w_step.tolist(), "alpha": alphas.get(name),
                         "w_bits": lay.w_bits, "a_bits": lay.x_bits, "method": self.cfg.method.name,

@@ -17,11 +17,11 @@ from torch import nn
 from qmap.errors import ConfigError
 from qmap.methods.recon import (
     ReconConfig,
-    add_drop_hooks,
     beta_at,
     fp_reference,
     mix_inputs,
     reconstruct,
+    set_drop,
 )
 from qmap.methods.recon_blocks import make_blocks, sequential_units
 from qmap.methods.recon_cache import CachePool
@@ -127,18 +127,17 @@ def test_reconstruction_lowers_block_error():
     assert after < 0.9 * before, (before, after)
 
 
-def test_drop_hooks_pass_a_fraction_p_unquantized():
+def test_drop_passes_a_fraction_p_unquantized():
     qmodel, _ = _qmodel()
     layer = quant_layers(qmodel)[1][1]
     x = torch.rand(4, 8, 16, 16) * 3 + 0.013  # off the quantization grid almost everywhere
     gen = torch.Generator().manual_seed(0)
-    hooks = add_drop_hooks([layer], 0.5, gen)
+    set_drop([layer], 0.5, gen)
     out = layer.input_quantizer(x)
-    for h in hooks:
-        h.remove()
+    set_drop([layer], 0.0, None)
     kept = (out == x).float().mean()
     assert abs(float(kept) - 0.5) < 0.03
-    assert torch.equal(layer.input_quantizer(x), layer.input_quantizer(x))  # hook removed: deterministic
+    assert torch.equal(layer.input_quantizer(x), layer.input_quantizer(x))  # drop off: deterministic
 
 
 def test_mix_inputs_keeps_extra_channels_quantized():

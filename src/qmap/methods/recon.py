@@ -17,7 +17,14 @@ one), and every activation quantizer in the block passes its input through unqua
 
 Caching: only the current block's FP input, quantized input and FP targets are held, in memory up to
 ``memory_limit_mb`` and memory-mapped files beyond (:mod:`qmap.methods.recon_cache`); the next block's inputs
-are computed from them after the block is hardened.
+are computed from them after the block is hardened. Feature maps are cached channels-last (NHWC strides), so
+every convolution and element-wise op of an iteration runs on NHWC tensors (oneDNN's native CPU layout: no
+layout reorder per call); the values are those of the NCHW computation up to float round-off.
+
+Speed (``benchmarks/recon_speed.py``): an iteration's element-wise work is the fake-quant of every activation
+(forward and STE backward in :class:`~qmap.quant.quantizer.FakeQuantSTE`, QDrop's mask folded in) and the
+loss; the FP targets are computed once per block; nothing but the learning-rate update runs in Python per
+iteration.
 
 Resume: with ``work_dir`` set, each finished block's layer tensors are saved atomically (``block_KKK.pt``,
 loaded with ``weights_only=True``), and with ``checkpoint_every`` > 0 the optimiser and generator states
@@ -99,7 +106,8 @@ class ReconConfig:
 def lp_loss(pred: torch.Tensor, target: torch.Tensor, p: float) -> torch.Tensor:
     """E_batch Σ_elements |pred − target|^p. A quantized output with more channels than the FP one (OMR's
     migrated copies, appended after the original channels) is compared on its first channels."""
-    return (pred[:, :target.shape[1]] - target).abs().pow(p).flatten(1).sum(1).mean()
+    d = pred[:, :target.shape[1]] - target
+    return (d.square() if p == 2 else d.abs().pow(p)).sum() / d.shape[0]
 
 
 def mix_inputs(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -174,14 +182,11 @@ def finish_block(layers: list[nn.Module]) -> None:
                 p.requires_grad_(False)
 
 
-def add_drop_hooks(layers: list[nn.Module], p: float, gen: torch.Generator) -> list:
-    """QDrop: each activation quantizer returns its input unquantized with probability p per element."""
-    def hook(module, inputs, output):
-        x = inputs[0]
-        keep_fp = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) < p
-        return torch.where(keep_fp, x, output)
-
-    return [layer.input_quantizer.register_forward_hook(hook) for layer in layers]
+def set_drop(layers: list[nn.Module], p: float, gen: torch.Generator | None) -> None:
+    """QDrop: each activation quantizer of ``layers`` returns its input unquantized with probability p per
+    element (masks drawn from ``gen`` in forward order); p = 0 switches it off."""
+    for layer in layers:
+        layer.input_quantizer.drop_prob, layer.input_quantizer.drop_gen = p, gen
 
 
 # ---------------------------------------------------------------------------------------------- resume state
@@ -287,7 +292,7 @@ def optimise_block(block: Block, units: list[nn.Module], data: BlockData, cfg: R
         idx_gen.set_state(partial["idx_gen"].cpu())
         mask_gen.set_state(partial["mask_gen"].cpu())
         start = int(partial["t"])
-    hooks = add_drop_hooks(layers, cfg.drop_prob, mask_gen) if cfg.drop_prob > 0 else []
+    set_drop(layers, cfg.drop_prob, mask_gen)
     n = len(data.q_in)
     try:
         for t in bar(range(start, cfg.iters), desc=f"reconstruct block {block.index}"):
@@ -313,8 +318,7 @@ def optimise_block(block: Block, units: list[nn.Module], data: BlockData, cfg: R
                 for p in params.steps:
                     p.clamp_(min=1e-8)
     finally:
-        for h in hooks:
-            h.remove()
+        set_drop(layers, 0.0, None)
     return {"iters": cfg.iters - start, "resumed_at": start}
 
 
@@ -362,7 +366,8 @@ def reconstruct(qmodel: nn.Module, calib: torch.Tensor, cfg: ReconConfig, tag: s
         state = ReconState(cfg.work_dir, fingerprint(qmodel, calib, cfg, tag), cfg.resume, device)
     pool = CachePool(int(cfg.memory_limit_mb * 2**20), device,
                      Path(cfg.work_dir) / "cache" if cfg.work_dir else None)
-    fp_in = q_in = ActivationStore.wrap(calib, device)
+    fp_in = q_in = ActivationStore.wrap(calib.contiguous(memory_format=torch.channels_last)
+                                        if calib.dim() == 4 else calib, device)
     report = []
     try:
         for block in blocks:
