@@ -66,16 +66,19 @@ def weight_stats(qmodel, w_bits: int) -> dict:
     return {"clip_pct": 100 * clipped / max(1, total), "bias_ratio": float(torch.cat(ratios).mean())}
 
 
+def load_inputs(data: str, test_images: int, n_calib: int, seed: int):
+    """(model, mean, std, first test images, calibration set) from the data root."""
+    model, manifest = load_model(Path(data) / CHECKPOINT)
+    return (model, *manifest.mean_std(), load_cifar10(data, "test").head(test_images),
+            calibration_set(load_cifar10(data, "train"), n_calib, seed))
+
+
 def main() -> None:
     args = parse_args()
     if not args.data:
         raise SystemExit("set QMAP_DATA or pass --data")
     torch.set_num_threads(args.threads)
-    root = Path(args.data)
-    model, manifest = load_model(root / CHECKPOINT)
-    mean, std = manifest.mean_std()
-    test = load_cifar10(root, "test").head(args.test_images)
-    calib_set = calibration_set(load_cifar10(root, "train"), args.calib, args.seed)
+    model, mean, std, test, calib_set = load_inputs(args.data, args.test_images, args.calib, args.seed)
     calib = to_tensor(calib_set.images, mean, std)
     rows = []
     for setting in args.settings:

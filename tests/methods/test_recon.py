@@ -241,3 +241,16 @@ def test_fp_reference_is_unquantized():
     fp = fp_reference(qmodel)
     assert all(not m.weight_quantizer.enabled and not m.input_quantizer.enabled for _, m in quant_layers(fp))
     assert not any(p.requires_grad for p in fp.parameters())
+
+
+def test_lp_loss_sum_and_per_position():
+    from qmap.methods.recon import lp_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 3, 5, 6, generator=g), torch.randn(4, 3, 5, 6, generator=g)
+    d = pred - target
+    assert torch.allclose(lp_loss(pred, target, 2.0), (d ** 2).sum() / 4)
+    assert torch.allclose(lp_loss(pred, target, 2.0, per_position=True), (d ** 2).sum(1).mean())
+    assert torch.allclose(lp_loss(pred, target, 2.4), (d.abs() ** 2.4).sum() / 4)
+    wide = torch.cat([pred, torch.ones(4, 2, 5, 6)], 1)  # OMR copies appended: compared on the first channels
+    assert torch.equal(lp_loss(wide, target, 2.0), lp_loss(pred, target, 2.0))

@@ -5,7 +5,8 @@ For each block (a layer, a stage or the whole network, see :mod:`qmap.methods.re
     L = Σ_{loss points j} E_batch ‖x̂_j − x_j‖_p^p  +  λ · Σ_layers R(v)        (p = 2: ‖Ŵx̂ − Wx‖²_F)
 
 where x_j is the FP model's output at loss point j (cached), x̂_j the quantized block's output fed with the
-quantized network's input of the block, and R the AdaRound regulariser (off during the first ``warmup``
+quantized network's input of the block (``loss_per_position``: each term divided by its map's H·W, the reference
+implementations' form — with Adam this only makes λ H·W times stronger relative to the reconstruction term), and R the AdaRound regulariser (off during the first ``warmup``
 fraction of the iterations, then with β annealed linearly from ``beta_start`` to ``beta_end``).
 
 Learnable, each in its own Adam parameter group: the rounding variables v (lr ``lr_rounding``), the
@@ -66,6 +67,7 @@ class ReconConfig:
     iters: int = 500                    # Adam iterations per block
     batch_size: int = 32
     p_norm: float = 2.0
+    loss_per_position: bool = False     # average the loss over positions (reference form) instead of summing
     learn_rounding: bool = True         # AdaRound rounding variables
     learn_act_step: bool = True         # activation steps s_x
     learn_weight_step: bool = False     # decoupled dequant steps s'_w (DOMR)
@@ -103,11 +105,14 @@ class ReconConfig:
         return d
 
 
-def lp_loss(pred: torch.Tensor, target: torch.Tensor, p: float) -> torch.Tensor:
-    """E_batch Σ_elements |pred − target|^p. A quantized output with more channels than the FP one (OMR's
-    migrated copies, appended after the original channels) is compared on its first channels."""
+def lp_loss(pred: torch.Tensor, target: torch.Tensor, p: float, per_position: bool = False) -> torch.Tensor:
+    """E_batch Σ_elements |pred − target|^p, or with ``per_position`` E_batch E_positions Σ_channels (the
+    reference BRECQ/QDrop form: H·W times smaller on an H×W map). A quantized output with more channels than
+    the FP one (OMR's migrated copies, appended after the original channels) is compared on its first
+    channels."""
     d = pred[:, :target.shape[1]] - target
-    return (d.square() if p == 2 else d.abs().pow(p)).sum() / d.shape[0]
+    positions = d[0, 0].numel() if per_position and d.dim() > 2 else 1
+    return (d.square() if p == 2 else d.abs().pow(p)).sum() / (d.shape[0] * positions)
 
 
 def mix_inputs(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -262,7 +267,7 @@ def block_error(block: Block, units: list[nn.Module], data: BlockData, cfg: Reco
     for s in range(0, n, cfg.batch_size):
         sl = slice(s, min(n, s + cfg.batch_size))
         outs = block.run(units, data.q_in.read(sl))
-        total += sum(float(lp_loss(o, t.read(sl), cfg.p_norm)) * (sl.stop - sl.start)
+        total += sum(float(lp_loss(o, t.read(sl), cfg.p_norm, cfg.loss_per_position)) * (sl.stop - sl.start)
                      for o, t in zip(outs, data.targets))
     return total / max(1, n)
 
@@ -307,7 +312,8 @@ def optimise_block(block: Block, units: list[nn.Module], data: BlockData, cfg: R
             if cfg.drop_prob > 0:
                 x = mix_inputs(x, data.fp_in.read(idx), cfg.drop_prob, mask_gen)
             outs = block.run(units, x)
-            loss = sum(lp_loss(o, tg.read(idx), cfg.p_norm) for o, tg in zip(outs, data.targets))
+            loss = sum(lp_loss(o, tg.read(idx), cfg.p_norm, cfg.loss_per_position)
+                       for o, tg in zip(outs, data.targets))
             beta = beta_at(t, cfg)
             if beta is not None and params.rounding:
                 loss = loss + cfg.round_weight * sum(q.regularizer(beta) for q in params.rounding)
