@@ -7,7 +7,7 @@ MSE-calibrated per-tensor activations) and each weight grid — ``symmetric`` (z
 two weight statistics over the low-bit layers:
 
 - ``clip %``: weights beyond the grid's half-step margin (|ŵ − w| > s/2, clipped at either end);
-- ``|Σ err| / Σ|err|``: per output channel, |Σ_i (ŵ_i − w_i)| / Σ_i |ŵ_i − w_i|, averaged — the part of the
+- ``bias share``: per output channel, |Σ_i (ŵ_i − w_i)| / Σ_i |ŵ_i − w_i|, averaged — the part of the
   rounding error that is a bias shift on non-negative inputs (0: errors cancel, 1: all of one sign).
 
 This is the measurement behind ``QuantConfig.w_symmetric=None`` (affine below 4 bits).
@@ -97,9 +97,10 @@ def main() -> None:
 
 def render(d: dict) -> str:
     table = [{"setting": r["setting"], "weight grid": r["grid"], "RTN top-1 %": r["top1"],
-              "clip %": r["clip_pct"], "|Σ err| / Σ|err|": r["bias_ratio"]} for r in d["rows"]]
+              "clip %": r["clip_pct"], "bias share": r["bias_ratio"]} for r in d["rows"]]
     return (f"Test: {d['test']['source']} ({d['test']['n']} images). Calibration: {d['calibration']['source']}.\n"
-            f"Config: {d['config']}. Weight statistics over the low-bit layers only.\n\n" + markdown_table(table))
+            f"Config: {d['config']}. Weight statistics over the low-bit layers only; "
+            "bias share = |Σ err| / Σ |err| per channel, averaged.\n\n" + markdown_table(table))
 
 
 if __name__ == "__main__":

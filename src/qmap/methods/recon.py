@@ -5,9 +5,10 @@ For each block (a layer, a stage or the whole network, see :mod:`qmap.methods.re
     L = Σ_{loss points j} E_batch ‖x̂_j − x_j‖_p^p  +  λ · Σ_layers R(v)        (p = 2: ‖Ŵx̂ − Wx‖²_F)
 
 where x_j is the FP model's output at loss point j (cached), x̂_j the quantized block's output fed with the
-quantized network's input of the block (``loss_per_position``: each term divided by its map's H·W, the reference
-implementations' form — with Adam this only makes λ H·W times stronger relative to the reconstruction term), and R the AdaRound regulariser (off during the first ``warmup``
-fraction of the iterations, then with β annealed linearly from ``beta_start`` to ``beta_end``).
+quantized network's input of the block, and R the AdaRound regulariser (off during the first ``warmup``
+fraction of the iterations, then with β annealed linearly from ``beta_start`` to ``beta_end``). With
+``loss_per_position`` each loss term is divided by its map's H·W (the reference implementations' form; with
+Adam this only makes λ H·W times stronger relative to the reconstruction term).
 
 Learnable, each in its own Adam parameter group: the rounding variables v (lr ``lr_rounding``), the
 activation steps s_x and the decoupled weight dequant steps s'_w. A step's learning rate is relative
