@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..errors import ConfigError
-from . import tiny, vgg
+from . import gelu_cnn, mobilenet, resnet, tiny, vgg
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -37,6 +37,14 @@ REGISTRY: dict[str, ModelEntry] = {
                                 "small conv net with GELU (OMR non-ReLU tests)"),
     "tiny_cnn_hswish": ModelEntry("tiny_cnn_hswish", lambda **kw: tiny.tiny_cnn(act="hardswish", **kw),
                                   "small conv net with h-swish (OMR non-ReLU tests)"),
+    "resnet20": ModelEntry("resnet20", resnet.resnet20,
+                           "CIFAR ResNet-20 (3 stages x 3 basic blocks, 16/32/64 ch, 1x1 conv+BN downsampling "
+                           "shortcuts)"),
+    "mobilenet_cifar": ModelEntry("mobilenet_cifar", mobilenet.mobilenet_cifar,
+                                  "MobileNetV3-style CIFAR net (inverted residuals, depthwise 3x3, Hardswish, "
+                                  "squeeze-excite with Hardsigmoid gate)"),
+    "gelu_cnn": ModelEntry("gelu_cnn", gelu_cnn.gelu_cnn,
+                           "small CNN with GELU (3 stages x 2 conv 32/64/128 ch, max pools, 2 linear layers)"),
 }
 
 
