@@ -173,8 +173,8 @@ class Run:
                 if lay.kind != "conv":
                     raise ConfigError(f"hardware.target_layers: {name} is not a conv layer")
                 if lay.w_bits > spec.w_bits:
-                    raise HardwareError(f"layer {name}: weights need {lay.w_bits}-bit signed integers (q − z), the "
-                                        f"array holds {spec.w_bits}-bit ones (set quant.w_symmetric: true or fewer "
+                    raise HardwareError(f"layer {name}: a {lay.w_bits}-bit signed weight (q − z) does not fit the "
+                                        f"array's {spec.w_bits}-bit weights (set quant.w_symmetric: true or fewer "
                                         "weight bits)")
                 meta = {"layer": name, "image_index": k, "label": int(self.test.labels[k]),
                         "x_step": lay.x_step, "w_step": lay.w_step.tolist(), "alpha": alphas.get(name),
