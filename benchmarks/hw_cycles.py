@@ -1,9 +1,14 @@
 """Hardware figures: the 8x8 layer (golden vs RTL vs integer reference, cycles), whole VGG16 on an 8x8 array
 (cycles and utilisation per layer, golden-model speed), RTL simulation speed per simulator.
 
-    python benchmarks/hw_cycles.py [--verilator] [--repeats 3]
+    python benchmarks/hw_cycles.py [--verilator] [--repeats 3] [--run RUN_DIR]
+    python benchmarks/hw_cycles.py --run RUN_DIR --only-run     # just the run's table -> hw_rtl_network.{json,md}
 
-Writes benchmarks/results/hw_cycles.json and .md. Inputs are random in-range integer codes (cycle counts
+Writes benchmarks/results/hw_cycles.json and .md. ``--run`` adds the whole-network RTL table of a
+``qmap run ... --set hardware.rtl_network=true`` folder (read from its results.json: per-layer RTL and golden
+cycles, mismatches, RTL and integer logits, wall time), so the figure is the run's own.
+
+Inputs are random in-range integer codes (cycle counts
 depend only on shapes; values are checked against a plain integer conv). The integer model's images and the
 integer-logit check are wired in through qmap.hw.network.run_network(requant=..., head=...).
 """
@@ -11,6 +16,7 @@ integer-logit check are wired in through qmap.hw.network.run_network(requant=...
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -80,12 +86,45 @@ def whole_vgg16(repeats: int) -> tuple[dict, list[dict]]:
     return summary, report.layers
 
 
+def rtl_network_section(run_dir: Path) -> tuple[dict, str]:
+    """The whole-network RTL figures of a qmap run folder (results.json → hardware.network[_summary])."""
+    res = json.loads((run_dir / "results.json").read_text())
+    hw = res["hardware"]
+    sm, layers = hw["network_summary"], hw["network"]
+    if "rtl_cycles" not in sm:
+        raise SystemExit(f"{run_dir}: the run has no whole-network RTL result (hardware.rtl_network=true)")
+    cols = ["name", "in_channels", "out_channels", "hw", "cycles", "rtl_cycles", "rtl_mismatches", "mismatches",
+            "psum_bits_needed", "psum_bits", "rtl_wall_s", "rtl_cpu_s"]
+    md = (f"\n## The whole network on the RTL (one build, {sm['rtl_simulator']}), image {sm['image']}\n\n"
+          f"From `{res.get('provenance', {}).get('command', 'qmap run')}` ({run_dir.name}/results.json). "
+          f"{sm['rtl_layers']} array layers (host: {', '.join(sm['host_layers']) or 'none'}), "
+          f"{sm['rtl_cycles']:,} RTL cycles, RTL = golden cycles on every layer: {sm['rtl_cycles_equal_golden']}; "
+          f"RTL vs golden value mismatches {sm['rtl_mismatches']}; integer-model mismatches {sm['mismatches']}; "
+          f"RTL logits = integer model's logits: {sm['logits_match']}. Wall time {sm['rtl_network_wall_s']:.1f} s "
+          f"(build {sm['rtl_build_s']:.1f} s{', reused from the cache' if sm.get('rtl_build_reused') else ''}; "
+          f"layer runs {sm['rtl_wall_s']:.1f} s wall, {sm.get('rtl_cpu_s', float('nan')):.1f} s CPU of the "
+          f"simulator; host {sm.get('host_cpu_s', float('nan')):.1f} s CPU for the golden model, files and "
+          f"requantization).\n\n"
+          f"RTL logits: {sm['logits']}  \nInteger logits: {sm['logits_integer']}\n\n"
+          + markdown_table(layers, [c for c in cols if c in layers[0]]))
+    return {"run": str(run_dir), "summary": sm, "layers": layers}, md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--verilator", action="store_true", help="also build and run under Verilator (slow build)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--run", type=Path, help="a qmap run folder made with hardware.rtl_network=true")
+    ap.add_argument("--only-run", action="store_true", help="write only the --run table (hw_rtl_network)")
     args = ap.parse_args()
+    rtl_net = rtl_network_section(args.run) if args.run else None
+    if args.only_run:
+        if rtl_net is None:
+            raise SystemExit("--only-run needs --run RUN_DIR")
+        write_result("hw_rtl_network", rtl_net[0], rtl_net[1])
+        print(rtl_net[1])
+        return
     sims = [s for s in (["icarus"] + (["verilator"] if args.verilator else [])) if simulator_available(s)]
     work = Path(tempfile.mkdtemp(prefix="qmap_hw_bench_"))
     t0 = time.perf_counter()
@@ -97,7 +136,7 @@ def main() -> None:
     vgg, per_layer = whole_vgg16(args.repeats)
     data = {"layer_8x8": l8, "rtl_speed": speed, "vgg16_8x8": vgg, "vgg16_layers": per_layer,
             "references": {"ideal_cycles": 4893696, "no_overlap_cycles": 9955635, "goal_cycles": 5_500_000},
-            "bench_wall_s": time.perf_counter() - t0}
+            "rtl_network": rtl_net[0] if rtl_net else None, "bench_wall_s": time.perf_counter() - t0}
     vgg_cols = ["name", "in_channels", "out_channels", "hw", "folds", "cycles", "utilisation", "ideal_cycles",
                 "no_overlap_cycles", "mismatches", "sim_s"]
     md = ("## 8-in/8-out layer (4x4 map) on the 8x8 array, W4A4\n\n" + markdown_table(l8) +
@@ -107,7 +146,8 @@ def main() -> None:
           f"(ideal {vgg['ideal_cycles']:,}, no-overlap {vgg['no_overlap_cycles']:,}), utilisation "
           f"{vgg['utilisation']:.1%}, value mismatches {vgg['mismatches']}; golden model "
           f"{vgg['sim_time_s']['median']:.2f} s median of {args.repeats} "
-          f"({vgg['simulated_macs_per_s'] / 1e6:.0f} M simulated MACs/s).\n\n" + markdown_table(per_layer, vgg_cols))
+          f"({vgg['simulated_macs_per_s'] / 1e6:.0f} M simulated MACs/s).\n\n" + markdown_table(per_layer, vgg_cols)
+          + (rtl_net[1] if rtl_net else ""))
     write_result("hw_cycles", data, md)
     print(md)
 

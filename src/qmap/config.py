@@ -48,6 +48,7 @@ class HardwareConfig:
     array: ArraySpec = field(default_factory=ArraySpec)
     rtl: str = "auto"  # auto | icarus | verilator | none
     network_cycles: bool = True
+    rtl_network: bool = False  # every array layer of images[0] on one build of the Verilog core
 
 
 @dataclass

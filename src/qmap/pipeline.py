@@ -17,10 +17,10 @@ import torch
 
 from .config import RunConfig, resolve_path
 from .data import calibration_set, load_cifar10, resolve_data_root, to_tensor
-from .errors import ConfigError, HardwareError
+from .errors import ConfigError
 from .evaluate import evaluate
 from .export.quantized import save_quantized
-from .hw.check import check_layer, network_view, rtl_simulators
+from .hw.check import check_layer, check_layer_width, network_view, psum_widths, rtl_simulators
 from .io import atomic_write_json
 from .methods import get_method
 from .models import load_model
@@ -159,11 +159,13 @@ class Run:
         spec = hw.array
         simulators = rtl_simulators(hw.rtl)
         alphas = {name: row.get("alpha") for name, row in self.method_layer_rows().items()}
-        rows = []
+        images = []
         for k in hw.images:
             if not 0 <= k < len(self.test):
                 raise ConfigError(f"hardware.images: image {k} is outside the test set (0..{len(self.test) - 1})")
-            x = to_tensor(self.test.images[k:k + 1], self.mean, self.std)
+            images.append(to_tensor(self.test.images[k:k + 1], self.mean, self.std))
+        jobs = []  # every target layer of every image, validated and checked against psum_bits before any file
+        for k, x in zip(hw.images, images, strict=True):
             traces = {t.name: t for t in self.imodel.run(x, return_intermediates=True).layers}
             for name in hw.target_layers:
                 if name not in traces:
@@ -172,28 +174,31 @@ class Run:
                 lay, t = self.imodel.layer(name), traces[name]
                 if lay.kind != "conv":
                     raise ConfigError(f"hardware.target_layers: {name} is not a conv layer")
-                if lay.w_bits > spec.w_bits:
-                    raise HardwareError(f"layer {name}: a {lay.w_bits}-bit signed weight (q − z) does not fit the "
-                                        f"array's {spec.w_bits}-bit weights (set quant.w_symmetric: true or fewer "
-                                        "weight bits)")
-                meta = {"layer": name, "image_index": k, "label": int(self.test.labels[k]),
-                        "x_step": lay.x_step, "w_step": lay.w_step.tolist(), "alpha": alphas.get(name),
-                        "w_bits": lay.w_bits, "a_bits": lay.x_bits, "method": self.cfg.method.name,
-                        "bias_int": lay.bias_int.tolist()}
-                rows.append(check_layer(
-                    t.x_int[0].numpy(), lay.w_int.numpy(), t.psum[0].numpy(), spec,
-                    self.out / "hw" / name / f"image{k}", padding=lay.padding[0], stride=lay.stride[0], meta=meta,
-                    simulators=simulators, build_root=self.out / "work" / "rtl"))
-                rows[-1]["folder"] = str(Path(rows[-1]["folder"]).relative_to(self.out))
-                self.stages.note(f"{name} image {k}: golden vs integer mismatches "
-                                 f"{rows[-1]['golden_vs_integer_mismatches']}, {rows[-1]['golden_cycles']} cycles"
-                                 + "".join(f", RTL {s} mismatches {rows[-1][f'rtl_{s}_output_mismatches']} "
-                                           f"cycles {rows[-1][f'rtl_{s}_cycles']}" for s in simulators))
-        self.results["hardware"] = {"array": spec.to_dict(), "rtl_simulators": simulators, "layers": rows}
-        if hw.network_cycles:
-            k = hw.images[0] if hw.images else 0
-            net = network_view(self.imodel, to_tensor(self.test.images[k:k + 1], self.mean, self.std),
-                               spec.rows, spec.cols)
+                check_layer_width(t.x_int[0].numpy(), lay.w_int.numpy(), spec, lay.padding[0], lay.stride[0], name)
+                jobs.append((k, name, lay, t))
+        psum = psum_widths(self.imodel, images, spec) if images else []
+        rows = []
+        for k, name, lay, t in jobs:
+            meta = {"layer": name, "image_index": k, "label": int(self.test.labels[k]),
+                    "x_step": lay.x_step, "w_step": lay.w_step.tolist(), "alpha": alphas.get(name),
+                    "w_bits": lay.w_bits, "a_bits": lay.x_bits, "method": self.cfg.method.name,
+                    "bias_int": lay.bias_int.tolist()}
+            rows.append(check_layer(
+                t.x_int[0].numpy(), lay.w_int.numpy(), t.psum[0].numpy(), spec,
+                self.out / "hw" / name / f"image{k}", padding=lay.padding[0], stride=lay.stride[0], meta=meta,
+                simulators=simulators, build_root=self.out / "work" / "rtl"))
+            rows[-1]["folder"] = str(Path(rows[-1]["folder"]).relative_to(self.out))
+            self.stages.note(f"{name} image {k}: golden vs integer mismatches "
+                             f"{rows[-1]['golden_vs_integer_mismatches']}, {rows[-1]['golden_cycles']} cycles"
+                             + "".join(f", RTL {s} mismatches {rows[-1][f'rtl_{s}_output_mismatches']} "
+                                       f"cycles {rows[-1][f'rtl_{s}_cycles']}" for s in simulators))
+        self.results["hardware"] = {"array": spec.to_dict(), "rtl_simulators": simulators, "layers": rows,
+                                    "psum": psum}
+        if (hw.network_cycles or hw.rtl_network) and images:
+            k = hw.images[0]
+            net = network_view(self.imodel, images[0], spec,
+                               rtl_work_dir=self.out / "work" / "rtl_network" if hw.rtl_network else None,
+                               rtl_simulator=hw.rtl if hw.rtl in ("icarus", "verilator") else None)
             self.results["hardware"]["network"] = net["layers"]
             self.results["hardware"]["network_summary"] = {**net["summary"], "image": k,
                                                            "host_layers": net["host_layers"], "array": net["array"]}
@@ -201,6 +206,12 @@ class Run:
             self.stages.note(f"whole network on {spec.rows}x{spec.cols}: {sm['cycles']:,} cycles, utilisation "
                              f"{100 * sm['utilisation']:.1f} %, value mismatches {sm['mismatches']}, "
                              f"integer logits match: {sm['logits_match']}")
+            if hw.rtl_network:
+                self.stages.note(f"whole network on the RTL ({sm['rtl_simulator']}, one build): "
+                                 f"{sm['rtl_layers']} layers, {sm['rtl_cycles']:,} cycles (= golden: "
+                                 f"{sm['rtl_cycles_equal_golden']}), RTL vs golden mismatches "
+                                 f"{sm['rtl_mismatches']}, logits = integer model's: {sm['logits_match']}, "
+                                 f"{sm['rtl_network_wall_s']:.1f} s")
 
     def save(self) -> None:
         if self.cfg.export.quantized_model:

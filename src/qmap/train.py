@@ -118,10 +118,14 @@ def _load_state(path: Path, run_id: dict) -> dict:
 
 def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDataset, cfg: TrainConfig, out: Path,
           resume: bool = False, device: str | torch.device | None = None, progress: bool = True,
-          on_epoch_end: Callable[[dict], None] | None = None) -> dict:
+          on_epoch_end: Callable[[dict], None] | None = None, save_dtype: torch.dtype | None = None,
+          extra_tests: dict[str, ImageDataset] | None = None, manifest_extra: dict | None = None) -> dict:
     """Train ``arch`` at ``width`` on ``train_set``; write ``out`` (+ manifest) and return the final metrics.
 
-    ``on_epoch_end(metrics)`` is called after each epoch's state is saved (metrics: epoch, loss, train_top1).
+    ``on_epoch_end(metrics)`` is called after each epoch's state is saved (metrics: epoch, loss, train_top1,
+    seconds). ``save_dtype`` (e.g. ``torch.float16``) is the dtype of the saved floating-point tensors;
+    each ``extra_tests[name]`` is evaluated too and recorded as ``<name>_top1``; ``manifest_extra`` (e.g. the
+    command line) is added to the manifest's ``train`` record.
     """
     out = Path(out)
     device = torch.device(device) if device is not None else default_device()
@@ -152,11 +156,12 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
     use_amp = cfg.amp and device.type == "cuda"
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
+        epoch_started = time.perf_counter()
         model.train()
         order = torch.randperm(len(train_set), generator=gen)[: steps_per_epoch * cfg.batch_size]
         loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(order.split(cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not progress, file=sys.stderr, leave=False)
+                   disable=not progress, file=sys.stderr, leave=False, mininterval=0.1 if sys.stderr.isatty() else 60)
         for idx in bar:
             idx = idx.to(device)
             x = _normalise(random_crop_flip(images[idx], cfg.pad, cfg.pad_mode, gen), mean, std, channels_last)
@@ -170,7 +175,8 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == labels[idx]).sum()
         seen = steps_per_epoch * cfg.batch_size
-        metrics = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_top1": int(correct) / seen}
+        metrics = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_top1": int(correct) / seen,
+                   "seconds": round(time.perf_counter() - epoch_started, 1)}
         history.append(metrics)
         _save_state(state_path(out), model=model.state_dict(), optimizer=opt.state_dict(),
                     scheduler=sched.state_dict(), rng=gen.get_state(), epoch=epoch + 1, history=history, run=run_id)
@@ -181,12 +187,18 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
             on_epoch_end(metrics)
     wall = time.perf_counter() - started
     result = evaluate(model, test_set, entry.mean, entry.std, device=device, progress=progress)
+    extra = {"test_top1": result["top1"], "test_data": test_set.source, "test_data_checksum": test_set.checksum}
+    for name, data in (extra_tests or {}).items():
+        extra |= {f"{name}_top1": evaluate(model, data, entry.mean, entry.std, device=device,
+                                           progress=progress)["top1"],
+                  f"{name}_data": data.source, f"{name}_data_checksum": data.checksum}
+    extra["dtype"] = str(save_dtype or torch.float32).removeprefix("torch.")
+    extra["train"] = {**asdict(cfg), **(manifest_extra or {}), "data": train_set.source,
+                      "data_checksum": train_set.checksum, "n_train": len(train_set), "device": str(device),
+                      "git_sha": git_sha(), "wall_seconds_this_run": round(wall, 1),
+                      "wall_seconds_all_epochs": round(sum(h.get("seconds", 0.0) for h in history), 1),
+                      "history": history}
     manifest = Manifest(arch=arch, width=width, num_classes=len(train_set.classes), normalize_mean=entry.mean,
-                        normalize_std=entry.std, extra={
-                            "test_top1": result["top1"], "test_data": test_set.source,
-                            "test_data_checksum": test_set.checksum,
-                            "train": {**asdict(cfg), "data": train_set.source, "data_checksum": train_set.checksum,
-                                      "n_train": len(train_set), "device": str(device), "git_sha": git_sha(),
-                                      "wall_seconds_this_run": round(wall, 1), "history": history}})
-    save_checkpoint(model.float(), out, manifest)
+                        normalize_std=entry.std, extra=extra)
+    save_checkpoint(model.float(), out, manifest, dtype=save_dtype)
     return {"test_top1": result["top1"], "n_test": result["n"], "history": history, "checkpoint": str(out)}

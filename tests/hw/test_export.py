@@ -23,9 +23,9 @@ def test_course_layout_of_the_8x8_layer(tmp_path, make_conv):
     out = (tmp_path / "out.txt").read_text().splitlines()[3:]
     ref = np.maximum(reference_conv(x, w), 0)
     assert len(out) == 16 and out[5] == "".join(format(int(v), "016b") for v in ref[::-1, 1, 1])
-    addr = [int(a, 2) for a in (tmp_path / "acc_address.txt").read_text().splitlines()[3:]]
+    addr = [int(a, 2) for a in (tmp_path / "acc_address.txt").read_text().splitlines()]  # no header lines
     assert len(addr) == 144 and addr[:9] == [k * 36 + (k // 3) * 6 + k % 3 for k in range(9)]
-    assert all(len(a) == 11 for a in (tmp_path / "acc_address.txt").read_text().splitlines()[3:])
+    assert all(len(a) == 11 for a in (tmp_path / "acc_address.txt").read_text().splitlines())
     assert man["meta"]["alpha"] == 1.25 and json.loads((tmp_path / "manifest.json").read_text())["sha256"]
     assert "features.27" not in act[2]  # the meta stays in the manifest; headers stay one token
 

@@ -55,3 +55,11 @@ def test_malformed_text_is_rejected(text, match):
 def test_header_token_must_be_one_word():
     with pytest.raises(HardwareError, match="one word"):
         format_vectors(np.zeros((1, 1)), 4, True, ("a b", "c", "d"), "f.txt")
+
+
+def test_headerless_file_roundtrips_and_a_header_is_rejected():
+    text = format_vectors(np.array([[5], [300]]), 11, False, (), "acc_address.txt")
+    assert text == "00000000101\n00100101100\n"
+    assert parse_vectors(text, "acc_address.txt", 1, 11, False, 2, headered=False).ravel().tolist() == [5, 300]
+    with pytest.raises(HardwareError, match="line 1: expected 11 characters"):
+        parse_vectors("#acc#\n" + text, "acc_address.txt", 1, 11, False, headered=False)

@@ -35,6 +35,7 @@ def _export(tmp_path, make_conv, name):
 
 def _assert_agrees(result, golden):
     assert result["done"] and result["psum_mismatches"] == 0 and result["output_mismatches"] == 0
+    assert result.get("acc_mismatches", 0) == 0 and result.get("format_errors", 0) == 0
     assert result["psums_checked"] == golden.fold_psums.shape[0] * golden.fold_psums.shape[1] * \
         golden.fold_psums.shape[2] * golden.fold_psums.shape[3]
     assert result["cycles"] == golden.cycles.total
@@ -69,6 +70,22 @@ def test_corrupted_expectation_is_detected(tmp_path, make_conv):
     out.write_text("\n".join(lines) + "\n")
     result = run_plain_tb(folder, "icarus", tmp_path / "build")
     assert result["output_mismatches"] == 1 and result["psum_mismatches"] == 0
+
+
+@needs_icarus
+def test_plain_tb_reads_the_address_file_like_the_template(tmp_path, make_conv):
+    """The testbench reads acc_address.txt with $fscanf("%11b") from its first line and replays the template's
+    accumulation, so a header line there (or a missing address) fails it."""
+    folder, _ = _export(tmp_path, make_conv, "8x8_layer")
+    build = tmp_path / "build"
+    assert run_plain_tb(folder, "icarus", build)["acc_mismatches"] == 0
+    addr = folder / "acc_address.txt"
+    good = addr.read_text()
+    addr.write_text("#acc_address#\n" + good)
+    bad = run_plain_tb(folder, "icarus", build)
+    assert bad["format_errors"] > 0 and bad["acc_mismatches"] > 0 and bad["output_mismatches"] == 0
+    addr.write_text("".join(good.splitlines(keepends=True)[:-1]))
+    assert run_plain_tb(folder, "icarus", build)["format_errors"] == 1
 
 
 @needs_verilator[0]

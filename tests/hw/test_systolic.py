@@ -55,7 +55,25 @@ def test_psum_overflow_raises_instead_of_wrapping():
     x = np.full((8, 4, 4), 15)
     w = np.full((8, 8, 3, 3), 7)
     m = map_conv(x, w, ArraySpec(psum_bits=10))
-    for engine in ("cycle", "wavefront"):
-        with pytest.raises(HardwareError, match="overflows the 10-bit"):
+    for engine in ("cycle", "wavefront"):  # 7·15·8·9 = 7560 needs 14 bits
+        with pytest.raises(HardwareError, match=r"reach \[0, 7560\]: they need 14 bits, the array has psum_bits=10"):
             simulate(m, engine)
-    assert simulate(map_conv(x, w, ArraySpec(psum_bits=16))).outputs.max() == 7 * 15 * 8 * 9  # all 9 kij
+    res = simulate(map_conv(x, w, ArraySpec(psum_bits=16)))
+    assert res.outputs.max() == 7560 and res.psum_bits_needed == 14
+
+
+@pytest.mark.parametrize("i,o,h,w,spec", [
+    (8, 8, 4, 4, ArraySpec(psum_bits=9, overflow="saturate")),
+    (19, 10, 3, 5, ArraySpec(rows=4, cols=4, psum_bits=8, overflow="saturate")),
+])
+def test_saturating_engines_agree_and_clamp_every_sum(make_conv, i, o, h, w, spec):
+    x, wt = make_conv(i, o, h, w, spec=spec)
+    bias = np.arange(o) * 9 - 40
+    m = map_conv(x, wt, spec, bias=bias)
+    cyc, wav = simulate(m, "cycle"), simulate(m, "wavefront")
+    assert np.array_equal(cyc.fold_psums, wav.fold_psums) and np.array_equal(cyc.outputs, wav.outputs)
+    lo, hi = spec.psum_range
+    assert cyc.fold_psums.min() >= lo and cyc.fold_psums.max() <= hi and cyc.outputs.max() <= hi
+    assert cyc.psum_bits_needed > spec.psum_bits  # it did saturate
+    exact = np.maximum(reference_conv(x, wt, bias=bias), 0)
+    assert not np.array_equal(assemble_output(cyc.outputs, m.geom), exact)

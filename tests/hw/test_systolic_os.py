@@ -61,14 +61,14 @@ def test_psum_overflow_raises_instead_of_wrapping():
     w = np.full((8, 8, 3, 3), 7)
     m = map_conv(x, w, ArraySpec(psum_bits=10, dataflow="os"))
     for engine in ("cycle", "vectorised"):
-        with pytest.raises(HardwareError, match="PE accumulator.*overflows the 10-bit"):
+        with pytest.raises(HardwareError, match="need 14 bits, the array has psum_bits=10"):
             simulate_os(m, engine)
     full = 7 * 15 * 8 * 9
     assert simulate_os(map_conv(x, w, ArraySpec(psum_bits=16, dataflow="os"))).outputs.max() == full
     tight = ArraySpec(psum_bits=15, dataflow="os")  # the sum fits 15 bits, the sum + bias does not
     m = map_conv(x, w, tight, bias=np.full(8, 2 ** 14 - full))
     for engine in ("cycle", "vectorised"):
-        with pytest.raises(HardwareError, match="SFU accumulator"):
+        with pytest.raises(HardwareError, match="need 16 bits, the array has psum_bits=15"):
             simulate_os(m, engine)
 
 

@@ -47,12 +47,17 @@ def test_tiny_run_writes_checkpoint_and_manifest(tmp_path):
     train_set, test_set = toy_dataset(128, 0), toy_dataset(32, 1)
     out = tmp_path / "tiny.safetensors"
     result = train("tiny_cnn", 0.25, train_set, test_set, TrainConfig(epochs=1, batch_size=16, schedule="cosine"),
-                   out, device="cpu", progress=False)
+                   out, device="cpu", progress=False, save_dtype=torch.float16,
+                   extra_tests={"flipped": toy_dataset(32, 2)}, manifest_extra={"command": "qmap train tiny_cnn"})
     manifest = json.loads(out.with_suffix(".json").read_text())
     assert manifest["arch"] == "tiny_cnn" and manifest["width"] == 0.25 and manifest["num_classes"] == 2
     assert manifest["train"]["data_checksum"] == train_set.checksum and manifest["train"]["seed"] == 0
     assert manifest["train"]["git_sha"] and manifest["test_top1"] == result["test_top1"]
+    assert manifest["train"]["command"] == "qmap train tiny_cnn" and manifest["train"]["wall_seconds_all_epochs"] > 0
+    assert 0 <= manifest["flipped_top1"] <= 1 and manifest["flipped_data"] == "toy2"
     assert len(result["history"]) == 1 and np.isfinite(result["history"][0]["loss"])
+    assert manifest["dtype"] == "float16" and all(v.dtype == torch.float16 for v in read_state_dict(out).values()
+                                                   if v.is_floating_point())
     model, _ = load_model(out)
     assert model(torch.zeros(1, 3, 12, 12)).shape == (1, 2)
 

@@ -4,8 +4,11 @@ run from ``<out>.state.pt`` (saved after every epoch)."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
+
+import torch
 
 from ..data import load_cifar10, resolve_data_root
 from ..errors import ConfigError
@@ -31,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--fp16", action="store_true", help="save the weights as float16 (half the file size)")
     p.add_argument("--train-split", default="train", choices=["train", "train_exact"])
     p.add_argument("--resume", action="store_true", help="continue from <out>.state.pt if it exists")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
@@ -49,7 +53,9 @@ def run(args) -> int:
     root = resolve_data_root(args.data)
     train_set, test_set = load_cifar10(root, args.train_split), load_cifar10(root, "test")
     result = train(args.model, args.width, train_set, test_set, cfg, out, resume=args.resume, device=args.device,
-                   progress=not args.quiet and sys.stderr.isatty())
+                   progress=not args.quiet, save_dtype=torch.float16 if args.fp16 else None,
+                   extra_tests={"test_exact": load_cifar10(root, "test_exact")},
+                   manifest_extra={"command": shlex.join(["qmap", *sys.argv[1:]])})
     print(f"{args.model} w{args.width:g}: test top-1 {100 * result['test_top1']:.2f} % "
           f"({result['n_test']} images) -> {out}")
     return 0

@@ -10,6 +10,8 @@ meta, and the requantizer adds it. So the comparison is with ReLU of the integer
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,9 @@ import torch
 from ..errors import HardwareError
 from ..quant.chain import MaxPool, ShiftCopy
 from .export import assemble_output, export_conv, read_export
-from .network import IntConvLayer, run_network
+from .mapping import map_conv
+from .network import IntConvLayer, layer_tiling, run_network
+from .rtl_network import RtlLayerRunner
 from .sim import run_cocotb, simulator_available
 from .spec import ArraySpec
 from .systolic import simulate
@@ -41,9 +45,7 @@ def check_layer(x_int: np.ndarray, w_int: np.ndarray, psum: np.ndarray, spec: Ar
                 folder: Path, *, padding: int, stride: int, meta: dict, simulators: list[str],
                 build_root: Path) -> dict:
     """Export → parse → golden model (→ RTL); every comparison counted in integers. Returns a result row."""
-    if x_int.min() < 0:
-        raise HardwareError(f"layer {meta.get('layer')}: the array takes unsigned activations but this layer's "
-                            f"input is signed (pick a layer after a ReLU)")
+    check_layer_width(x_int, w_int, spec, padding, stride, meta.get("layer"))
     expected = np.maximum(psum, 0)
     export_conv(x_int, w_int, spec, folder, padding=padding, stride=stride, meta=meta)
     vec = read_export(folder)
@@ -64,6 +66,19 @@ def check_layer(x_int: np.ndarray, w_int: np.ndarray, psum: np.ndarray, spec: Ar
     return row
 
 
+def check_layer_width(x_int: np.ndarray, w_int: np.ndarray, spec: ArraySpec, padding: int, stride: int,
+                      name: str) -> None:
+    """Raise :class:`HardwareError` naming layer ``name`` if its exported files (no bias) would not fit
+    ``spec`` (weights, activations, psum width under ``overflow="error"``) — before any file is written."""
+    if x_int.min() < 0:
+        raise HardwareError(f"layer {name}: the array takes unsigned activations but this layer's input is signed "
+                            f"(pick a layer after a ReLU)")
+    try:
+        simulate(map_conv(x_int, w_int, spec, padding, stride))
+    except HardwareError as e:
+        raise HardwareError(f"layer {name}: {e}") from None
+
+
 def _psum_mismatches(fold_psums: np.ndarray, vec) -> int:
     """Golden per-fold psums ``[ot, it, k, p, c]`` vs the exported per-kij psum files at the folds' positions."""
     from .mapping import fold_input_indices
@@ -73,11 +88,10 @@ def _psum_mismatches(fold_psums: np.ndarray, vec) -> int:
     return int((fold_psums != files).sum())
 
 
-def network_view(imodel, x: torch.Tensor, rows: int, cols: int, psum_bits: int = 32) -> dict:
-    """Every conv layer of the integer model whose input is unsigned (all but a signed first layer, which stays
-    on the host), chained through the golden model on an R×C array: values, cycles and utilisation per layer,
-    and the integer logits, compared with the integer model's. Weight/activation widths are the widest of the
-    chained layers. ``x`` is one normalised float image [1, C, H, W]."""
+def array_layers(imodel, x: torch.Tensor) -> tuple[list, list[str], list[IntConvLayer], object]:
+    """The integer model's conv layers that run on the array for image ``x`` (every conv whose input is
+    unsigned, from the first such one on; a signed first layer stays on the host): ``(chain, host layer names,
+    IntConvLayer per chain layer with its traced input and expected output, the model's run)``."""
     out = imodel.run(x, return_intermediates=True)
     traces = {t.name: t for t in out.layers}
     names = [lay.name for lay in imodel.layers]
@@ -88,12 +102,50 @@ def network_view(imodel, x: torch.Tensor, rows: int, cols: int, psum_bits: int =
     start = names.index(chain[0].name)
     chain = [lay for lay in chain if names.index(lay.name) >= start]
     host = [lay.name for lay in convs if lay not in chain]
-    spec = ArraySpec(rows, cols, w_bits=max(lay.w_bits for lay in chain), a_bits=max(lay.x_bits for lay in chain),
-                     psum_bits=psum_bits)
     layers = [IntConvLayer(lay.name, traces[lay.name].x_int[0].numpy(), lay.w_int.numpy(), lay.bias_int.numpy(),
                            padding=lay.padding[0], stride=lay.stride[0],
                            pool_after=any(isinstance(op, MaxPool) for op in lay.post_ops),
                            expected_out=np.maximum(traces[lay.name].acc[0].numpy(), 0)) for lay in chain]
+    return chain, host, layers, out
+
+
+def chain_spec(chain: list, array: ArraySpec) -> ArraySpec:
+    """The array for a chain: ``array`` with weight/activation widths the widest of the chained layers."""
+    return replace(array, w_bits=max(lay.w_bits for lay in chain), a_bits=max(lay.x_bits for lay in chain))
+
+
+def psum_widths(imodel, images: list[torch.Tensor], array: ArraySpec) -> list[dict]:
+    """Per array layer: the psum bits its partial sums need (largest over ``images``, in ``array``'s dataflow)
+    against ``array.psum_bits``. Under ``overflow="error"`` a layer that does not fit raises
+    :class:`HardwareError` naming it, the bits it needs and the bits available (callers run this before
+    writing any file)."""
+    need: dict[str, int] = {}
+    for x in images:
+        chain, _, layers, _ = array_layers(imodel, x)
+        wide = replace(chain_spec(chain, array), psum_bits=48, overflow="error")
+        rep = run_network([replace(layer, expected_out=None) for layer in layers], wide)
+        for row in rep.layers:
+            need[row["name"]] = max(need.get(row["name"], 0), row["psum_bits_needed"])
+    rows = [{"layer": name, "bits_needed": bits, "bits_available": array.psum_bits,
+             "fits": bits <= array.psum_bits} for name, bits in need.items()]
+    bad = [r for r in rows if not r["fits"]]
+    if bad and array.overflow == "error":
+        raise HardwareError("partial sums overflow the array's psum_bits=" + str(array.psum_bits) + ": "
+                            + "; ".join(f"layer {r['layer']} needs {r['bits_needed']} bits" for r in bad)
+                            + " (widen hardware.array.psum_bits or set hardware.array.overflow: saturate)")
+    return rows
+
+
+def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path | None = None,
+                 rtl_simulator: str | None = None) -> dict:
+    """Every array layer of the integer model (:func:`array_layers`) chained through the golden model on
+    ``array`` (its shape, psum width and overflow policy; weight/activation widths per :func:`chain_spec`):
+    values, cycles and utilisation per layer, and the integer logits compared with the integer model's.
+    With ``rtl_work_dir`` every layer also runs on ONE build of the Verilog core (``rtl_simulator``, default
+    Verilator if installed) and the RTL's outputs feed the chain. ``x`` is one normalised float image."""
+    chain, host, layers, out = array_layers(imodel, x)
+    names = [lay.name for lay in imodel.layers]
+    spec = chain_spec(chain, array)
 
     def requant(i: int, y: np.ndarray) -> np.ndarray:
         lay = chain[i]
@@ -109,8 +161,20 @@ def network_view(imodel, x: torch.Tensor, rows: int, cols: int, psum_bits: int =
             v = imodel.run_layer(lay, v.flatten(1) if lay.kind == "linear" else v).y_int
         return v[0].numpy()
 
-    rep = run_network(layers, spec, requant=requant, head=head, expected_logits=out.logits_int[0].numpy())
-    return {"array": spec.to_dict(), "host_layers": host, "summary": rep.summary(spec),
-            "layers": [{k: r[k] for k in ("name", "in_channels", "out_channels", "hw", "macs", "cycles",
-                                          "utilisation", "ideal_cycles", "no_overlap_cycles", "mismatches")}
-                       for r in rep.layers]}
+    rtl = None
+    if rtl_work_dir is not None:
+        rtl = RtlLayerRunner(spec, [layer_tiling(layer, spec) for layer in layers], rtl_work_dir, rtl_simulator)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    rep = run_network(layers, spec, requant=requant, head=head, expected_logits=out.logits_int[0].numpy(), rtl=rtl)
+    keys = ("name", "in_channels", "out_channels", "hw", "macs", "cycles", "utilisation", "ideal_cycles",
+            "no_overlap_cycles", "psum_bits_needed", "psum_bits", "mismatches", "rtl_cycles", "rtl_mismatches",
+            "rtl_wall_s", "rtl_cpu_s")
+    summary = rep.summary(spec)
+    if rtl is not None:
+        summary.update(rtl_simulator=rtl.simulator, rtl_build_s=rtl.build_s, rtl_builds=1,
+                       rtl_build_reused=rtl.build_reused,
+                       rtl_network_wall_s=time.perf_counter() - t0 + rtl.build_s,
+                       host_cpu_s=time.process_time() - cpu0,
+                       logits_integer=out.logits_int[0].tolist())
+    return {"array": spec.to_dict(), "host_layers": host, "summary": summary,
+            "layers": [{k: r[k] for k in keys if k in r} for r in rep.layers]}

@@ -53,6 +53,21 @@ async def _load_memories(dut, vec) -> None:
                     dut.w_wdata.value = pack(m.w_tiles[ot, it, k, c, :R], m.spec.w_bits)
                     await RisingEdge(dut.clk)
     dut.w_we.value = 0
+    for ot in range(m.n_otiles):
+        dut.bias_we.value, dut.bias_waddr.value = 1, ot
+        dut.bias_wdata.value = pack(m.bias_tiles[ot], m.spec.psum_bits)
+        await RisingEdge(dut.clk)
+    dut.bias_we.value = 0
+
+
+def _configure(dut, m) -> None:
+    """The layer's runtime configuration (what the plain testbench reads from qmap_layer.txt)."""
+    g = m.geom
+    for name, value in (("wp", g.padded_w), ("npad", g.n_padded), ("wo", g.out_w), ("n", g.n_positions),
+                        ("kh", g.kh), ("kw", g.kw), ("s", g.stride), ("it", m.n_itiles), ("ot", m.n_otiles),
+                        ("sat", int(m.spec.overflow == "saturate")), ("os", int(m.spec.dataflow == "os")),
+                        ("cin", g.in_channels), ("cout", g.out_channels)):
+        getattr(dut, f"cfg_{name}").value = value
 
 
 @cocotb.test()
@@ -62,8 +77,9 @@ async def run_exported_layer(dut):
     C, P, K, N = m.spec.cols, m.spec.psum_bits, m.geom.n_kij, m.geom.n_positions
     nij = fold_input_indices(m.geom)
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, units="ns").start())
-    for sig in (dut.start, dut.act_we, dut.w_we, dut.out_raddr):
+    for sig in (dut.start, dut.act_we, dut.w_we, dut.bias_we, dut.out_raddr):
         sig.value = 0
+    _configure(dut, m)
     dut.rst.value = 1
     for _ in range(2):
         await RisingEdge(dut.clk)

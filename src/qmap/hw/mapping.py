@@ -103,6 +103,13 @@ class MappedConv:
     def n_folds(self) -> int:
         return self.n_otiles * self.n_itiles * self.geom.n_kij
 
+    @property
+    def bias_tiles(self) -> np.ndarray:
+        """``[n_otiles, C]``: the bias per output tile (zero past the last channel)."""
+        b = np.zeros(self.n_otiles * self.spec.cols, dtype=np.int64)
+        b[: self.geom.out_channels] = self.bias
+        return b.reshape(self.n_otiles, self.spec.cols)
+
 
 def map_conv(x_int: np.ndarray, w_int: np.ndarray, spec: ArraySpec, padding: int = 1, stride: int = 1,
              bias: np.ndarray | None = None) -> MappedConv:

@@ -9,6 +9,12 @@ integer weights, integer bias, pooling flag). Two ways to run it:
   the SFU output of layer i (int64 ``[O, Ho, Wo]``), followed by a 2×2 max-pool when ``pool_after``
   (max-pool commutes with a monotone requantizer); ``head(x_last) -> logits`` turns the last activation into
   integer logits, compared with ``expected_logits``.
+
+With ``rtl`` (a :class:`qmap.hw.rtl_network.RtlLayerRunner`) every layer also runs on the Verilog core; its
+outputs are compared with the golden model's value for value, its cycles with the golden count, and in a
+chained run the RTL's outputs (not the golden model's) feed the next layer, so the logits come from the RTL.
+Every layer runs in the array's psum arithmetic (``spec.psum_bits``, ``spec.overflow``); an overflow under
+``overflow="error"`` raises :class:`HardwareError` naming the layer, the bits it needs and the bits available.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import nn
 from ..errors import HardwareError
 from .cycles import ideal_cycles, ws_no_overlap_cycles
 from .export import assemble_output
-from .mapping import map_conv
+from .mapping import ConvGeometry, MappedConv, map_conv
 from .spec import ArraySpec
 from .systolic import simulate
 from .systolic_os import simulate_os
@@ -66,7 +72,13 @@ class NetworkReport:
 
     def summary(self, spec: ArraySpec) -> dict:
         total = self.total_cycles
-        return {"layers": len(self.layers), "macs": self.total_macs, "cycles": total,
+        rtl = [layer for layer in self.layers if "rtl_cycles" in layer]
+        rtl_summary = {"rtl_layers": len(rtl), "rtl_cycles": sum(r["rtl_cycles"] for r in rtl),
+                       "rtl_mismatches": sum(r["rtl_mismatches"] for r in rtl),
+                       "rtl_cycles_equal_golden": all(r["rtl_cycles"] == r["cycles"] for r in rtl),
+                       "rtl_wall_s": sum(r["rtl_wall_s"] for r in rtl),
+                       "rtl_cpu_s": sum(r["rtl_cpu_s"] for r in rtl)} if rtl else {}
+        return {"layers": len(self.layers), "macs": self.total_macs, "cycles": total, **rtl_summary,
                 "ideal_cycles": sum(layer["ideal_cycles"] for layer in self.layers),
                 "no_overlap_cycles": sum(layer["no_overlap_cycles"] for layer in self.layers),
                 "utilisation": self.total_macs / (spec.rows * spec.cols * total) if total else 0.0,
@@ -81,30 +93,45 @@ def max_pool2(x: np.ndarray) -> np.ndarray:
     return x[:, : h // 2 * 2, : w // 2 * 2].reshape(c, h // 2, 2, w // 2, 2).max(axis=(2, 4))
 
 
+def layer_tiling(layer: IntConvLayer, spec: ArraySpec) -> tuple[ConvGeometry, int, int]:
+    """``(geometry, itiles, otiles)`` of a layer on the array, from its tensors' shapes."""
+    (i, h, w), (o, _, kh, kw) = np.shape(layer.x_int), np.shape(layer.w_int)
+    return (ConvGeometry(i, o, h, w, kh, kw, layer.padding, layer.stride), -(-i // spec.rows), -(-o // spec.cols))
+
+
 def run_network(layers: Sequence[IntConvLayer], spec: ArraySpec, *,
                 requant: Callable[[int, np.ndarray], np.ndarray] | None = None,
                 head: Callable[[np.ndarray], np.ndarray] | None = None,
-                expected_logits: np.ndarray | None = None, engine: str = "wavefront") -> NetworkReport:
-    """Simulate every layer (``spec.dataflow`` picks the WS or OS golden model); per layer: cycles, utilisation,
-    mismatches against ``expected_out``."""
+                expected_logits: np.ndarray | None = None, engine: str = "wavefront",
+                rtl: Callable[[MappedConv, str], tuple[np.ndarray, dict]] | None = None) -> NetworkReport:
+    """Simulate every layer (``spec.dataflow`` picks the WS or OS golden model; ``rtl`` also runs it on the
+    Verilog core); per layer: cycles, utilisation, psum bits needed, mismatches against ``expected_out``."""
     report = NetworkReport()
     t0 = time.perf_counter()
     x = None
     for i, layer in enumerate(layers):
         x_in = layer.x_int if (requant is None or x is None) else x
         mapped = map_conv(x_in, layer.w_int, spec, layer.padding, layer.stride, layer.bias_int)
-        # OS has no RTL; its vectorised engine plays the WS wavefront engine's role
-        res = (simulate_os(mapped, "vectorised" if engine == "wavefront" else engine) if spec.dataflow == "os"
-               else simulate(mapped, engine))
-        y = assemble_output(res.outputs, mapped.geom)
-        mismatches = None if layer.expected_out is None else int(np.count_nonzero(y != layer.expected_out))
+        try:  # OS has no RTL; its vectorised engine plays the WS wavefront engine's role
+            res = (simulate_os(mapped, "vectorised" if engine == "wavefront" else engine) if spec.dataflow == "os"
+                   else simulate(mapped, engine))
+        except HardwareError as e:
+            raise HardwareError(f"layer {layer.name}: {e}") from None
+        outputs = res.outputs
         g = mapped.geom
-        report.layers.append({
-            "name": layer.name, "in_channels": g.in_channels, "out_channels": g.out_channels,
-            "hw": [g.height, g.width], "itiles": mapped.n_itiles, "otiles": mapped.n_otiles, "folds": mapped.n_folds,
-            "macs": g.macs, "cycles": res.cycles.total, "utilisation": res.cycles.utilisation,
-            "ideal_cycles": ideal_cycles(g, spec), "no_overlap_cycles": ws_no_overlap_cycles(g, spec),
-            "mismatches": mismatches, "sim_s": res.wall_s})
+        row = {"name": layer.name, "in_channels": g.in_channels, "out_channels": g.out_channels,
+               "hw": [g.height, g.width], "itiles": mapped.n_itiles, "otiles": mapped.n_otiles,
+               "folds": mapped.n_folds, "macs": g.macs, "cycles": res.cycles.total,
+               "utilisation": res.cycles.utilisation, "ideal_cycles": ideal_cycles(g, spec),
+               "no_overlap_cycles": ws_no_overlap_cycles(g, spec), "psum_bits_needed": res.psum_bits_needed,
+               "psum_bits": spec.psum_bits, "sim_s": res.wall_s}
+        if rtl is not None:
+            outputs, r = rtl(mapped, layer.name)
+            row.update(rtl_cycles=r["cycles"], rtl_mismatches=int(np.count_nonzero(outputs != res.outputs)),
+                       rtl_wall_s=r["run_wall_s"], rtl_cpu_s=r["run_cpu_s"])
+        y = assemble_output(outputs, g)
+        row["mismatches"] = None if layer.expected_out is None else int(np.count_nonzero(y != layer.expected_out))
+        report.layers.append(row)
         if requant is not None:
             x = requant(i, y)
             if layer.pool_after:

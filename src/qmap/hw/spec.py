@@ -3,7 +3,9 @@
 An R×C array (``rows`` = input channels per tile, ``cols`` = output channels per tile) multiplies
 ``w_bits``-bit signed two's-complement weights by ``a_bits``-bit unsigned activations and accumulates in
 ``psum_bits``-bit signed registers. ``dataflow`` is ``"ws"`` (weight-stationary, the RTL core) or ``"os"``
-(output-stationary, golden model only).
+(output-stationary, golden model only). ``overflow`` says what a partial sum outside the psum range does:
+``"error"`` (the golden model raises :class:`HardwareError` naming the bits needed and available) or
+``"saturate"`` (every PE register and SFU accumulator clamps to the range, in the golden model and the RTL alike).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from ..errors import HardwareError
 
 DATAFLOWS = ("ws", "os")
+OVERFLOW_POLICIES = ("error", "saturate")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class ArraySpec:
     a_bits: int = 4
     psum_bits: int = 16
     dataflow: str = "ws"
+    overflow: str = "error"
 
     def __post_init__(self):
         if self.rows < 1 or self.cols < 1:
@@ -35,6 +39,8 @@ class ArraySpec:
                 raise HardwareError(f"{name}={v} outside the supported range {lo}..{hi}")
         if self.dataflow not in DATAFLOWS:
             raise HardwareError(f"unknown dataflow {self.dataflow!r}; known: {', '.join(DATAFLOWS)}")
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise HardwareError(f"unknown overflow policy {self.overflow!r}; known: {', '.join(OVERFLOW_POLICIES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +61,11 @@ class ArraySpec:
 def int_range(bits: int, signed: bool) -> tuple[int, int]:
     """Inclusive range of a ``bits``-bit integer: [-2^(b-1), 2^(b-1)-1] signed, [0, 2^b-1] unsigned."""
     return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+
+def signed_bits_needed(lo: int, hi: int) -> int:
+    """Fewest two's-complement bits holding every integer in [lo, hi] (1 for [0, 0] or [-1, 0])."""
+    return max(1, int(hi).bit_length() + 1 if hi > 0 else 1, (-int(lo) - 1).bit_length() + 1 if lo < 0 else 1)
 
 
 def check_range(values: np.ndarray, bits: int, signed: bool, what: str) -> None:

@@ -18,8 +18,11 @@ Two engines produce the same values and counts:
   row for all vectors of all folds at once (NumPy over folds × positions × columns), with every PE's psum
   register range-checked; its timing comes from the issue schedule. Whole VGG16 layers take seconds.
 
-Every psum register and accumulator value is checked against ``psum_bits``; a value that does not fit raises
-:class:`HardwareError` instead of wrapping.
+Every psum register and accumulator value goes through :class:`PsumArithmetic`: with ``spec.overflow ==
+"error"`` the values are exact and, if any does not fit ``psum_bits``, the run raises :class:`HardwareError`
+naming the bits the layer needs and the bits the array has; with ``"saturate"`` each value is clamped to the
+psum range as it is formed (the RTL's ``qmap_sat_add``). ``SimResult.psum_bits_needed`` is the width every
+value of the run fits (before clamping).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 from ..errors import HardwareError
 from .cycles import CycleReport, fold_interval
 from .mapping import MappedConv, fold_input_indices
-from .spec import int_range
+from .spec import ArraySpec, int_range, signed_bits_needed
 
 
 @dataclass(frozen=True)
@@ -45,18 +48,36 @@ class SimResult:
     cycles: CycleReport
     engine: str
     wall_s: float
+    psum_bits_needed: int = 0
 
     @property
     def macs_per_s(self) -> float:
         return self.cycles.macs / self.wall_s if self.wall_s > 0 else float("inf")
 
 
-def _check_psum(values: np.ndarray, bits: int, what: str) -> None:
-    lo, hi = int_range(bits, signed=True)
-    if values.size and (values.min() < lo or values.max() > hi):
-        bad = values.min() if values.min() < lo else values.max()
-        raise HardwareError(f"{what}: value {int(bad)} overflows the {bits}-bit psum register [{lo}, {hi}]; "
-                            f"declare a wider psum_bits")
+class PsumArithmetic:
+    """The array's partial-sum arithmetic: ``self(values)`` records the extent of freshly formed sums and
+    returns them clamped to the ``psum_bits`` range (``overflow="saturate"``) or unchanged (``"error"``);
+    :meth:`check` raises if, under ``"error"``, any recorded value does not fit."""
+
+    def __init__(self, spec: ArraySpec):
+        self.bits, self.saturate = spec.psum_bits, spec.overflow == "saturate"
+        self.range = int_range(spec.psum_bits, signed=True)
+        self.lo = self.hi = 0
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        if values.size:
+            self.lo, self.hi = min(self.lo, int(values.min())), max(self.hi, int(values.max()))
+        return np.clip(values, *self.range) if self.saturate else values
+
+    @property
+    def needed(self) -> int:
+        return signed_bits_needed(self.lo, self.hi)
+
+    def check(self) -> None:
+        if not self.saturate and self.needed > self.bits:
+            raise HardwareError(f"partial sums reach [{self.lo}, {self.hi}]: they need {self.needed} bits, the "
+                                f"array has psum_bits={self.bits} (widen psum_bits or set overflow: saturate)")
 
 
 def _report(m: MappedConv, total: int) -> CycleReport:
@@ -64,12 +85,6 @@ def _report(m: MappedConv, total: int) -> CycleReport:
     F, I = m.n_folds, fold_interval(N, m.spec)
     return CycleReport(total=total, load=1, stream=(F - 1) * I + N, drain=total - ((F - 1) * I + N) - 1,
                        stall=(F - 1) * (I - N), fill_overlapped=R + C - 2, macs=m.geom.macs, pe_slots=R * C * total)
-
-
-def _bias_tiles(m: MappedConv) -> np.ndarray:
-    b = np.zeros(m.n_otiles * m.spec.cols, dtype=np.int64)
-    b[: m.geom.out_channels] = m.bias
-    return b.reshape(m.n_otiles, m.spec.cols)
 
 
 def _fold_coords(m: MappedConv, f: int) -> tuple[int, int, int]:
@@ -84,37 +99,44 @@ def simulate(m: MappedConv, engine: str = "wavefront") -> SimResult:
         raise HardwareError(f"simulate() models the weight-stationary core; use qmap.hw.systolic_os for "
                             f"dataflow {m.spec.dataflow!r}")
     t0 = time.perf_counter()
+    arith = PsumArithmetic(m.spec)
     if engine == "cycle":
-        psums, outputs, total = _run_cycles(m)
+        psums, outputs, total = _run_cycles(m, arith)
     elif engine == "wavefront":
-        psums, outputs, total = _run_wavefront(m)
+        psums, outputs, total = _run_wavefront(m, arith)
     else:
         raise HardwareError(f"unknown engine {engine!r} (cycle | wavefront)")
-    return SimResult(psums, outputs, _report(m, total), engine, time.perf_counter() - t0)
+    arith.check()
+    return SimResult(psums, outputs, _report(m, total), engine, time.perf_counter() - t0, arith.needed)
 
 
-def _run_wavefront(m: MappedConv):
-    R, C, N, K, P = m.spec.rows, m.spec.cols, m.geom.n_positions, m.geom.n_kij, m.spec.psum_bits
+def _run_wavefront(m: MappedConv, arith: PsumArithmetic):
+    R, C, N, K = m.spec.rows, m.spec.cols, m.geom.n_positions, m.geom.n_kij
     x_stream = m.x_tiles[:, :, fold_input_indices(m.geom)]  # [it, r, k, p]
     psum = np.zeros((m.n_otiles, m.n_itiles, K, N, C), dtype=np.int64)
     for r in range(R):  # the vector passes row r: every PE(r, c) register holds the partial sum over rows 0..r
-        psum += x_stream[None, :, r, :, :, None] * m.w_tiles[:, :, :, None, :, r]
-        _check_psum(psum, P, f"psum register of PE row {r}")
-    acc = np.cumsum(psum.reshape(m.n_otiles, m.n_itiles * K, N, C), axis=1) + _bias_tiles(m)[:, None, None, :]
-    _check_psum(acc, P, "SFU accumulator")
-    outputs = np.maximum(acc[:, -1], 0)
+        psum = arith(psum + x_stream[None, :, r, :, :, None] * m.w_tiles[:, :, :, None, :, r])
+    folds = psum.reshape(m.n_otiles, m.n_itiles * K, N, C)
+    bias = arith(m.bias_tiles)[:, None, :]  # the SFU starts each output tile from its bias
+    if arith.saturate:  # each SFU sum is clamped as it is formed: accumulate fold by fold
+        acc = np.broadcast_to(bias, (m.n_otiles, N, C))
+        for j in range(folds.shape[1]):
+            acc = arith(acc + folds[:, j])
+    else:
+        acc = arith(np.cumsum(folds, axis=1) + bias[:, None])[:, -1]
+    outputs = np.maximum(acc, 0)
     F, I = m.n_folds, fold_interval(N, m.spec)
     last_issue = (F - 1) * I + N - 1
     sfu_write = last_issue + R + C  # L0 register (1) + R rows + deskew to column C-1 (C-1)
     return psum, outputs, sfu_write + 1
 
 
-def _run_cycles(m: MappedConv):
+def _run_cycles(m: MappedConv, arith: PsumArithmetic):
     """Register-transfer model; mirrors rtl/qmap_core.v cycle for cycle."""
-    R, C, N, K, P = m.spec.rows, m.spec.cols, m.geom.n_positions, m.geom.n_kij, m.spec.psum_bits
+    R, C, N, K = m.spec.rows, m.spec.cols, m.geom.n_positions, m.geom.n_kij
     F, I = m.n_folds, fold_interval(N, m.spec)
     idx = fold_input_indices(m.geom)
-    bias = _bias_tiles(m)
+    bias = arith(m.bias_tiles)
     a = np.zeros((R, C), np.int64)
     a_valid = np.zeros((R, C), bool)
     a_swap = np.zeros((R, C), bool)
@@ -147,8 +169,7 @@ def _run_cycles(m: MappedConv):
         aligned_valid = bottom[0][1][0]
         tag = tags[0]
         # -- clock edge
-        new_psum = np.where(v_in, p_in + w_use * a_in, 0)
-        _check_psum(new_psum, P, f"PE psum register at cycle {t}")
+        new_psum = arith(np.where(v_in, p_in + w_use * a_in, 0))
         active = np.where(v_in & s_in, shadow, active)
         if busy and q < C:
             shadow = shadow.copy()
@@ -163,8 +184,7 @@ def _run_cycles(m: MappedConv):
             tot, tit, tk = _fold_coords(m, tf)
             psums[tot, tit, tk, tq] = aligned
             first = tit == 0 and tk == 0
-            acc[tq] = (bias[tot] if first else acc[tq]) + aligned
-            _check_psum(acc[tq], P, f"SFU accumulator at cycle {t}")
+            acc[tq] = arith((bias[tot] if first else acc[tq]) + aligned)
             if tit == m.n_itiles - 1 and tk == K - 1:
                 outputs[tot, tq] = np.maximum(acc[tq], 0)
                 if tf == F - 1 and tq == N - 1:

@@ -16,8 +16,8 @@ takes ``T = K + R + C - 2 + R`` cycles and the layer ``n_tiles·T`` (see :func:`
 
 Two engines give identical values and counts: ``engine="cycle"`` steps every register every cycle (NumPy over
 the R×C grid), ``engine="vectorised"`` computes all tiles at once (chunked einsum/cumsum over k), timing from
-the schedule. Every PE accumulator value (each prefix over k) and every SFU sum is checked against
-``psum_bits``; a value that does not fit raises :class:`HardwareError`.
+the schedule. Every PE accumulator value (each prefix over k) and every SFU sum goes through
+:class:`~qmap.hw.systolic.PsumArithmetic` (``overflow``: error naming the bits needed, or saturate).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..errors import HardwareError
 from .cycles import CycleReport, ceil_div
 from .mapping import ConvGeometry, MappedConv, fold_input_indices
 from .spec import ArraySpec
-from .systolic import SimResult, _bias_tiles, _check_psum
+from .systolic import PsumArithmetic, SimResult
 
 ENGINES = ("cycle", "vectorised")
 
@@ -78,38 +78,40 @@ def simulate_os(m: MappedConv, engine: str = "vectorised") -> SimResult:
     t0 = time.perf_counter()
     a, b = os_operands(m)
     run = _run_cycles if engine == "cycle" else _run_vectorised
-    sums, outputs, total, macs = run(m, a, b)
+    arith = PsumArithmetic(m.spec)
+    sums, outputs, total, macs = run(m, a, b, arith)
     if macs != m.geom.macs:
         raise AssertionError(f"OS engine performed {macs} MACs, the layer has {m.geom.macs}")
+    arith.check()
     rep = os_cycles(m.geom, m.spec)
     report = CycleReport(**{**rep.__dict__, "total": total, "pe_slots": m.spec.rows * m.spec.cols * total})
-    return SimResult(sums, outputs, report, engine, time.perf_counter() - t0)
+    return SimResult(sums, outputs, report, engine, time.perf_counter() - t0, arith.needed)
 
 
-def _sfu(m: MappedConv, sums: np.ndarray) -> np.ndarray:
-    """``sums[ot, p, c]`` → ReLU(bias + sums), checked against the psum width."""
-    acc = sums + _bias_tiles(m)[:, None, :]
-    _check_psum(acc, m.spec.psum_bits, "SFU accumulator")
-    return np.maximum(acc, 0)
+def _sfu(m: MappedConv, sums: np.ndarray, arith: PsumArithmetic) -> np.ndarray:
+    """``sums[ot, p, c]`` → ReLU(bias + sums) in the array's psum arithmetic."""
+    return np.maximum(arith(sums + arith(m.bias_tiles)[:, None, :]), 0)
 
 
-def _run_vectorised(m: MappedConv, a: np.ndarray, b: np.ndarray, chunk_elems: int = 1 << 22):
-    """All tiles at once: prefix sums over k in chunks (every accumulator value is range-checked)."""
-    g, C, P = m.geom, m.spec.cols, m.spec.psum_bits
+def _run_vectorised(m: MappedConv, a: np.ndarray, b: np.ndarray, arith: PsumArithmetic,
+                    chunk_elems: int = 1 << 22):
+    """All tiles at once: prefix sums over k in chunks (every accumulator value recorded); saturating
+    arithmetic clamps each prefix as it is formed, so it steps k one at a time."""
+    g, C = m.geom, m.spec.cols
     n_p, K = a.shape
     running = np.zeros((b.shape[0], n_p), dtype=np.int64)
-    step = max(1, chunk_elems // running.size)
+    step = 1 if arith.saturate else max(1, chunk_elems // running.size)
     for k0 in range(0, K, step):
         prefix = running[:, :, None] + np.cumsum(b[:, None, k0: k0 + step] * a[None, :, k0: k0 + step], axis=2)
-        _check_psum(prefix, P, "PE accumulator")
-        running = prefix[:, :, -1]
+        running = arith(prefix)[:, :, -1]
     sums = running.reshape(m.n_otiles, C, n_p).transpose(0, 2, 1)[:, : g.n_positions]
-    return sums, _sfu(m, sums), os_n_tiles(g, m.spec) * os_tile_cycles(g, m.spec), g.out_channels * g.n_positions * K
+    macs = g.out_channels * g.n_positions * K
+    return sums, _sfu(m, sums, arith), os_n_tiles(g, m.spec) * os_tile_cycles(g, m.spec), macs
 
 
-def _run_cycles(m: MappedConv, a: np.ndarray, b: np.ndarray):
+def _run_cycles(m: MappedConv, a: np.ndarray, b: np.ndarray, arith: PsumArithmetic):
     """Register-level model: per cycle, operand registers shift right/down, accumulators MAC, then drain."""
-    g, R, C, P = m.geom, m.spec.rows, m.spec.cols, m.spec.psum_bits
+    g, R, C = m.geom, m.spec.rows, m.spec.cols
     K, N, n_pt = a.shape[1], g.n_positions, a.shape[0] // R
     rows, cols = np.arange(R), np.arange(C)
     sums = np.zeros((m.n_otiles, n_pt * R, C), dtype=np.int64)
@@ -132,8 +134,7 @@ def _run_cycles(m: MappedConv, a: np.ndarray, b: np.ndarray):
                 wgt = np.concatenate([top[None, :], wgt[:-1]], axis=0)
                 wgt_v = np.concatenate([top_v[None, :], wgt_v[:-1]], axis=0)
                 fire = act_v & wgt_v
-                acc = acc + np.where(fire, act * wgt, 0)
-                _check_psum(acc, P, f"PE accumulator at cycle {t}")
+                acc = arith(acc + np.where(fire, act * wgt, 0))
                 macs += int(fire.sum())
                 t += 1
             for d in range(R):  # drain: the bottom row enters the SFU, the rest shift down
@@ -141,4 +142,4 @@ def _run_cycles(m: MappedConv, a: np.ndarray, b: np.ndarray):
                 acc = np.concatenate([np.zeros((1, C), np.int64), acc[:-1]], axis=0)
                 t += 1
     sums = sums[:, :N]
-    return sums, _sfu(m, sums), t, macs
+    return sums, _sfu(m, sums, arith), t, macs
