@@ -49,10 +49,10 @@ def test_limit_and_human_output(tiny_setup, capsys):
 
 def test_errors_are_one_line_without_traceback(tiny_setup, capsys, tmp_path):
     ckpt, _ = tiny_setup
-    assert main(["eval", "-c", str(ckpt), "--data", str(tmp_path / "empty"), "--json"]) == 2
+    assert main(["eval", "-c", str(ckpt), "--data", str(tmp_path / "empty"), "--json"]) == 3  # data error
     err = capsys.readouterr().err.strip()
     assert err.startswith("qmap eval: error: data root") and "\n" not in err
-    assert main(["eval", "vgg16_bn", "-c", str(ckpt), "--data", str(tmp_path)]) == 2
+    assert main(["eval", "vgg16_bn", "-c", str(ckpt), "--data", str(tmp_path)]) == 4  # checkpoint error
     assert "was asked for" in capsys.readouterr().err
 
 

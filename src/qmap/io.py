@@ -1,14 +1,29 @@
 """Atomic file output: write to a temporary name in the same folder, fsync, then rename over the target.
 
 A run killed at any moment leaves either the previous complete file or the new complete file, never a half.
+Every file qmap writes (results, models, hardware vectors, caches, reports and plots) goes through
+:func:`atomic_write_bytes`. The final file gets the permissions an ordinary ``open()`` would give it
+(``0666`` minus the process umask), not the ``0600`` of a temporary file.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it, under a lock)."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -19,6 +34,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException:
@@ -33,6 +49,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_savefig(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """Render a matplotlib figure in memory (format from the file suffix) and write it atomically."""
+    p = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=p.suffix.lstrip(".").lower() or "png", **savefig_kwargs)
+    atomic_write_bytes(p, buf.getvalue())
+    return p
 
 
 def _json_default(o):

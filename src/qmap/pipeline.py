@@ -1,31 +1,36 @@
 """The main job: checkpoint → fuse → quantize (method) → evaluate → integer model → hardware files → golden
 model (+ RTL) → results.json, quantized model, report. ``qmap run`` is a thin wrapper around :func:`run`.
 
-Each stage reads what earlier stages produced and writes into the run folder; ``results.json`` is rewritten
-(atomically) after every stage, so an interrupted run leaves the results of the stages that finished.
+The whole config is checked first (:func:`qmap.preflight.preflight`: types, ranges, method options, target
+layers, image indices, simulators, output folder) before any data is loaded or anything is written. The output
+folder is then locked and claimed as a run folder (:mod:`qmap.runfolder`: ``run_id``, ``status``,
+``config_fingerprint`` in ``results.json``). Each stage reads what earlier stages produced and writes into the
+run folder; ``results.json`` is rewritten (atomically) after every stage, so an interrupted run leaves the
+results of the stages that finished, and ``status`` says ``running`` / ``failed`` / ``complete``.
+
+``results.json`` keeps what a rerun reproduces exactly (``metrics``, ``layers``, ``hardware``, ...) apart from
+what depends on the machine: ``timings`` (seconds per stage), ``throughput`` (images/s, fake-quant slowdown)
+and ``peak_rss_bytes``; the method report's ``seconds`` is the only wall-clock figure inside it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import resource
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import RunConfig, resolve_path
-from .data import calibration_set, load_cifar10, resolve_data_root, to_tensor
+from .config import RunConfig
+from .data import calibration_set, load_cifar10, to_tensor
 from .errors import ConfigError
 from .evaluate import evaluate
 from .export.quantized import save_quantized
 from .hw.check import check_layer, check_layer_width, network_view, psum_widths, rtl_simulators
-from .io import atomic_write_json
 from .methods import get_method
-from .models import load_model
 from .models.checkpoint import sha256_file
 from .nn import get_module
+from .preflight import Checked, preflight
 from .progress import Stages, set_quiet
 from .quant import float_mode
 from .quant.agreement import compare_with_fake_quant
@@ -35,22 +40,9 @@ from .report.document import write_report
 from .report.plots_outliers import plot_outlier_levels
 from .report.provenance import provenance
 from .report.run_plots import plot_run, plot_weight_levels
+from .runfolder import RunFolder, config_fingerprint
 
 STAGES = ["load", "evaluate FP", "quantize", "evaluate quantized", "integer model", "hardware", "save", "report"]
-
-
-def prepare_out_dir(out: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse an existing non-empty output folder unless ``overwrite`` (wipe it) or ``resume`` (keep it)."""
-    if out.exists() and any(out.iterdir()):
-        if resume:
-            for tmp in out.rglob(".*.tmp"):  # temporaries of atomic writes cut short by a kill
-                tmp.unlink()
-            return
-        if not overwrite:
-            raise ConfigError(f"output folder {out} exists and is not empty: pass --overwrite (replace it) "
-                              f"or --resume (continue it)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def pick_device(name: str) -> torch.device:
@@ -62,19 +54,21 @@ def pick_device(name: str) -> torch.device:
 class Run:
     """State shared by the stages of one run (config, folders, models, data, results)."""
 
-    def __init__(self, cfg: RunConfig, out: Path, data_arg: str | None, quiet: bool, resume: bool):
+    def __init__(self, cfg: RunConfig, out: Path, checked: Checked, quiet: bool, resume: bool):
         self.cfg, self.out, self.quiet, self.resume = cfg, out, quiet, resume
         self.stages = Stages(STAGES, quiet=quiet)
-        self.data_root = resolve_data_root(data_arg or cfg.data.root)
+        self.checked, self.data_root = checked, checked.data_root
         self.device = pick_device(cfg.device)
-        self.results: dict = {"name": cfg.name, "config": cfg.to_dict(), "metrics": {}, "timings": {}}
+        self.folder: RunFolder | None = None
+        self.results: dict = {"name": cfg.name, "config": cfg.to_dict(), "metrics": {}, "throughput": {},
+                              "timings": {}}
 
-    def save_results(self) -> None:
+    def save_results(self, status: str | None = None) -> None:
         self.results["timings"] = dict(self.stages.timings)
         self.results["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         if torch.cuda.is_available():
             self.results["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
-        atomic_write_json(self.out / "results.json", self.results)
+        self.folder.save(self.results, status=status)
 
     def method_layer_rows(self) -> dict[str, dict]:
         """The method report's per-layer rows by layer name (methods report a dict by name or a list of rows)."""
@@ -86,19 +80,23 @@ class Run:
     # ----- stages -----
     def load(self) -> None:
         cfg = self.cfg
-        ckpt = resolve_path(cfg.model.checkpoint, self.data_root)
-        self.fp_model, self.manifest = load_model(ckpt, cfg.model.arch, cfg.model.width)
+        ckpt = self.checked.checkpoint
+        self.fp_model, self.manifest = self.checked.model, self.checked.manifest
         self.mean, self.std = self.manifest.mean_std()
         test = load_cifar10(self.data_root, cfg.data.test_split)
-        if cfg.data.test_limit:
-            test = test.subset(range(min(cfg.data.test_limit, len(test))))
+        if cfg.data.test_limit is not None:
+            test = test.head(cfg.data.test_limit)
+        for k in cfg.hardware.images if cfg.hardware.enabled else []:
+            if k >= len(test):
+                raise ConfigError(f"hardware.images: image {k} is outside the test set (0..{len(test) - 1})")
         self.test = test
+        self.results["metrics"]["test_images"] = len(test)
         calib = calibration_set(load_cifar10(self.data_root, "train"), n=cfg.data.calib_size, seed=cfg.data.calib_seed)
         self.calib = to_tensor(calib.images, self.mean, self.std)
         self.results["provenance"] = provenance(
             seed=cfg.seed, checkpoint=str(ckpt), checkpoint_sha256=sha256_file(ckpt),
             test_data=test.source, test_data_sha256=test.checksum, calib_sha256=calib.checksum,
-            config_sha256=hashlib.sha256(repr(cfg.to_dict()).encode()).hexdigest())
+            config_sha256=config_fingerprint(cfg))
         self.stages.note(f"model {self.manifest.arch} width {self.manifest.width}; test {len(test)} images "
                          f"({test.source}); calibration {len(calib)} images")
 
@@ -106,7 +104,7 @@ class Run:
         r = evaluate(self.fp_model, self.test, self.mean, self.std, batch_size=self.cfg.data.batch_size,
                      device=self.device, progress=not self.quiet)
         self.results["metrics"]["top1_fp"] = r["top1"]
-        self.results["metrics"]["fp_images_per_s"] = r["images_per_s"]
+        self.results["throughput"]["fp_images_per_s"] = r["images_per_s"]
         self.stages.note(f"FP top-1 {100 * r['top1']:.2f} %")
 
     def quantize(self) -> None:
@@ -125,8 +123,9 @@ class Run:
                      device=self.device, progress=not self.quiet)
         m = self.results["metrics"]
         m["top1_quantized"] = r["top1"]
-        m["quantized_images_per_s"] = r["images_per_s"]
-        m["fakequant_slowdown"] = m["fp_images_per_s"] / r["images_per_s"]
+        speed = self.results["throughput"]
+        speed["quantized_images_per_s"] = r["images_per_s"]
+        speed["fakequant_slowdown"] = speed["fp_images_per_s"] / r["images_per_s"]
         self.results["layers"] = layer_output_mse(self.qmodel.cpu(), self.calib[:64])
         self.stages.note(f"quantized top-1 {100 * r['top1']:.2f} % (FP {100 * m['top1_fp']:.2f} %)")
 
@@ -161,9 +160,7 @@ class Run:
         alphas = {name: row.get("alpha") for name, row in self.method_layer_rows().items()}
         images = []
         for k in hw.images:
-            if not 0 <= k < len(self.test):
-                raise ConfigError(f"hardware.images: image {k} is outside the test set (0..{len(self.test) - 1})")
-            images.append(to_tensor(self.test.images[k:k + 1], self.mean, self.std))
+            images.append(to_tensor(self.test.images[k:k + 1], self.mean, self.std))  # indices checked in load
         jobs = []  # every target layer of every image, validated and checked against psum_bits before any file
         for k, x in zip(hw.images, images, strict=True):
             traces = {t.name: t for t in self.imodel.run(x, return_intermediates=True).layers}
@@ -267,19 +264,26 @@ class Run:
 
 def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite: bool = False,
         resume: bool = False, quiet: bool = False) -> dict:
-    """Run every stage of ``cfg`` into ``out_dir``; returns the results dict (also in ``results.json``)."""
+    """Run every stage of ``cfg`` into ``out_dir``; returns the results dict (also in ``results.json``).
+
+    Everything that can be checked without data is checked before anything is read or written; the output
+    folder is only cleared (``overwrite``) once the checkpoint and data have loaded."""
     out = Path(out_dir)
-    prepare_out_dir(out, overwrite, resume)
+    checked = preflight(cfg, data, out=out, overwrite=overwrite, resume=resume)
     set_quiet(quiet)
-    r = Run(cfg, out, data, quiet, resume)
-    steps = [("load", r.load), ("evaluate FP", r.evaluate_fp), ("quantize", r.quantize),
-             ("evaluate quantized", r.evaluate_quantized), ("integer model", r.integer_model),
-             ("hardware", r.hardware), ("save", r.save)]
-    for name, fn in steps:
-        with r.stages.stage(name):
-            fn()
+    with RunFolder(out, checked.fingerprint, overwrite=overwrite, resume=resume) as folder:
+        r = Run(cfg, out, checked, quiet, resume)
+        with r.stages.stage("load"):
+            r.load()
+        r.folder = folder
+        r.results = folder.begin(r.results)
         r.save_results()
-    with r.stages.stage("report"):
-        r.report()
-    r.save_results()
+        steps = [("evaluate FP", r.evaluate_fp), ("quantize", r.quantize),
+                 ("evaluate quantized", r.evaluate_quantized), ("integer model", r.integer_model),
+                 ("hardware", r.hardware), ("save", r.save), ("report", r.report)]
+        for name, fn in steps:
+            with r.stages.stage(name):
+                fn()
+            r.save_results()
+        r.save_results(status="complete")
     return r.results

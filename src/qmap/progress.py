@@ -1,11 +1,15 @@
-"""Stage progress for long jobs: ``[i/n] name ...`` lines with elapsed time on stderr (``quiet`` silences them);
-inner loops use tqdm bars (ETA included) that the same flag disables."""
+"""Stage progress for long jobs: ``[i/n] name ...`` lines with elapsed time, logged at INFO level on the
+``qmap`` logger (the CLI sends it to stderr; ``quiet`` silences them); inner loops use tqdm bars (ETA
+included) on stderr that the same flag disables."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from contextlib import contextmanager
+
+log = logging.getLogger("qmap")
 
 
 class Stages:
@@ -17,7 +21,7 @@ class Stages:
 
     def _say(self, msg: str) -> None:
         if not self.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            log.info(msg)
 
     @contextmanager
     def stage(self, name: str, detail: str = ""):

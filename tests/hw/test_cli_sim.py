@@ -18,6 +18,6 @@ def test_qmap_sim_reports_disagreement(tmp_path, capsys):
     lines[3] = ("1" if lines[3][0] == "0" else "0") + lines[3][1:]
     out.write_text("\n".join(lines) + "\n")
     manifest = json.loads((tmp_path / "layer0" / "manifest.json").read_text())
-    assert main(["sim", str(tmp_path / "layer0")]) == 2  # checksum no longer matches: a HardwareError
+    assert main(["sim", str(tmp_path / "layer0")]) == 5  # checksum no longer matches: a HardwareError (exit 5)
     assert "SHA-256" in capsys.readouterr().err
     assert manifest["format"] == "qmap-hw-course-v1"

@@ -22,8 +22,32 @@ def saved(tmp_path):
 
 
 def rewrite(path, state):
+    """Replace the tensors and record the new file's sha256 in the manifest (so the content checks run)."""
     from safetensors.torch import save_file
+
+    from qmap.models.checkpoint import manifest_path, sha256_file
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    man = json.loads(manifest_path(path).read_text())
+    manifest_path(path).write_text(json.dumps(man | {"sha256": sha256_file(path)}))
+
+
+def test_replaced_tensors_without_a_new_sha256_are_refused(saved):
+    from safetensors.torch import save_file
+    _, path = saved
+    state = read_state_dict(path)
+    state["classifier.bias"] += 1
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match="does not match its manifest: sha256"):
+        load_model(path)
+
+
+def test_negative_bn_variance_is_refused(saved):
+    _, path = saved
+    state = read_state_dict(path)
+    state["features.1.running_var"][0] = -0.5
+    rewrite(path, state)
+    with pytest.raises(CheckpointError, match=r"running_var must be >= 0.*features\.1\.running_var"):
+        load_model(path)
 
 
 def test_round_trip_reproduces_outputs(saved):
@@ -74,6 +98,10 @@ def test_manifest_problems(saved):
 def test_corrupt_safetensors(saved):
     _, path = saved
     path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="does not match its manifest"):
+        load_model(path)
+    man = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({k: v for k, v in man.items() if k != "sha256"}))
     with pytest.raises(CheckpointError, match="cannot read safetensors"):
         load_model(path)
 

@@ -56,7 +56,7 @@ def test_existing_output_refused_without_overwrite(tiny_setup, tmp_path, capsys)
     (out / "keep.txt").write_text("precious")
     assert main(_run_args(root, ckpt, out)) == 2
     err = capsys.readouterr().err
-    assert "exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert "not a qmap run folder" in err and len(err.strip().splitlines()) == 1
     assert (out / "keep.txt").read_text() == "precious"
 
 
@@ -64,7 +64,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qmap", "run", "--checkpoint", str(tmp_path / "nope.safetensors"),
                            "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"],
                           capture_output=True, text=True)
-    assert proc.returncode == 2
+    assert proc.returncode == 4  # a checkpoint error
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "checkpoint not found" in proc.stderr
@@ -94,9 +94,9 @@ def test_compare_runs(tiny_setup, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("hardware.target_layers=[features.99]", "no quantized layer 'features.99'"),
+    ("hardware.target_layers=[features.99]", "the model has no layer 'features.99'"),
     ("hardware.target_layers=[features.0]", "signed"),                  # the image input is signed
-    ("hardware.array.w_bits=2", "does not fit"),                         # 4-bit weights on a 2-bit array
+    ("hardware.array.w_bits=2", "takes 2-bit weights"),                  # 4-bit weights on a 2-bit array
     ("hardware.images=[100000]", "outside the test set"),
 ])
 def test_bad_hardware_targets_are_one_line_errors(tiny_setup, tmp_path, capsys, setting, message):
@@ -105,6 +105,7 @@ def test_bad_hardware_targets_are_one_line_errors(tiny_setup, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert rc == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_domr_with_omr_runs_through_integer_model_and_hardware(tiny_setup, tmp_path):

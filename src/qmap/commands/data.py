@@ -7,13 +7,15 @@ import time
 
 from ..data import describe_sources, load_cifar10, resolve_data_root
 from ..data.cache import default_cache_dir
+from .common import add_data_option, add_logging_options
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="show / prepare the datasets", description=__doc__)
     p.add_argument("action", choices=["info", "prepare"])
-    p.add_argument("--data", metavar="DIR", help="data root (default: $QMAP_DATA, then 'data:' in qmap.yaml)")
+    add_data_option(p)
     p.add_argument("--download", action="store_true", help="prepare: download the official pickles if needed")
+    add_logging_options(p)
     p.set_defaults(func=run)
 
 

@@ -8,41 +8,34 @@ import sys
 
 from ..data import load_cifar10, resolve_data_root
 from ..data.datasets import SPLITS
-from ..errors import ConfigError
 from ..evaluate import evaluate
 from ..models import load_model
-
-
-def add_data_options(p) -> None:
-    """``--data``, ``--quiet``: shared by the commands that read the dataset."""
-    p.add_argument("--data", metavar="DIR", help="data root (default: $QMAP_DATA, then 'data:' in qmap.yaml)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+from .common import add_data_option, add_device_option, add_logging_options, positive_int, resolved_device
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1 accuracy of a checkpoint on CIFAR-10",
                               description=__doc__)
     p.add_argument("model", nargs="?", help="model name (optional; the manifest names it)")
-    p.add_argument("--checkpoint", "-c", required=True, help="checkpoint (.safetensors with a .json manifest)")
+    p.add_argument("-c", "--checkpoint", required=True, help="checkpoint (.safetensors with a .json manifest)")
     p.add_argument("--split", default="test", choices=SPLITS,
                    help="test: full 10k test split; test_exact: the 1017 genuine test images (default: test)")
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=positive_int, default=500, metavar="N", help="images per batch (default 500)")
+    add_device_option(p)
+    add_data_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (top1 as a fraction, n, ...)")
-    add_data_options(p)
+    add_logging_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.limit is not None and args.limit <= 0:
-        raise ConfigError(f"--limit must be positive, got {args.limit}")
     model, manifest = load_model(args.checkpoint, arch=args.model)
     dataset = load_cifar10(resolve_data_root(args.data), args.split)
     if args.limit is not None:
         dataset = dataset.head(args.limit)
     mean, std = manifest.mean_std()
-    result = evaluate(model, dataset, mean, std, batch_size=args.batch_size, device=args.device,
+    result = evaluate(model, dataset, mean, std, batch_size=args.batch_size, device=resolved_device(args.device),
                       progress=not (args.quiet or args.json) and sys.stderr.isatty())
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "arch": manifest.arch, "width": manifest.width,

@@ -9,14 +9,22 @@ import sys
 
 import torch
 
+from ..config import build_section
 from ..data import calibration_set, load_cifar10, resolve_data_root, to_tensor
 from ..data.datasets import SPLITS
 from ..errors import ConfigError
-from ..evaluate import default_device
 from ..methods import METHODS, get_method
 from ..models import load_model
 from ..quant import QuantConfig
-from .eval import add_data_options
+from .common import (
+    add_data_option,
+    add_device_option,
+    add_logging_options,
+    bits,
+    check_out_file,
+    positive_int,
+    resolved_device,
+)
 
 
 def register(subparsers) -> None:
@@ -24,25 +32,28 @@ def register(subparsers) -> None:
     formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     o = formats.add_parser("onnx", help="ONNX with QuantizeLinear/DequantizeLinear, verified in onnxruntime",
                            description=__doc__)
-    o.add_argument("--checkpoint", "-c", required=True, help="checkpoint (.safetensors with a .json manifest)")
-    o.add_argument("--out", "-o", required=True, help="ONNX file to write")
+    o.add_argument("-c", "--checkpoint", required=True, help="checkpoint (.safetensors with a .json manifest)")
+    o.add_argument("-o", "--out", required=True, help="ONNX file to write (.onnx)")
     o.add_argument("--method", default="rtn", choices=sorted(METHODS), help="PTQ method (default: rtn)")
-    o.add_argument("--w-bits", type=int, default=4, help="weight bits (default 4)")
-    o.add_argument("--a-bits", type=int, default=4, help="activation bits (default 4)")
+    o.add_argument("--w-bits", type=bits, default=4, help="weight bits (default 4)")
+    o.add_argument("--a-bits", type=bits, default=4, help="activation bits (default 4)")
     o.add_argument("--first-last-bits", default="8",
                    help="bits of the first and last layer, or 'none' to quantize them like the rest (default 8)")
-    o.add_argument("--calib", type=int, default=1024, metavar="N", help="calibration images (default 1024)")
+    o.add_argument("--calib-size", type=positive_int, default=1024, metavar="N",
+                   help="calibration images (default 1024)")
     o.add_argument("--calib-split", default="train", choices=SPLITS, help="calibration split (default train)")
     o.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
-    o.add_argument("--opset", type=int, default=21, help="ONNX opset (default 21; >= 21 allows INT4 weights)")
+    o.add_argument("--opset", type=positive_int, default=21, help="ONNX opset (default 21; >= 21 allows INT4 weights)")
     o.add_argument("--no-int4", action="store_true", help="store 4-bit weights as INT8 even at opset >= 21")
-    o.add_argument("--verify-split", default="test_exact", choices=SPLITS,
-                   help="images for the onnxruntime check (default: the 1017 genuine test images)")
-    o.add_argument("--verify-limit", type=int, metavar="N", help="verify on the first N images only")
+    o.add_argument("--verify-split", default="test", choices=SPLITS,
+                   help="images for the onnxruntime check (default: test, the 10k test split; test_exact: the "
+                        "1017 genuine test images)")
+    o.add_argument("--verify-limit", type=positive_int, metavar="N", help="verify on the first N images only")
     o.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
-    o.add_argument("--device", help="cpu | cuda for quantization (default: cuda when available)")
+    add_device_option(o)
     o.add_argument("--json", action="store_true", help="print one JSON object (export + verification report)")
-    add_data_options(o)
+    add_data_option(o)
+    add_logging_options(o)
     o.set_defaults(func=run_onnx)
 
 
@@ -58,12 +69,16 @@ def _first_last_bits(value: str) -> int | None:
 def run_onnx(args) -> int:
     from ..export import export_onnx, verify_onnx
 
-    qcfg = QuantConfig(w_bits=args.w_bits, a_bits=args.a_bits, first_last_bits=_first_last_bits(args.first_last_bits))
+    check_out_file(args.out, (".onnx",))
+    qcfg = build_section(QuantConfig, {"w_bits": args.w_bits, "a_bits": args.a_bits,
+                                       "first_last_bits": _first_last_bits(args.first_last_bits)}, "quant")
+    if args.opset < 13:
+        raise ConfigError(f"--opset {args.opset}: QDQ export needs opset 13 or later")
     model, manifest = load_model(args.checkpoint)
     mean, std = manifest.mean_std()
     root = resolve_data_root(args.data)
-    device = args.device or default_device()
-    calib = calibration_set(load_cifar10(root, args.calib_split), args.calib, args.seed)
+    device = resolved_device(args.device)
+    calib = calibration_set(load_cifar10(root, args.calib_split), args.calib_size, args.seed)
     qmodel = get_method(args.method)(model.eval().to(device), to_tensor(calib.images, mean, std, device), qcfg).model
     example = to_tensor(calib.images[:2], mean, std, device)
     report = {"checkpoint": str(args.checkpoint), "method": args.method, "qconfig": qcfg.to_dict(),

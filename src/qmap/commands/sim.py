@@ -1,9 +1,13 @@
-"""``qmap sim DIR``: run the golden model (and optionally the RTL) on an exported folder and print agreement
-and cycles. ``qmap sim --random`` exports random layers first (``--layers N``, into ``--out``)."""
+"""'qmap sim DIR': run the golden model (and optionally the RTL) on an exported folder of hardware test vectors
+(a layer folder written by 'qmap run', e.g. runs/seed/hw/features.27/image0) and print the agreement and cycle
+counts. 'qmap sim --random' exports random layers first (--layers N, into --out). Exit code 0 when everything
+agrees, 1 when a check disagrees. The RTL is built in --build-dir (default: a temporary folder, removed
+afterwards), never inside the folder being checked."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,19 +18,25 @@ from ..hw.mapping import fold_input_indices
 from ..hw.sim import run_cocotb, run_plain_tb
 from ..hw.spec import ArraySpec
 from ..hw.systolic import simulate
+from .common import add_logging_options, check_out_dir_free, positive_int
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("sim", help="golden model (+ RTL) on exported hardware test vectors")
+    p = subparsers.add_parser("sim", help="golden model (+ RTL) on exported hardware test vectors",
+                              description=__doc__)
     p.add_argument("dir", nargs="?", help="folder written by the hardware export (manifest.json + course files)")
     p.add_argument("--random", action="store_true", help="export random layers and simulate those instead")
-    p.add_argument("--layers", type=int, default=3, help="number of random layers (with --random)")
+    p.add_argument("--layers", type=positive_int, default=3, metavar="N",
+                   help="number of random layers (with --random)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="where --random writes its folders (default: a temporary folder)")
+    p.add_argument("-o", "--out", help="where --random writes its folders (default: a temporary folder)")
     p.add_argument("--rtl", choices=["icarus", "verilator"], help="also run the Verilog core under this simulator")
     p.add_argument("--runner", choices=["cocotb", "plain"], default="cocotb", help="RTL testbench (with --rtl)")
+    p.add_argument("--build-dir", metavar="DIR",
+                   help="where the RTL is built (default: a temporary folder, removed afterwards)")
     p.add_argument("--engine", choices=["cycle", "wavefront"], default="cycle")
     p.add_argument("--json", action="store_true", help="print one JSON object per folder")
+    add_logging_options(p)
     p.set_defaults(func=run)
 
 
@@ -44,7 +54,7 @@ def _random_folders(root: Path, n: int, seed: int) -> list[Path]:
     return folders
 
 
-def simulate_folder(folder: Path, engine: str, rtl: str | None, runner: str) -> dict:
+def simulate_folder(folder: Path, engine: str, rtl: str | None, runner: str, build_dir: Path | None = None) -> dict:
     """Golden model on the parsed files: psum/output mismatches and cycles; plus the RTL run if asked."""
     vec = read_export(folder)
     res = simulate(vec.mapped, engine)
@@ -54,23 +64,42 @@ def simulate_folder(folder: Path, engine: str, rtl: str | None, runner: str) -> 
            "golden_output_mismatches": int(np.count_nonzero(res.outputs != vec.outputs)),
            "golden_cycles": res.cycles.total, "utilisation": res.cycles.utilisation, "golden_s": res.wall_s}
     if rtl:
-        r = (run_cocotb if runner == "cocotb" else run_plain_tb)(folder, rtl)
+        r = (run_cocotb if runner == "cocotb" else run_plain_tb)(folder, rtl, build_dir=build_dir)
         row.update({f"rtl_{k}": v for k, v in r.items() if k != "simulator"}, rtl_simulator=rtl)
     return row
 
 
 def run(args) -> int:
+    from ..errors import ConfigError, HardwareError
+    from ..hw.sim import simulator_available
+
+    if args.rtl and not simulator_available(args.rtl):
+        raise ConfigError(f"--rtl {args.rtl}: the simulator is not installed")
     if args.random:
+        if args.dir:
+            raise ConfigError("give an exported folder or --random, not both")
+        if args.out:
+            check_out_dir_free(args.out)
         root = Path(args.out or tempfile.mkdtemp(prefix="qmap_sim_"))
         folders = _random_folders(root, args.layers, args.seed)
     elif args.dir:
         folders = [Path(args.dir)]
+        if not folders[0].is_dir():
+            raise HardwareError(f"{folders[0]} is not a folder of exported test vectors")
     else:
-        print("qmap sim: give an exported folder or --random")
-        return 2
+        raise ConfigError("give an exported folder or --random")
     failed = False
     for folder in folders:
-        row = simulate_folder(folder, args.engine, args.rtl, args.runner)
+        build = Path(args.build_dir) / folder.name if args.build_dir else None
+        scratch = None
+        if args.rtl and build is None:
+            scratch = Path(tempfile.mkdtemp(prefix="qmap_rtl_build_"))
+            build = scratch
+        try:
+            row = simulate_folder(folder, args.engine, args.rtl, args.runner, build)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         bad = row["golden_psum_mismatches"] + row["golden_output_mismatches"]
         if args.rtl:
             bad += row["rtl_psum_mismatches"] + row["rtl_output_mismatches"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
 import torch
 
@@ -14,7 +13,14 @@ from ..data import load_cifar10, resolve_data_root
 from ..errors import ConfigError
 from ..models import model_names
 from ..train import TrainConfig, train
-from .eval import add_data_options
+from .common import (
+    add_data_option,
+    add_device_option,
+    add_logging_options,
+    check_out_file,
+    positive_int,
+    resolved_device,
+)
 
 
 def register(subparsers) -> None:
@@ -22,9 +28,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model from scratch on CIFAR-10", description=__doc__)
     p.add_argument("model", choices=model_names())
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
-    p.add_argument("--out", "-o", required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="one-cycle peak / cosine start learning rate")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--schedule", choices=["onecycle", "cosine"], default=d.schedule)
@@ -37,23 +43,25 @@ def register(subparsers) -> None:
     p.add_argument("--fp16", action="store_true", help="save the weights as float16 (half the file size)")
     p.add_argument("--train-split", default="train", choices=["train", "train_exact"])
     p.add_argument("--resume", action="store_true", help="continue from <out>.state.pt if it exists")
-    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
-    add_data_options(p)
+    add_device_option(p)
+    add_data_option(p)
+    add_logging_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ConfigError(f"--out must end in .safetensors, got {out}")
+    out = check_out_file(args.out, (".safetensors",))
+    if not 0 < args.width <= 16:
+        raise ConfigError(f"--width must be in (0, 16], got {args.width}")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       schedule=args.schedule, warmup=args.warmup, label_smoothing=args.label_smoothing,
                       pad_mode=args.pad_mode, seed=args.seed, channels_last=not args.no_channels_last,
                       amp=not args.no_amp)
     root = resolve_data_root(args.data)
     train_set, test_set = load_cifar10(root, args.train_split), load_cifar10(root, "test")
-    result = train(args.model, args.width, train_set, test_set, cfg, out, resume=args.resume, device=args.device,
-                   progress=not args.quiet, save_dtype=torch.float16 if args.fp16 else None,
+    result = train(args.model, args.width, train_set, test_set, cfg, out, resume=args.resume,
+                   device=resolved_device(args.device), progress=not args.quiet,
+                   save_dtype=torch.float16 if args.fp16 else None,
                    extra_tests={"test_exact": load_cifar10(root, "test_exact")},
                    manifest_extra={"command": shlex.join(["qmap", *sys.argv[1:]])})
     print(f"{args.model} w{args.width:g}: test top-1 {100 * result['test_top1']:.2f} % "

@@ -4,16 +4,19 @@ Cache folder: ``$QMAP_CACHE`` if set, else ``<data_root>/.qmap_cache`` when the 
 its permission bits, even for root), else ``$XDG_CACHE_HOME/qmap`` (default ``~/.cache/qmap``) — the shared
 data folder is read-only and stays untouched. An entry's
 name holds a key derived from the source file's absolute path, size and mtime (plus the decode options),
-so replacing the source invalidates it. Entries are written atomically; an unreadable entry is rebuilt.
+so replacing the source invalidates it. Entries are written atomically (permissions from the umask, so a
+shared cache stays readable by others). On load the sha256 of the decoded arrays is recomputed and compared
+with the one stored at build time: an edited or damaged entry is ignored (with a warning) and rebuilt, and the
+dataset's checksum (the provenance figure) is always the recomputed one, never copied from the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import stat
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from ..io import atomic_write_bytes
 from .imageset import ImageDataset
 
 FORMAT_VERSION = 1
+log = logging.getLogger("qmap")
 
 
 def _open_for_writing(folder: Path) -> bool:
@@ -61,11 +65,15 @@ def source_key(path: Path, *options) -> str:
 def _read_entry(path: Path) -> ImageDataset | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return ImageDataset(z["images"], z["labels"], tuple(str(c) for c in z["classes"]), str(z["source"]),
-                                _checksum=str(z["checksum"]))
+            ds = ImageDataset(z["images"], z["labels"], tuple(str(c) for c in z["classes"]), str(z["source"]))
+            stored = str(z["checksum"])
     except Exception as e:  # noqa: BLE001 - a damaged cache entry is rebuilt, whatever the failure
-        print(f"qmap: ignoring unreadable cache entry {path} ({type(e).__name__}); rebuilding", file=sys.stderr)
+        log.warning(f"ignoring unreadable cache entry {path} ({type(e).__name__}); rebuilding")
         return None
+    if ds.checksum != stored:  # recomputed from the arrays just read
+        log.warning(f"cache entry {path} does not match its recorded checksum (edited or damaged); rebuilding")
+        return None
+    return ds
 
 
 def _write_entry(path: Path, ds: ImageDataset) -> None:
@@ -75,7 +83,7 @@ def _write_entry(path: Path, ds: ImageDataset) -> None:
     try:
         atomic_write_bytes(path, buf.getvalue())
     except OSError as e:
-        print(f"qmap: cannot write cache entry {path} ({e}); continuing without cache", file=sys.stderr)
+        log.warning(f"cannot write cache entry {path} ({e.strerror}); continuing without cache")
 
 
 def cached(cache_dir: Path, name: str, key: str, split: str,

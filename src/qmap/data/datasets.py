@@ -12,6 +12,7 @@ Splits ``test_exact`` / ``train_exact`` are the genuine first 1017 images of ``t
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -23,6 +24,7 @@ from .checksums import read_md5sums, verify_md5
 from .folders import decode_folder, require_split
 from .imageset import ImageDataset
 
+log = logging.getLogger("qmap")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MIRROR_DIR = "cifar10-jpeg-q75"
 MIRROR_TAR = f"{MIRROR_DIR}/cifar10_jpeg_q75.tar"
@@ -30,6 +32,7 @@ MIRROR_TREE = f"{MIRROR_DIR}/cifar10_jpeg"
 ORDER_INDEX = f"{MIRROR_DIR}/order_index.csv"
 EXACT_NPZ = "cifar10-exact-prefix/cifar10_exact_prefix.npz"
 SPLITS = ("train", "test", "train_exact", "test_exact")
+PER_CLASS = {"train": 5000, "test": 1000}  # CIFAR-10 is balanced: images per class in each split
 FIX_HINT = ("point --data / QMAP_DATA at a folder holding cifar10-jpeg-q75/ or cifar-10-batches-py/, "
             "or run 'qmap data prepare --download' (needs internet)")
 
@@ -61,11 +64,26 @@ def to_official_order(ds: ImageDataset, index_csv: Path, split: str) -> ImageDat
     return out
 
 
+def check_counts(ds: ImageDataset, source: Path, split: str) -> None:
+    """A CIFAR-10 split holds the same number of images of every class (5000 train / 1000 test); anything else
+    is a truncated or damaged archive. A balanced but smaller set (a hand-made subset) loads with a warning."""
+    counts = ds.class_counts()
+    if counts.min() != counts.max():
+        short = ", ".join(f"{c} {n}" for c, n in zip(ds.classes, counts) if n != counts.max())
+        raise DataError(f"{source}: the {split} split is truncated or damaged: {counts.max()} images in most "
+                        f"classes but {short} (CIFAR-10 has {PER_CLASS.get(split, '?')} per class); {FIX_HINT}")
+    if split in PER_CLASS and counts.max() != PER_CLASS[split]:
+        log.info(f"{source}: the {split} split holds {len(ds)} images (a subset; CIFAR-10 has "
+                 f"{10 * PER_CLASS[split]})")
+
+
 def load_mirror(root: Path, split: str, cache_dir: Path | None) -> ImageDataset | None:
     """The JPEG mirror's ``split`` in official order (tar preferred, else extracted tree); None if neither exists.
 
     The first load checks the tar's md5 (from ``md5sums`` beside it), decodes both splits in one pass,
-    reorders them and caches the result; later loads read the cache.
+    reorders them and caches the result; later loads read the cache. Without an order index and an md5 a
+    split must hold equally many images of every class (:func:`check_counts`), so an archive cut short at a
+    member boundary is refused rather than loaded with fewer images.
     """
     tar, tree = root / MIRROR_TAR, root / MIRROR_TREE
     source = tar if tar.is_file() else tree if tree.is_dir() else None
@@ -74,15 +92,19 @@ def load_mirror(root: Path, split: str, cache_dir: Path | None) -> ImageDataset 
     index_csv = root / ORDER_INDEX
 
     def build_all() -> dict[str, ImageDataset]:
+        verified = False
         if source == tar and (md5 := read_md5sums(tar.parent).get(tar.name)):
             verify_md5(tar, md5, FIX_HINT)
+            verified = True
         decoded = decode_folder(source, size=(32, 32))
         require_split(decoded, source, split)
-        for s, ds in decoded.items():
+        for s, ds in sorted(decoded.items(), key=lambda kv: kv[0] != "test"):  # errors of either split first
             if ds.classes != CLASSES:
                 raise DataError(f"{source}: class folders {ds.classes} are not the CIFAR-10 classes {CLASSES}")
-            if index_csv.is_file():
+            if index_csv.is_file():  # the index fixes the count (and the order) of every split
                 decoded[s] = to_official_order(ds, index_csv, s)
+            elif not verified:  # no index, no md5: the per-class counts are what is left to catch a cut archive
+                check_counts(ds, source, s)
         return decoded
 
     key = source_key(source, "official" if index_csv.is_file() else "folder")

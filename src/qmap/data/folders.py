@@ -4,12 +4,17 @@ In a tar the tree may sit under one prefix folder (``cifar10_jpeg/train/<class>/
 sorted class-folder names found in any split (so labels agree between splits); images are ordered by class,
 then by file name. Every image is decoded with Pillow to RGB uint8 once; the result is cached (see
 :mod:`qmap.data.cache`) and later loads read the cache.
+
+Hostile files give a :class:`~qmap.errors.DataError`, not a crash: a member larger than
+:data:`MAX_MEMBER_BYTES`, an image whose header declares another size than required (checked before the
+pixels are decoded) or more than :data:`MAX_PIXELS` pixels (a decompression bomb), a truncated tar.
 """
 
 from __future__ import annotations
 
 import io
 import tarfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -22,6 +27,8 @@ from .imageset import ImageDataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 SPLITS = ("train", "test")
+MAX_MEMBER_BYTES = 16 << 20     # one image file; a CIFAR JPEG is ~1 KiB
+MAX_PIXELS = 4096 * 4096        # any image; CIFAR images are 32x32
 
 
 def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
@@ -35,6 +42,8 @@ def _iter_tree(root: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]
     """``(split, class, name, read)`` for every image file under ``root``."""
     for p in sorted(root.rglob("*")):
         if p.is_file() and (sc := _split_class(p.relative_to(root).parts)):
+            if p.stat().st_size > MAX_MEMBER_BYTES:
+                raise DataError(f"{p}: {p.stat().st_size:,} bytes is too large for an image file")
             yield *sc, str(p), p.read_bytes
 
 
@@ -44,6 +53,8 @@ def _iter_tar(path: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]]
         with tarfile.open(path, "r:*") as tf:
             for m in tf:
                 if m.isfile() and (sc := _split_class(PurePosixPath(m.name).parts)):
+                    if m.size > MAX_MEMBER_BYTES:
+                        raise DataError(f"{path}: member {m.name} ({m.size:,} bytes) is too large for an image")
                     data = tf.extractfile(m).read()
                     if len(data) != m.size:
                         raise DataError(f"{path}: member {m.name} is truncated")
@@ -53,14 +64,24 @@ def _iter_tar(path: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]]
 
 
 def decode_image(data: bytes, name: str, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode ``data`` to uint8 ``[H, W, 3]`` RGB; ``size`` = required ``(H, W)`` or None."""
+    """Decode ``data`` to uint8 ``[H, W, 3]`` RGB; ``size`` = required ``(H, W)`` or None. The size in the
+    header is checked before any pixel is decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if size is not None and (h, w) != tuple(size):
+                    raise DataError(f"image {name} is {w}x{h} (WxH), expected {size[1]}x{size[0]}")
+                if w * h > MAX_PIXELS:
+                    raise DataError(f"image {name} declares {w}x{h} pixels (a decompression bomb?)")
+                arr = np.asarray(im.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"image {name}: decompression bomb refused ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise DataError(f"cannot decode image {name}: {e}") from None
-    if size is not None and arr.shape[:2] != tuple(size):
-        raise DataError(f"image {name} is {arr.shape[1]}x{arr.shape[0]} (WxH), expected {size[1]}x{size[0]}")
+    if arr.shape[:2] != (h, w):
+        raise DataError(f"image {name} decodes to {arr.shape[1]}x{arr.shape[0]}, its header says {w}x{h}")
     return arr
 
 

@@ -115,3 +115,6 @@ def restricted_loads(data: bytes, source: str = "pickle"):
         return _materialise(obj)
     except DataError as e:
         raise DataError(f"{source}: {e}") from None
+    except RecursionError:  # a self-referencing or absurdly nested container: never a CIFAR batch
+        raise DataError(f"{source}: refused to unpickle: containers nested too deeply or referencing "
+                        f"themselves") from None

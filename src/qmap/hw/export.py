@@ -213,6 +213,30 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
+MAX_VALUES = 1 << 27  # psum values a manifest may declare (1 GiB as int64): refuse absurd geometries up front
+
+
+def check_layout(spec: ArraySpec, geom: ConvGeometry, n_it: int, n_ot: int, bias: np.ndarray, sha256,
+                 where: Path) -> None:
+    """Refuse a manifest whose numbers cannot describe a real layer, before anything is allocated."""
+    g = geom.to_dict()
+    for k, v in [*g.items(), ("n_itiles", n_it), ("n_otiles", n_ot)]:
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "padding" else 1):
+            raise HardwareError(f"{where}: {k} must be an integer >= {0 if k == 'padding' else 1}, got {v!r}")
+    if geom.kh > geom.padded_h or geom.kw > geom.padded_w:
+        raise HardwareError(f"{where}: a {geom.kh}x{geom.kw} kernel does not fit the padded "
+                            f"{geom.padded_h}x{geom.padded_w} input")
+    if n_it != -(-geom.in_channels // spec.rows) or n_ot != -(-geom.out_channels // spec.cols):
+        raise HardwareError(f"{where}: n_itiles/n_otiles {n_it}/{n_ot} do not match {geom.in_channels} input and "
+                            f"{geom.out_channels} output channels on a {spec.rows}x{spec.cols} array")
+    if n_ot * n_it * geom.n_kij * geom.n_padded * spec.cols > MAX_VALUES:
+        raise HardwareError(f"{where}: the declared geometry needs more than {MAX_VALUES:,} partial sums")
+    if bias.shape != (geom.out_channels,):
+        raise HardwareError(f"{where}: bias has {bias.size} values for {geom.out_channels} output channels")
+    if not isinstance(sha256, dict) or not all(isinstance(v, str) for v in sha256.values()):
+        raise HardwareError(f"{where}: 'sha256' must map every file name to its SHA-256")
+
+
 def read_export(folder: str | Path, verify_checksums: bool = True) -> LayerVectors:
     """Parse every file of an exported folder back into integers (strict format, optional checksum check)."""
     folder = Path(folder)
@@ -225,6 +249,7 @@ def read_export(folder: str | Path, verify_checksums: bool = True) -> LayerVecto
         has_bias, reference = bool(man.get("has_bias", False)), bool(man.get("reference", True))
     except (KeyError, TypeError, ValueError) as e:
         raise HardwareError(f"{folder / MANIFEST}: bad field ({e})") from None
+    check_layout(spec, geom, n_it, n_ot, bias, man.get("sha256"), folder / MANIFEST)
     R, C, K = spec.rows, spec.cols, geom.n_kij
     x = np.zeros((n_it, R, geom.n_padded), dtype=np.int64)
     w = np.zeros((n_ot, n_it, K, C, R), dtype=np.int64)

@@ -22,3 +22,11 @@ def apply(model: nn.Module, calib: torch.Tensor, qcfg: QuantConfig, **options) -
     ``options`` are :class:`~qmap.methods.recon.ReconConfig` fields (iters, batch_size, work_dir, resume, ...)."""
     cfg = ReconConfig.from_options({"granularity": "layer", "learn_act_step": False, **options})
     return run_method("adaround", model, calib, qcfg, cfg)
+
+
+def __getattr__(name: str):
+    """``Options`` is :class:`~qmap.methods.recon.ReconConfig`, whose module imports this one (hence lazily)."""
+    if name == "Options":
+        from .recon import ReconConfig
+        return ReconConfig
+    raise AttributeError(name)

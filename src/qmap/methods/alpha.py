@@ -48,6 +48,7 @@ from ..quant import QuantConfig, calibrate, quant_layers, quantize_model
 from ..quant.rounding import ROUND_FNS
 from .base import MethodResult, Timer
 from .layer_error import LayerError
+from .options import signature_options
 
 CRITERIA = ("output_mse", "weight_mse")
 FIXED_GRIDS = ("initial", "pow2")
@@ -264,3 +265,6 @@ def integer_kernel(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 __all__ = ["CRITERIA", "FIXED_GRIDS", "alpha_grid", "apply", "capture_input", "fixed_grid_step", "integer_kernel",
            "prepare", "scale_layers", "search_alpha"]
+
+
+Options = signature_options(apply)

@@ -11,6 +11,8 @@ from ..quant import QuantConfig
 from .base import MethodResult
 from .recon import ReconConfig, run_method
 
+Options = ReconConfig  # method.options: the reconstruction fields
+
 
 def apply(model: nn.Module, calib: torch.Tensor, qcfg: QuantConfig, **options) -> MethodResult:
     """``options``: :class:`~qmap.methods.recon.ReconConfig` fields (iters, batch_size, work_dir, resume, ...)."""

@@ -19,15 +19,26 @@ Stage 2   OMR (optional, :func:`qmap.methods.omr.apply_omr`): channels of Convâ†
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..quant import QuantConfig, quant_layers
 from .base import MethodResult
+from .omr import OmrOptions
 from .recon import ReconConfig, run_method
 
 DJOS_DEFAULTS = {"granularity": "network", "loss_every_layer": True, "learn_rounding": True,
                  "learn_act_step": True, "learn_weight_step": True, "iters": 1000}
+
+
+@dataclass
+class Options(ReconConfig):
+    """DOMR's ``method.options``: the reconstruction fields, ``omr`` and ``omr_options`` (apply_omr keywords)."""
+
+    omr: bool = True
+    omr_options: OmrOptions | None = None
 
 
 def decouple_steps(qmodel: nn.Module) -> None:

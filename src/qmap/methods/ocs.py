@@ -40,6 +40,7 @@ from .channels import (
     flatten_positions,
     input_columns,
 )
+from .options import signature_options
 
 TARGETS = ("weight", "activation", "both")
 HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
@@ -116,3 +117,6 @@ def apply(model: nn.Module, calib: torch.Tensor, qcfg: QuantConfig, expand_ratio
         result = rtn.apply(split, calib, qcfg, batch_size=batch_size)
     return MethodResult(result.model, {"method": "ocs", "expand_ratio": expand_ratio, "target": target,
                                        **report, "seconds": t.seconds})
+
+
+Options = signature_options(apply)

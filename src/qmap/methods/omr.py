@@ -53,6 +53,7 @@ from .channels import (
     layer_macs,
     split_pair_channels,
 )
+from .options import signature_options
 
 FORMS = ("auto", "bias", "shift")
 BIAS_FORM_BETWEEN = (nn.Identity, nn.ReLU, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Dropout)
@@ -219,3 +220,7 @@ def _migrate(qmodel: nn.Module, e: dict, live_clip: bool) -> None:
     duplicate_inputs(consumer, input_columns(idx, flatten_positions(producer, consumer)))
     shift = OutlierShift(idx, quantizer=e["quantizer"]) if live_clip else OutlierShift(idx, x_clip=e["x_clip"])
     _insert_shift(qmodel, p, shift.to(producer.weight.device))
+
+
+# ``method.options.omr_options`` of DOMR: the keywords of apply_omr.
+OmrOptions = signature_options(apply_omr, skip=("qmodel", "calib"))

@@ -14,6 +14,8 @@ from ..quant import QuantConfig
 from .base import MethodResult
 from .recon import ReconConfig, run_method
 
+Options = ReconConfig  # method.options: the reconstruction fields
+
 DROP_PROB = 0.5
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..quant import QuantConfig, calibrate, quantize_model
 from .base import MethodResult, Timer
+from .options import signature_options
 
 
 def apply(model: nn.Module, calib: torch.Tensor, qcfg: QuantConfig, batch_size: int = 128) -> MethodResult:
@@ -15,3 +16,6 @@ def apply(model: nn.Module, calib: torch.Tensor, qcfg: QuantConfig, batch_size: 
         qmodel = quantize_model(model, qcfg)
         calibrate(qmodel, calib, batch_size=batch_size)
     return MethodResult(qmodel, {"method": "rtn", "seconds": t.seconds})
+
+
+Options = signature_options(apply)

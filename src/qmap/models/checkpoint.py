@@ -2,19 +2,27 @@
 
 A manifest ``<stem>.json`` names the architecture, width and normalisation, so ``load_model(path)`` can build
 and fill the right model with no other information. Nothing is ever unpickled without ``weights_only=True``.
+
+Checked on load, each failure one :class:`~qmap.errors.CheckpointError` line: the manifest is a JSON object
+(at most 1 MiB) whose ``arch`` is a registry model, ``width`` a positive number, ``num_classes`` a positive
+integer, ``normalize_mean``/``normalize_std`` three finite numbers (std > 0); its ``sha256``, when present,
+equals the checkpoint file's; every tensor matches the model's keys and shapes and is finite; every
+BatchNorm has ``running_var >= 0``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, QmapError
 from ..io import atomic_write_bytes, atomic_write_text
 from .registry import build_model, get_entry
 
@@ -29,13 +37,33 @@ class Manifest:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict) -> Manifest:
-        if "arch" not in d:
-            raise CheckpointError("checkpoint manifest has no 'arch' field")
+    def from_dict(cls, d: dict, source: str = "checkpoint manifest") -> Manifest:
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        if not isinstance(d.get("arch"), str):
+            raise CheckpointError(f"{source}: 'arch' must name a model (a string), got {d.get('arch')!r}")
+        try:
+            get_entry(d["arch"])
+        except QmapError as e:
+            raise CheckpointError(f"{source}: {e}") from None
+        width, classes = d.get("width", 1.0), d.get("num_classes", 10)
+        if not _number(width) or not 0 < width <= 16:
+            raise CheckpointError(f"{source}: 'width' must be a number in (0, 16], got {width!r}")
+        if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= 100_000:
+            raise CheckpointError(f"{source}: 'num_classes' must be a positive integer, got {classes!r}")
+        mean, std = d.get("normalize_mean", []), d.get("normalize_std", [])
+        for key, values in (("normalize_mean", mean), ("normalize_std", std)):
+            if not isinstance(values, list) or values and (len(values) != 3 or not all(map(_number, values))):
+                raise CheckpointError(f"{source}: '{key}' must be 3 finite numbers (one per RGB channel), "
+                                      f"got {str(values)[:60]}")
+        if any(v <= 0 for v in std):
+            raise CheckpointError(f"{source}: 'normalize_std' must be > 0 for every channel, got {std}")
+        sha = d.get("sha256")
+        if sha is not None and (not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha)):
+            raise CheckpointError(f"{source}: 'sha256' must be 64 lowercase hex digits, got {str(sha)[:70]!r}")
         known = {"arch", "width", "num_classes", "normalize_mean", "normalize_std"}
-        return cls(arch=d["arch"], width=float(d.get("width", 1.0)), num_classes=int(d.get("num_classes", 10)),
-                   normalize_mean=tuple(d.get("normalize_mean", ())), normalize_std=tuple(d.get("normalize_std", ())),
-                   extra={k: v for k, v in d.items() if k not in known})
+        return cls(arch=d["arch"], width=float(width), num_classes=classes, normalize_mean=tuple(mean),
+                   normalize_std=tuple(std), extra={k: v for k, v in d.items() if k not in known})
 
     def to_dict(self) -> dict:
         return {"arch": self.arch, "width": self.width, "num_classes": self.num_classes,
@@ -44,6 +72,10 @@ class Manifest:
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         entry = get_entry(self.arch)
         return (self.normalize_mean or entry.mean), (self.normalize_std or entry.std)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def manifest_path(ckpt: str | Path) -> Path:
@@ -99,17 +131,35 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{source} holds NaN/Inf values in: {', '.join(bad[:5])}")
+    negative = [k for k, v in state.items() if k.endswith("running_var") and (v < 0).any()]
+    if negative:
+        raise CheckpointError(f"{source}: BatchNorm running_var must be >= 0, negative in: {', '.join(negative[:5])}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def read_manifest(ckpt: str | Path) -> Manifest | None:
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def read_manifest(ckpt: str | Path, verify_sha256: bool = True) -> Manifest | None:
+    """The checkpoint's manifest (None when there is none), checked; with ``verify_sha256`` its ``sha256``
+    (when present) must equal the checkpoint file's."""
     mp = manifest_path(ckpt)
     if not mp.is_file():
         return None
     try:
-        return Manifest.from_dict(json.loads(mp.read_text()))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"manifest {mp} is not valid JSON: {e}") from None
+        if mp.stat().st_size > MAX_MANIFEST_BYTES:
+            raise CheckpointError(f"manifest {mp} is larger than 1 MiB")
+        d = json.loads(mp.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"manifest {mp} is not valid JSON: {' '.join(str(e).split())[:120]}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read manifest {mp}: {e.strerror}") from None
+    man = Manifest.from_dict(d, source=f"manifest {mp}")
+    sha = man.extra.get("sha256")
+    if verify_sha256 and sha is not None and Path(ckpt).is_file() and (got := sha256_file(ckpt)) != sha:
+        raise CheckpointError(f"checkpoint {ckpt} does not match its manifest: sha256 {got[:16]}… vs "
+                              f"{sha[:16]}… in {mp.name} (file replaced or corrupt)")
+    return man
 
 
 def load_model(ckpt: str | Path, arch: str | None = None, width: float | None = None) -> tuple[nn.Module, Manifest]:

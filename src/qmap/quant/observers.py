@@ -15,6 +15,10 @@ All observers reduce over every axis but the channel axis (axis 0 of a weight) w
 
 Activations are observed over several calibration batches: min/max are running extrema; percentile and
 MSE keep a bounded random subsample of the values (``max_samples`` per channel-less tensor).
+
+Thread-count independence: the error and least-squares sums are accumulated in float64 (the element-wise
+work stays float32), so a parallel reduction's order changes a sum only at the 1e-16 level and the chosen
+steps come out bit-identical whether torch runs on 1 or many threads.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ def quant_error(x2d: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, spec: 
         z = zp.unsqueeze(-1)
         e.add_(z).clamp_(spec.qmin, spec.qmax).sub_(z)
     e.mul_(s).sub_(x2d)
-    return e.square_().sum(-1) if spec.p_norm == 2 else e.abs_().pow_(spec.p_norm).sum(-1)
+    e = e.square_() if spec.p_norm == 2 else e.abs_().pow_(spec.p_norm)
+    return e.sum(-1, dtype=torch.float64).to(x2d.dtype)  # float64 accumulation: thread-count independent
 
 
 ZP_OFFSETS = 3  # affine search: zero points z_minmax − 3 … z_minmax + 3 (every one at ≤ 3 bits)
@@ -132,8 +137,9 @@ def refine_step_least_squares(x2d: torch.Tensor, scale: torch.Tensor, zp: torch.
     z = zp.unsqueeze(1)
     for _ in range(iters):
         n = torch.clamp(ROUND_FNS[spec.rounding](x2d / scale.unsqueeze(1)) + z, spec.qmin, spec.qmax) - z
-        nn_ = (n * n).sum(1)
-        cand = torch.where(nn_ > 0, (x2d * n).sum(1) / nn_.clamp_min(1e-12), scale)
+        nn_ = (n * n).sum(1, dtype=torch.float64)
+        xn = (x2d * n).sum(1, dtype=torch.float64)
+        cand = torch.where(nn_ > 0, (xn / nn_.clamp_min(1e-12)).to(scale.dtype), scale)
         cand = torch.where(cand > 0, cand, scale)
         cand_err = quant_error(x2d, cand, zp, spec)
         better = cand_err < err

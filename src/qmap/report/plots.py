@@ -12,6 +12,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from ..io import atomic_savefig
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -19,12 +21,14 @@ COLORS = ("#c00000", "#4472c4", "#ed7d31", "#70ad47", "#7030a0", "#5b9bd5", "#ff
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """tight_layout, write ``path`` (creating its folder) and close the figure."""
+    """tight_layout, write ``path`` atomically (creating its folder) and close the figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        atomic_savefig(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 

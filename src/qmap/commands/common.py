@@ -1,0 +1,115 @@
+"""Options shared by the sub-commands, so the same thing has the same name everywhere:
+``--data DIR``, ``--device``, ``-o/--out``, ``-q/--quiet``, ``-v/--verbose``, ``--log-level``,
+``--calib-size N``, ``--batch-size N``; and argument types that refuse bad values with one line."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_logging_options(p: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` (no progress bars, warnings and errors only), ``-v/--verbose`` (debug messages) and
+    ``--log-level LEVEL`` (wins over both)."""
+    g = p.add_argument_group("output")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or stage messages")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug messages (same as --log-level debug)")
+    g.add_argument("--log-level", choices=LOG_LEVELS, help="message level on stderr (default: info)")
+
+
+def add_data_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR", help="data root (default: $QMAP_DATA, then 'data:' in qmap.yaml)")
+
+
+def add_device_option(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--device", type=device, default=default,
+                   help="auto | cpu | cuda | cuda:N (default: cuda when available)")
+
+
+def int_in(lo: int, hi: int | None = None, what: str = "an integer"):
+    """An argparse type: an integer in ``lo..hi`` (``hi=None``: no upper bound), else a one-line usage error."""
+    allowed = f"{what} >= {lo}" if hi is None else f"{what} in {lo}..{hi}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = int_in(1)
+bits = int_in(2, 8, "a bit width")
+
+
+def device(text: str) -> str:
+    """A torch device name that exists here (``auto`` = cuda when available, else cpu)."""
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"device {text!r} requested but CUDA is not available; use cpu")
+    return text
+
+
+def resolved_device(name: str | None) -> str:
+    """``auto``/None → ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def check_out_file(path: str, suffixes: tuple[str, ...], flag: str = "--out"):
+    """Refuse, before any work, an output file path that cannot be written: a folder, a wrong suffix, a parent
+    that is a file or not writable. Returns the path."""
+    from pathlib import Path
+
+    from ..errors import ConfigError, OutputError
+    from ..runfolder import writable
+
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    if p.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {p}: the file name must end in {' or '.join(suffixes)}")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{flag} {p}: {parent} is not a folder")
+    if not writable(parent):
+        raise OutputError(f"{flag} {p}: {parent} is not writable")
+    return p
+
+
+def check_out_dir_free(path: str) -> None:
+    """An output folder for generated files: absent, or an empty folder we may write."""
+    from pathlib import Path
+
+    from ..errors import ConfigError, OutputError
+    from ..runfolder import writable
+
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise ConfigError(f"--out {p} exists and is not a folder")
+        if any(p.iterdir()):
+            raise ConfigError(f"--out {p} is not empty; give a new or empty folder")
+        if not writable(p):
+            raise OutputError(f"--out {p} is not writable")
+        return
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not writable(parent):
+        raise OutputError(f"--out {p}: cannot create it under {parent}")

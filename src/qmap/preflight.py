@@ -1,0 +1,131 @@
+"""Everything about a run that can be checked before any data is loaded or any file is written.
+
+:func:`preflight` re-validates the config's types and ranges (:mod:`qmap.config`), the method name and its
+options (against the method's ``Options`` dataclass), the device, the data root, the checkpoint (its manifest's
+sha256, fields, BN statistics and normalisation; the model is built and filled, which is cheap), the layer
+names the config mentions (``hardware.target_layers``, ``quant.skip``, ``quant.layer_bits``) against the
+model's layers, the target layers' bit widths against the array's, the image indices against the test split,
+an explicitly requested RTL simulator, and the output folder (:func:`qmap.runfolder.check_out_dir`).
+Each failure is one :class:`~qmap.errors.QmapError` line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import RunConfig, build_section, resolve_path
+from .data import resolve_data_root
+from .errors import ConfigError
+from .methods import method_options
+from .models import load_model
+from .quant.qmodules import FLOAT_TO_QUANT
+from .runfolder import check_out_dir, config_fingerprint
+
+# Images per split of CIFAR-10 (a smaller data root is caught again when the split loads, before any write).
+SPLIT_SIZES = {"train": 50_000, "test": 10_000, "train_exact": 5 * 1017, "test_exact": 1017}
+
+
+@dataclass
+class Checked:
+    """What the checks resolved, for the run to use: data root, checkpoint path, the loaded FP model and its
+    manifest, and the config's fingerprint."""
+
+    data_root: Path
+    checkpoint: Path
+    model: nn.Module
+    manifest: object
+    fingerprint: str
+
+
+def check_method_options(name: str, options: dict) -> None:
+    """``options`` must be fields of the method's ``Options`` dataclass, each of the declared type."""
+    build_section(method_options(name), options, "method.options")
+
+
+def check_device(name: str) -> None:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available; use auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device: 'mps' requested but MPS is not available; use auto or cpu")
+
+
+def quant_layer_names(model: nn.Module) -> list[str]:
+    """Names of the layers quantization wraps (Conv2d, Linear), in execution (registration) order."""
+    return [n for n, m in model.named_modules() if type(m) in FLOAT_TO_QUANT]
+
+
+def check_layers(cfg: RunConfig, model: nn.Module) -> None:
+    names = quant_layer_names(model)
+    convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    known = ", ".join(names)
+    for key, mentioned in (("quant.skip", cfg.quant.skip), ("quant.layer_bits", list(cfg.quant.layer_bits)),
+                           ("hardware.target_layers", cfg.hardware.target_layers if cfg.hardware.enabled else [])):
+        for name in mentioned:
+            if name not in names:
+                raise ConfigError(f"{key}: the model has no layer {name!r}; layers: {known}")
+    if not cfg.hardware.enabled:
+        return
+    spec = cfg.hardware.array
+    for name in cfg.hardware.target_layers:
+        if name not in convs:
+            raise ConfigError(f"hardware.target_layers: {name} is not a conv layer; conv layers: "
+                              f"{', '.join(n for n in names if n in convs)}")
+        if names.index(name) == 0:
+            raise ConfigError(f"hardware.target_layers: {name} is the first layer; its input (the normalised "
+                              f"image) is signed but the array takes unsigned activations: pick a layer after a ReLU")
+        if name in cfg.quant.skip:
+            raise ConfigError(f"hardware.target_layers: {name} is in quant.skip (left in float)")
+        w_bits, a_bits = cfg.quant.bits_for(name, names.index(name), len(names))
+        if w_bits > spec.w_bits or a_bits > spec.a_bits:
+            raise ConfigError(f"hardware.array: layer {name} is quantized to W{w_bits}A{a_bits} but the array "
+                              f"takes {spec.w_bits}-bit weights and {spec.a_bits}-bit activations; raise "
+                              f"hardware.array.w_bits/a_bits or set quant.layer_bits for {name}")
+
+
+def check_images(cfg: RunConfig) -> None:
+    if not cfg.hardware.enabled:
+        return
+    size = SPLIT_SIZES[cfg.data.test_split]
+    if cfg.data.test_limit is not None:
+        size = min(size, cfg.data.test_limit)
+    for k in cfg.hardware.images:
+        if not 0 <= k < size:
+            raise ConfigError(f"hardware.images: image {k} is outside the test set; allowed: 0..{size - 1} "
+                              f"({cfg.data.test_split}, data.test_limit={cfg.data.test_limit})")
+
+
+def check_simulator(cfg: RunConfig) -> None:
+    from .hw.sim import simulator_available
+
+    rtl = cfg.hardware.rtl
+    if cfg.hardware.enabled and cfg.hardware.target_layers and rtl in ("icarus", "verilator") \
+            and not simulator_available(rtl):
+        tool = {"icarus": "iverilog (apt install iverilog)", "verilator": "verilator (apt install verilator)"}[rtl]
+        raise ConfigError(f"hardware.rtl: {rtl} requested but {tool} is not installed; use rtl: auto (run it "
+                          f"when installed) or none")
+
+
+def preflight(cfg: RunConfig, data: str | None, out: str | Path | None = None, overwrite: bool = False,
+              resume: bool = False) -> Checked:
+    """Check the whole run (see the module docstring); raises one :class:`~qmap.errors.QmapError` on the first
+    problem. Reads the checkpoint; loads no dataset and writes nothing."""
+    try:
+        build_section(RunConfig, cfg.to_dict())
+    except ConfigError as e:
+        raise ConfigError(f"config: {e}") from None
+    check_method_options(cfg.method.name, cfg.method.options)
+    check_device(cfg.device)
+    check_images(cfg)
+    check_simulator(cfg)
+    fingerprint = config_fingerprint(cfg)
+    if out is not None:
+        check_out_dir(out, fingerprint, overwrite=overwrite, resume=resume)
+    data_root = resolve_data_root(data or cfg.data.root)
+    ckpt = resolve_path(cfg.model.checkpoint, data_root)
+    model, manifest = load_model(ckpt, cfg.model.arch, cfg.model.width)
+    check_layers(cfg, model)
+    return Checked(data_root, ckpt, model, manifest, fingerprint)
