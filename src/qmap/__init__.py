@@ -12,3 +12,10 @@ def quantize(*args, **kwargs):
     from .api import quantize as _quantize
 
     return _quantize(*args, **kwargs)
+
+
+def load_quantized(path, model_fn=None):
+    """See :func:`qmap.export.quantized.load_quantized`: a saved quantized model (fake-quant + integer) back."""
+    from .export.quantized import load_quantized as _load
+
+    return _load(path, model_fn)

@@ -18,7 +18,7 @@ from . import __version__
 from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, OutputError, QmapError
 
 # Sub-command modules under qmap.commands, in the order --help lists them.
-COMMANDS = ["run", "compare", "train", "eval", "export", "sim", "data"]
+COMMANDS = ["run", "sweep", "compare", "train", "eval", "export", "sim", "data"]
 log = logging.getLogger("qmap")
 
 

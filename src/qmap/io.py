@@ -72,3 +72,14 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_run_results(run_dir: str | Path) -> dict:
+    """The ``results.json`` of a run folder, or a QmapError saying the folder is not a (finished) run."""
+    from .errors import QmapError
+
+    path = Path(run_dir) / "results.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise QmapError(f"{run_dir} is not a qmap run folder: cannot read {path} ({e})") from None

@@ -39,10 +39,12 @@ from .report.analysis import layer_output_mse
 from .report.document import write_report
 from .report.plots_outliers import plot_outlier_levels
 from .report.provenance import provenance
-from .report.run_plots import plot_run, plot_weight_levels
+from .report.run_plots import plot_activation_levels, plot_run, plot_weight_levels
 from .runfolder import RunFolder, config_fingerprint
 
-STAGES = ["load", "evaluate FP", "quantize", "evaluate quantized", "integer model", "hardware", "save", "report"]
+STAGES = ["load", "evaluate FP", "quantize", "evaluate quantized", "RTN baseline", "integer model", "hardware", "save",
+          "report"]
+ONNX_CHECK_IMAGES = 1000  # test images the run's ONNX check uses (benchmarks/onnx_export.py measures all 10k)
 
 
 def pick_device(name: str) -> torch.device:
@@ -123,11 +125,22 @@ class Run:
                      device=self.device, progress=not self.quiet)
         m = self.results["metrics"]
         m["top1_quantized"] = r["top1"]
+        m["test_images"] = r["n"]
         speed = self.results["throughput"]
         speed["quantized_images_per_s"] = r["images_per_s"]
         speed["fakequant_slowdown"] = speed["fp_images_per_s"] / r["images_per_s"]
         self.results["layers"] = layer_output_mse(self.qmodel.cpu(), self.calib[:64])
         self.stages.note(f"quantized top-1 {100 * r['top1']:.2f} % (FP {100 * m['top1_fp']:.2f} %)")
+
+    def rtn_baseline(self) -> None:
+        """Top-1 of plain round-to-nearest at the same QuantConfig: what the method is measured against."""
+        if self.cfg.method.name == "rtn":
+            return
+        base = get_method("rtn")(self.fp_model, self.calib, self.cfg.quant).model.eval()
+        r = evaluate(base, self.test, self.mean, self.std, batch_size=self.cfg.data.batch_size,
+                     device=self.device, progress=not self.quiet)
+        self.results["metrics"]["top1_rtn"] = r["top1"]
+        self.stages.note(f"RTN baseline top-1 {100 * r['top1']:.2f} %")
 
     def integer_model(self) -> None:
         try:
@@ -157,6 +170,13 @@ class Run:
             return
         spec = hw.array
         simulators = rtl_simulators(hw.rtl)
+        if not simulators:
+            why = ("hardware.rtl is 'none'" if hw.rtl == "none"
+                   else "Icarus Verilog (iverilog) is not on PATH")
+            how = ("--set hardware.rtl=auto" if hw.rtl == "none"
+                   else "bash scripts/setup.sh --rtl (or apt-get install iverilog), then rerun")
+            rtl_skip = {"reason": why, "enable": how}
+            self.stages.note(f"RTL: SKIPPED ({why}; to enable: {rtl_skip['enable']})")
         alphas = {name: row.get("alpha") for name, row in self.method_layer_rows().items()}
         images = []
         for k in hw.images:
@@ -191,6 +211,8 @@ class Run:
                                        f"cycles {rows[-1][f'rtl_{s}_cycles']}" for s in simulators))
         self.results["hardware"] = {"array": spec.to_dict(), "rtl_simulators": simulators, "layers": rows,
                                     "psum": psum}
+        if not simulators:
+            self.results["hardware"]["rtl_skipped"] = rtl_skip
         if (hw.network_cycles or hw.rtl_network) and images:
             k = hw.images[0]
             net = network_view(self.imodel, images[0], spec,
@@ -212,15 +234,26 @@ class Run:
 
     def save(self) -> None:
         if self.cfg.export.quantized_model:
-            path = save_quantized(self.qmodel, self.out / "quantized_model.safetensors")
+            man, cfg = self.manifest, self.cfg
+            path = save_quantized(self.qmodel, self.out / "quantized_model.safetensors", arch=man.arch,
+                                  width=man.width, num_classes=man.num_classes, mean=self.mean, std=self.std,
+                                  quant=cfg.quant.to_dict(), method={"name": cfg.method.name,
+                                                                     "options": dict(cfg.method.options)})
             self.results["files"] = {"quantized_model": path.name}
         if self.cfg.export.onnx:
             from .export.onnx import export_onnx, verify_onnx
 
-            example = self.calib[:1]
-            rep = export_onnx(self.qmodel.cpu(), self.out / "model.onnx", example)
-            ver = verify_onnx(self.out / "model.onnx", self.qmodel.cpu(), self.calib[:64])
-            self.results["onnx"] = {**rep, **ver}
+            cfg = self.cfg
+            meta = {"normalization": {"mean": list(self.mean), "std": list(self.std)}, "quant": cfg.quant.to_dict(),
+                    "method": {"name": cfg.method.name, "options": dict(cfg.method.options)},
+                    "model": {"arch": self.manifest.arch, "width": self.manifest.width}}
+            rep = export_onnx(self.qmodel.cpu(), self.out / "model.onnx", self.calib[:1], metadata=meta)
+            test = self.test.head(ONNX_CHECK_IMAGES)
+            ver = verify_onnx(self.out / "model.onnx", self.qmodel.cpu(), to_tensor(test.images, self.mean, self.std),
+                              torch.as_tensor(test.labels), optimize=True)
+            self.results["onnx"] = {**rep, **ver, "session": "onnxruntime defaults", "data": test.source}
+            self.stages.note(f"ONNX (onnxruntime defaults) vs fake-quant on {ver['n']} test images: arg-max "
+                             f"agreement {100 * ver['top1_agreement']:.2f} %")
             self.results.setdefault("files", {})["onnx"] = "model.onnx"
 
     def report(self) -> None:
@@ -236,30 +269,38 @@ class Run:
             grid_step = float(np.ravel(row.get("grid_step", step))[0])
             plot_weight_levels(layer.fp_weight.cpu().numpy(), grid_step, step, wq.spec.qmin,
                                wq.spec.qmax, row.get("alpha"), name, self.out / "plots" / f"weight_hist.{name}.png")
-        if self.cfg.method.name in ("domr", "ocs"):
-            self.outlier_level_plots()
+        self.activation_plots()
         write_report(self.out)
 
     @torch.no_grad()
-    def outlier_level_plots(self) -> None:
-        """For OMR/OCS runs: each target layer's FP input histogram (original channels) with the plain b-bit and
-        the OMR (b-bit + copy) levels of its input quantizer — the seed's Figure 1 on this run's layer."""
+    def target_inputs(self, name: str) -> torch.Tensor:
+        """The FP input of target layer ``name`` on 64 calibration images (original channels only: OMR copies
+        come after them), with every quantizer off."""
+        layer = get_module(self.qmodel, name)
+        seen: list[torch.Tensor] = []
+        hook = layer.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach()))
+        try:
+            with float_mode(self.qmodel):
+                self.qmodel(self.calib[:64])
+        finally:
+            hook.remove()
+        original = self.fp_model.get_submodule(name).in_channels
+        return seen[0][:, :original].flatten().cpu()
+
+    def activation_plots(self) -> None:
+        """Each target layer's input histogram with its activation levels; for OMR/OCS runs also the plain
+        b-bit and the OMR (b-bit + copy) levels — the seed's Figure 1 on this run's layer."""
         for name in self.cfg.hardware.target_layers:
-            layer = get_module(self.qmodel, name)
-            iq = layer.input_quantizer
-            if iq.spec.signed or iq.step.numel() != 1:
+            iq = get_module(self.qmodel, name).input_quantizer
+            if iq.step.numel() != 1:
                 continue
-            seen: list[torch.Tensor] = []
-            hook = layer.register_forward_pre_hook(lambda _m, inp, seen=seen: seen.append(inp[0].detach()))
-            try:
-                with float_mode(self.qmodel):
-                    self.qmodel(self.calib[:64])
-            finally:
-                hook.remove()
-            original = self.fp_model.get_submodule(name).in_channels  # OMR copies come after the originals
-            values = seen[0][:, :original].flatten().cpu().numpy()
-            plot_outlier_levels(values, float(iq.step), iq.spec.bits, None, self.out / "plots" / f"levels.{name}.png",
-                                title=f"input of {name}, {iq.spec.bits}-bit activations ({self.cfg.method.name})")
+            values = self.target_inputs(name).numpy()
+            plot_activation_levels(values, float(iq.step), float(iq.zero_point), iq.spec.qmin, iq.spec.qmax, name,
+                                   self.out / "plots" / f"act_hist.{name}.png")
+            if self.cfg.method.name in ("domr", "ocs") and not iq.spec.signed:
+                plot_outlier_levels(values, float(iq.step), iq.spec.bits, None,
+                                    self.out / "plots" / f"levels.{name}.png",
+                                    title=f"input of {name}, {iq.spec.bits}-bit activations ({self.cfg.method.name})")
 
 
 def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite: bool = False,
@@ -279,8 +320,8 @@ def run(cfg: RunConfig, out_dir: str | Path, data: str | None = None, overwrite:
         r.results = folder.begin(r.results)
         r.save_results()
         steps = [("evaluate FP", r.evaluate_fp), ("quantize", r.quantize),
-                 ("evaluate quantized", r.evaluate_quantized), ("integer model", r.integer_model),
-                 ("hardware", r.hardware), ("save", r.save), ("report", r.report)]
+                 ("evaluate quantized", r.evaluate_quantized), ("RTN baseline", r.rtn_baseline),
+                 ("integer model", r.integer_model), ("hardware", r.hardware), ("save", r.save), ("report", r.report)]
         for name, fn in steps:
             with r.stages.stage(name):
                 fn()

@@ -135,4 +135,6 @@ def test_unlowerable_model_skips_integer_and_hardware_with_reason(tiny_setup, tm
     res = json.loads((out / "results.json").read_text())
     assert res["integer"]["skipped"] == "integer model: unsupported module X at features.1"
     assert res["hardware"]["skipped"].startswith("no integer model")
-    assert "Hardware stage skipped" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| SKIPPED | integer model = fake-quant | integer model: unsupported module X" in report
+    assert "| SKIPPED | RTL | no integer model" in report

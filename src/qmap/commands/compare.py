@@ -16,7 +16,7 @@ def register(sub) -> None:
                        description="Read results.json of each run folder and print one row per run: method, bit "
                                    "widths, top-1 FP / quantized / integer, accuracy gap, quantization time, cycles. "
                                    "Warns when the runs differ in test split, number of test images or model.")
-    p.add_argument("runs", nargs="+", help="run folders (outputs of qmap run)")
+    p.add_argument("runs", nargs="+", help="run folders (outputs of qmap run) or sweep folders (of qmap sweep)")
     p.add_argument("-o", "--out", "--plot", dest="plot", metavar="FILE",
                    help="write a chart of each run's top-1 change vs FP here (.png, .svg or .pdf)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")

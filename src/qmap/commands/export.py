@@ -32,7 +32,9 @@ def register(subparsers) -> None:
     formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     o = formats.add_parser("onnx", help="ONNX with QuantizeLinear/DequantizeLinear, verified in onnxruntime",
                            description=__doc__)
-    o.add_argument("-c", "--checkpoint", required=True, help="checkpoint (.safetensors with a .json manifest)")
+    src = o.add_mutually_exclusive_group(required=True)
+    src.add_argument("-c", "--checkpoint", help="checkpoint (.safetensors with a .json manifest) to quantize")
+    src.add_argument("--run", metavar="DIR", help="a finished qmap run folder: export its quantized model")
     o.add_argument("-o", "--out", required=True, help="ONNX file to write (.onnx)")
     o.add_argument("--method", default="rtn", choices=sorted(METHODS), help="PTQ method (default: rtn)")
     o.add_argument("--w-bits", type=bits, default=4, help="weight bits (default 4)")
@@ -66,26 +68,46 @@ def _first_last_bits(value: str) -> int | None:
         raise ConfigError(f"--first-last-bits must be an integer or 'none', got {value!r}") from None
 
 
+def quantize_checkpoint(args, root):
+    """(fake-quant model, mean, std, report head, ONNX metadata) from --checkpoint and the quant options."""
+    qcfg = build_section(QuantConfig, {"w_bits": args.w_bits, "a_bits": args.a_bits,
+                                       "first_last_bits": _first_last_bits(args.first_last_bits)}, "quant")
+    model, manifest = load_model(args.checkpoint)
+    mean, std = manifest.mean_std()
+    device = resolved_device(args.device)
+    calib = calibration_set(load_cifar10(root, args.calib_split), args.calib_size, args.seed)
+    qmodel = get_method(args.method)(model.eval().to(device), to_tensor(calib.images, mean, std, device), qcfg).model
+    meta = {"model": {"arch": manifest.arch, "width": manifest.width}, "method": {"name": args.method}}
+    return qmodel, mean, std, {"checkpoint": str(args.checkpoint), "method": args.method, "qconfig": qcfg.to_dict(),
+                               "calibration": calib.source}, meta
+
+
+def load_run_model(args):
+    """(fake-quant model, mean, std, report head, ONNX metadata) of the finished run folder --run."""
+    from ..export.quantized import load_run
+
+    _, qm = load_run(args.run)
+    h = qm.header
+    mean, std = qm.mean_std
+    meta = {"model": {k: h["model"][k] for k in ("arch", "width")}, "method": h["method"]}
+    return qm.model, mean, std, {"run": str(args.run), "method": h["method"].get("name"), "qconfig": h["quant"],
+                                 "calibration": f"the run's ({args.run})"}, meta
+
+
 def run_onnx(args) -> int:
     from ..export import export_onnx, verify_onnx
 
     check_out_file(args.out, (".onnx",))
-    qcfg = build_section(QuantConfig, {"w_bits": args.w_bits, "a_bits": args.a_bits,
-                                       "first_last_bits": _first_last_bits(args.first_last_bits)}, "quant")
     if args.opset < 13:
         raise ConfigError(f"--opset {args.opset}: QDQ export needs opset 13 or later")
-    model, manifest = load_model(args.checkpoint)
-    mean, std = manifest.mean_std()
     root = resolve_data_root(args.data)
-    device = resolved_device(args.device)
-    calib = calibration_set(load_cifar10(root, args.calib_split), args.calib_size, args.seed)
-    qmodel = get_method(args.method)(model.eval().to(device), to_tensor(calib.images, mean, std, device), qcfg).model
-    example = to_tensor(calib.images[:2], mean, std, device)
-    report = {"checkpoint": str(args.checkpoint), "method": args.method, "qconfig": qcfg.to_dict(),
-              "calibration": calib.source, "export": export_onnx(qmodel, args.out, example, args.opset,
-                                                                 low_bit_types=not args.no_int4)}
+    qmodel, mean, std, report, meta = load_run_model(args) if args.run else quantize_checkpoint(args, root)
+    meta |= {"normalization": {"mean": list(mean), "std": list(std)}, "quant": report["qconfig"]}
+    test = load_cifar10(root, args.verify_split)
+    example = to_tensor(test.images[:2], mean, std, next(qmodel.parameters()).device)
+    report["export"] = export_onnx(qmodel, args.out, example, args.opset, low_bit_types=not args.no_int4,
+                                   metadata=meta)
     if not args.no_verify:
-        test = load_cifar10(root, args.verify_split)
         if args.verify_limit is not None:
             test = test.head(args.verify_limit)
         x, y = to_tensor(test.images, mean, std), torch.as_tensor(test.labels)
@@ -104,7 +126,7 @@ def print_report(report: dict, out) -> None:
     q = report["qconfig"]
     print(f"wrote {ex['path']} ({ex['bytes'] / 1024:.1f} KiB, opset {ex['opset']}, {ex['nodes']} nodes: "
           + ", ".join(f"{k} {v}" for k, v in ex["op_counts"].items()) + ")", file=out)
-    print(f"{report['method']} W{q['w_bits']}A{q['a_bits']} (first/last layer: {q['first_last_bits']}), "
+    print(f"{report['method']} W{q.get('w_bits')}A{q.get('a_bits')} (first/last layer: {q.get('first_last_bits')}), "
           f"calibrated on {report['calibration']}", file=out)
     if "verify" not in report:
         return

@@ -60,6 +60,7 @@ def build_config(args) -> RunConfig:
 
 def main(args) -> int:
     from ..pipeline import run
+    from ..report.verdict import rtl_summary, verdict
 
     cfg = build_config(args)
     out = args.out or f"runs/{cfg.name}"
@@ -70,4 +71,7 @@ def main(args) -> int:
     elif not args.quiet:
         m = results["metrics"]
         print(f"top-1 FP {100 * m['top1_fp']:.2f} %  quantized {100 * m['top1_quantized']:.2f} %  → {out}")
+        for row in verdict(results):
+            print(f"  {row['status']:7s} {row['check']}: {row['detail']}")
+        print(rtl_summary(results))
     return 0

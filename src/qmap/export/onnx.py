@@ -4,7 +4,8 @@
 every quantizer is calibrated and that its output is exactly ``(to_int(x) − z)·s'`` on an example input,
 and writes one ONNX node group per traced operation (see :mod:`qmap.export.onnx_graph` for the Q/DQ form
 and :mod:`qmap.export.onnx_ops` for the supported modules). The ONNX model then computes the same function
-as the fake-quant model: integer codes, clipping and dequantization are identical; only the float
+as the fake-quant model: integer codes, clipping and dequantization are identical, biases are int32 in
+accumulator units plus their float fraction (:func:`qmap.export.onnx_ops._bias`); only the float
 accumulation order of Conv/Gemm differs, so logits agree to float rounding — except where such a rounding
 difference moves an activation across a rounding boundary of the next quantizer (one step in one element;
 rare, measured by :func:`verify_onnx`).
@@ -12,6 +13,7 @@ rare, measured by :func:`verify_onnx`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -121,11 +123,13 @@ def build_graph(gm: torch.fx.GraphModule, g: GraphBuilder) -> str:
 
 
 def export_onnx(qmodel: nn.Module, path: str | Path, example_input: torch.Tensor, opset: int = DEFAULT_OPSET,
-                low_bit_types: bool = True) -> dict:
+                low_bit_types: bool = True, metadata: dict | None = None) -> dict:
     """Write ``qmodel`` (fake-quant or float) as an ONNX file at ``path`` (atomically); return a report.
 
     ``example_input``: one batch of the model's input (shape [N, C, H, W]; the batch dimension is dynamic in
     the file). ``low_bit_types``: store 4-bit ranges as INT4/UINT4 where ``opset`` ≥ 21 allows.
+    ``metadata``: {key: JSON-able value} written to the model's ``metadata_props`` as ``qmap.<key>`` = JSON
+    (e.g. ``normalization`` = {"mean": [...], "std": [...]}, ``quant`` = the QuantConfig, ``method``).
     """
     onnx, helper, tp, _ = onnx_modules()
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
@@ -148,12 +152,14 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_input: torch.Tensor
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="qmap", producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets))
+    helper.set_model_props(model, {f"qmap.{k}": json.dumps(v) for k, v in (metadata or {}).items()})
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()
     atomic_write_bytes(path, data)
     return {"path": str(path), "opset": opset, "bytes": len(data), "low_bit_types": low_bit_types,
             "input_shape": in_shape, "output_shape": ["N", *out_shape[1:]], "nodes": len(g.nodes),
-            "op_counts": dict(sorted(Counter(n.op_type for n in g.nodes).items())), "layers": g.layers}
+            "op_counts": dict(sorted(Counter(n.op_type for n in g.nodes).items())), "layers": g.layers,
+            "metadata": sorted(f"qmap.{k}" for k in (metadata or {}))}
 
 
 def ort_session(path: str | Path, threads: int | None = None, optimize: bool = False):
@@ -219,7 +225,7 @@ def compare_logits(reference: torch.Tensor, onnx_out: torch.Tensor, labels: torc
 def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None,
                 batch_size: int = 256, threads: int | None = None, optimize: bool = False) -> dict:
     """Run ``inputs`` through the ONNX file (onnxruntime, CPU; by default every node as written, the file's
-    semantics; ``optimize=True`` lets onnxruntime fuse 8-bit Q/DQ into integer kernels, see docs/onnx.md)
+    semantics; ``optimize=True``: onnxruntime's default graph optimisations, see docs/onnx.md)
     and through ``qmodel`` (fake-quant, on its device); :func:`compare_logits` of the two plus
     ``ort_images_per_s`` (``session.run`` time only)."""
     reference, _ = torch_logits(qmodel, inputs, batch_size)

@@ -45,6 +45,36 @@ def _weight(g: GraphBuilder, m: nn.Module, base: str) -> tuple[str, dict | None]
     return g.quantize_weight(m.weight.detach(), q, f"{base}.weight")
 
 
+def _bias(g: GraphBuilder, m: nn.Module, base: str, spatial: bool = True) -> tuple[list[str], str | None]:
+    """The layer's bias input(s): ``([name] or [], residual name or None)``.
+
+    With a quantized input and weight the bias is stored as the integer model has it, in accumulator units:
+    ``DequantizeLinear(b_int, s'_x·s'_w, axis=0)`` with ``b_int = round(b / (s'_x·s'_w))`` (int32). The
+    fraction ``b − b_int·s'_x·s'_w`` the integer model carries into its requantizer is added after the
+    Conv/Gemm as a float constant (``Add``, only when non-zero), so the graph still computes the fake-quant
+    model's float bias. Written this way onnxruntime has nothing to rewrite: given a float bias, its default
+    optimisations quantize it to int32 at s'_x·s'_w themselves and drop the fraction (docs/onnx.md)."""
+    if m.bias is None:
+        return [], None
+    b = m.bias.detach().double().cpu()
+    wq, iq = getattr(m, "weight_quantizer", None), getattr(m, "input_quantizer", None)
+    if wq is None or iq is None or not (wq.enabled and iq.enabled):
+        return [g.tensor(f"{base}.bias", b.float())], None
+    acc_step = (iq.step.detach().double().reshape(()) * wq.step.detach().double().reshape(-1)).cpu()
+    acc_step = acc_step.expand_as(b).float()
+    b_int = torch.round(b / acc_step.double())
+    if b_int.abs().max() >= 2 ** 31:
+        raise ConfigError(f"{base}: bias does not fit int32 in accumulator units s'_x·s'_w")
+    b_int = b_int.to(torch.int32)
+    dq = g.node("DequantizeLinear", [g.tensor(f"{base}.bias.int", b_int), g.tensor(f"{base}.bias.step", acc_step)],
+                f"{base}.bias.dq", axis=0)
+    fraction = b.float() - b_int.float() * acc_step  # what the float32 DequantizeLinear leaves out
+    if not fraction.any():
+        return [dq], None
+    shape = (1, -1, 1, 1) if spatial else (1, -1)
+    return [dq], g.tensor(f"{base}.bias.fraction", fraction.reshape(shape))
+
+
 def _record(g: GraphBuilder, base: str, op: str, act: dict | None, weight: dict | None) -> None:
     g.layers.append({"name": base, "op": op, "input": act, "weight": weight})
 
@@ -61,10 +91,11 @@ def conv(g: GraphBuilder, m: nn.Conv2d, inputs: list[str], node, base: str) -> s
         pads = [0, 0, 0, 0] if m.padding == "valid" else _pair(m.padding) * 2
     x, act = _quantized_input(g, m, inputs[0], base)
     w, winfo = _weight(g, m, base)
-    ins = [x, w] + ([g.tensor(f"{base}.bias", m.bias.detach().float())] if m.bias is not None else [])
+    bias, residual = _bias(g, m, base)
     _record(g, base, "Conv", act, winfo)
-    return g.node("Conv", ins, base, kernel_shape=k, strides=_pair(m.stride), pads=pads, dilations=d,
-                  group=m.groups)
+    y = g.node("Conv", [x, w, *bias], base, kernel_shape=k, strides=_pair(m.stride), pads=pads, dilations=d,
+               group=m.groups)
+    return g.node("Add", [y, residual], f"{base}.bias_fraction") if residual else y
 
 
 def linear(g: GraphBuilder, m: nn.Linear, inputs: list[str], node, base: str) -> str:
@@ -73,9 +104,10 @@ def linear(g: GraphBuilder, m: nn.Linear, inputs: list[str], node, base: str) ->
         raise ConfigError(f"{base}: Linear on a {len(_input_shape(node))}-D input is not exportable (needs 2-D)")
     x, act = _quantized_input(g, m, inputs[0], base)
     w, winfo = _weight(g, m, base)
-    ins = [x, w] + ([g.tensor(f"{base}.bias", m.bias.detach().float())] if m.bias is not None else [])
+    bias, residual = _bias(g, m, base, spatial=False)
     _record(g, base, "Gemm", act, winfo)
-    return g.node("Gemm", ins, base, transB=1)
+    y = g.node("Gemm", [x, w, *bias], base, transB=1)
+    return g.node("Add", [y, residual], f"{base}.bias_fraction") if residual else y
 
 
 def quantizer(g: GraphBuilder, m: Quantizer, inputs: list[str], node, base: str) -> str:

@@ -1,49 +1,151 @@
-"""The quantized model as safetensors: per layer the integer weights, their steps, the float bias and the
-input quantizer's step/zero point; the QuantSpecs go in the file's metadata (JSON strings).
+"""The quantized-model file (``quantized_model.safetensors``): a finished fake-quant model that loads back.
 
-Tensor names: ``<layer>.w_int`` (int8 codes), ``<layer>.w_step`` (the step multiplying them: s' when
-decoupled), ``<layer>.w_quant_step`` (s, the step used for rounding), ``<layer>.w_zero_point`` (z: the weight is
-(w_int − z)·w_step), ``<layer>.bias``, ``<layer>.in_step``,
-``<layer>.in_zero_point``. The metadata holds one key, ``qmap_layers``: a JSON object {layer: specs} (one
-key, because safetensors orders several metadata keys differently from run to run). No pickle anywhere.
+Format ``qmap.quantized/1`` (documented in docs/quantized_model.md): one safetensors file, no pickle.
+
+- tensors: the model's whole ``state_dict`` under its own names (float weights and biases as the method left
+  them, every quantizer's ``scale`` = s, ``dequant_scale`` = s' when decoupled, ``zero_point``, OMR shift
+  indices, ...) plus, per quantized layer, ``qint:<layer>`` = the integer weights ``to_int(W)`` (int8), the
+  codes the integer model and the hardware use;
+- metadata: one key ``qmap`` holding a JSON header: ``format``, ``model`` (registry ``arch``/``width``/
+  ``num_classes``, or ``factory`` for a user model), ``normalization`` (mean/std of the input), ``quant``
+  (the QuantConfig), ``method`` (name and options), ``modules`` (the module tree of
+  :mod:`qmap.export.module_tree`, which records OMR/OCS channel counts and inserted modules) and ``layers``
+  (per quantized layer: type, weight/input QuantSpec, weight shape, step shapes).
+
+:func:`load_quantized` rebuilds the root model (registry, or ``model_fn`` for a factory), replaces its
+children from the module tree, loads the tensors strictly and checks that the weights still round to the
+stored integers. The fake-quant model it returns computes exactly what the saved one computed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..io import atomic_write_bytes
+from ..errors import QmapError
+from ..io import atomic_write_bytes, read_run_results
 from ..quant import quant_layers
+from .module_tree import build_children, module_tree
+
+FORMAT = "qmap.quantized/1"
+INT_PREFIX = "qint:"
 
 
 @torch.no_grad()
-def quantized_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    tensors: dict[str, torch.Tensor] = {}
-    meta: dict[str, dict] = {}
+def quantized_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """(tensors to store, per-layer header rows): the state dict plus the integer weights of every layer."""
+    tensors = {k: v.detach().cpu() for k, v in qmodel.state_dict().items()}
+    layers: dict[str, dict] = {}
     for name, m in quant_layers(qmodel):
         wq, iq = m.weight_quantizer, m.input_quantizer
-        tensors[f"{name}.w_int"] = wq.to_int(m.weight).to(torch.int8).cpu()
-        tensors[f"{name}.w_step"] = wq.step.detach().float().cpu()
-        tensors[f"{name}.w_quant_step"] = wq.scale.detach().float().cpu()
-        tensors[f"{name}.w_zero_point"] = wq.zero_point.detach().float().cpu()
-        if m.bias is not None:
-            tensors[f"{name}.bias"] = m.bias.detach().float().cpu()
-        tensors[f"{name}.in_step"] = iq.step.detach().float().cpu()
-        tensors[f"{name}.in_zero_point"] = iq.zero_point.detach().float().cpu()
-        meta[name] = {"type": type(m).__name__, "weight_spec": asdict(wq.spec), "input_spec": asdict(iq.spec),
-                      "shape": list(m.weight.shape)}
-    return {k: v.clone().contiguous() for k, v in tensors.items()}, {"qmap_layers": json.dumps(meta)}
+        tensors[f"{INT_PREFIX}{name}"] = wq.to_int(m.weight).to(torch.int8).cpu()
+        layers[name] = {"type": type(m).__name__, "weight_spec": asdict(wq.spec), "input_spec": asdict(iq.spec),
+                        "shape": list(m.weight.shape), "w_steps": wq.step.numel(),
+                        "w_zero_point": bool(wq.zero_point.any()), "decoupled": wq.dequant_scale is not None}
+    return {k: v.clone().contiguous() for k, v in tensors.items()}, layers
 
 
-def save_quantized(qmodel: nn.Module, path: str | Path) -> Path:
-    """Write the integer weights + steps of ``qmodel`` to ``path`` (safetensors, atomically)."""
+def save_quantized(qmodel: nn.Module, path: str | Path, *, arch: str | None = None, width: float | None = None,
+                   num_classes: int | None = None, factory: str | None = None,
+                   mean: tuple[float, ...] = (), std: tuple[float, ...] = (), quant: dict | None = None,
+                   method: dict | None = None) -> Path:
+    """Write ``qmodel`` to ``path`` (safetensors + JSON header, atomically).
+
+    ``arch``/``width``/``num_classes`` name the registry model whose ``forward`` the file's modules plug into
+    (or ``factory``, a free-text name of the user function :func:`load_quantized` is then given as
+    ``model_fn``); ``mean``/``std`` the input normalisation; ``quant``/``method`` the run's settings."""
     from safetensors.torch import save
 
-    tensors, meta = quantized_tensors(qmodel)
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    tensors, layers = quantized_tensors(qmodel)
+    header = {"format": FORMAT,
+              "model": {"arch": arch, "width": width, "num_classes": num_classes, "factory": factory},
+              "normalization": {"mean": list(mean), "std": list(std)},
+              "quant": quant or {}, "method": method or {}, "modules": module_tree(qmodel), "layers": layers}
+    atomic_write_bytes(path, save(tensors, metadata={"qmap": json.dumps(header)}))
     return Path(path)
+
+
+@dataclass
+class QuantizedModel:
+    """A loaded quantized-model file: the fake-quant ``model`` (eval mode, CPU) and the file's ``header``."""
+
+    model: nn.Module
+    header: dict
+    path: Path
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        n = self.header["normalization"]
+        return tuple(n["mean"]), tuple(n["std"])
+
+    def integer_model(self, acc_bits: int = 32):
+        """The integer-only model (:func:`qmap.quant.integer.to_integer_model`) of the fake-quant model."""
+        from ..quant.integer import to_integer_model
+
+        return to_integer_model(self.model, acc_bits=acc_bits)
+
+
+def read_header(path: str | Path) -> dict:
+    """The JSON header of a quantized-model file (a QmapError when it is not one)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (OSError, Exception) as e:  # safetensors raises its own error types for a damaged file
+        raise QmapError(f"cannot read quantized model {path}: {e}") from None
+    if "qmap" not in meta:
+        raise QmapError(f"{path} is not a qmap quantized-model file (no 'qmap' header; written by an older qmap?)")
+    header = json.loads(meta["qmap"])
+    if header.get("format") != FORMAT:
+        raise QmapError(f"{path}: format {header.get('format')!r} is not supported (this qmap reads {FORMAT})")
+    return header
+
+
+@torch.no_grad()
+def load_quantized(path: str | Path, model_fn: Callable[[], nn.Module] | None = None) -> QuantizedModel:
+    """Load a quantized-model file; ``model_fn()`` builds the float root model when the file was saved from a
+    user factory (default: the registry model the header names)."""
+    from safetensors.torch import load_file
+
+    from ..models.registry import build_model
+
+    path = Path(path)
+    header = read_header(path)
+    spec = header["model"]
+    if model_fn is not None:
+        root = model_fn()
+    elif spec.get("arch"):
+        root = build_model(spec["arch"], width=spec["width"], num_classes=spec["num_classes"])
+    else:
+        raise QmapError(f"{path} was saved from a user model ({spec.get('factory') or 'no factory name'}): "
+                        f"pass model_fn= to build its float architecture")
+    model = build_children(root, header["modules"])
+    tensors = load_file(str(path))
+    ints = {k[len(INT_PREFIX):]: v for k, v in tensors.items() if k.startswith(INT_PREFIX)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(INT_PREFIX)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise QmapError(f"{path}: tensors do not match the module tree (missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]})")
+    for name, m in quant_layers(model):
+        m.register_buffer("fp_weight", m.weight.detach().clone(), persistent=False)
+        if name not in ints or not torch.equal(m.weight_quantizer.to_int(m.weight).to(torch.int8), ints[name]):
+            raise QmapError(f"{path}: layer {name}: the weights do not round to the stored integer weights")
+    return QuantizedModel(model.eval(), header, path)
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, QuantizedModel]:
+    """(``results.json`` of a finished ``qmap run`` folder, its loaded quantized model)."""
+    run_dir = Path(run_dir)
+    results = read_run_results(run_dir)
+    name = results.get("files", {}).get("quantized_model")
+    if not name:
+        raise QmapError(f"{run_dir}: the run saved no quantized model (export.quantized_model was off, or the "
+                        f"run did not reach the save stage)")
+    return results, load_quantized(run_dir / name)

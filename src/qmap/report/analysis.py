@@ -1,4 +1,5 @@
-"""Measurements on models that reports show: per-layer output MSE of a quantized model against FP."""
+"""Measurements on models that reports show: per-layer output MSE of a quantized model against FP, and each
+layer's quantizer settings (bits, steps, zero points)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,20 @@ def layer_output_mse(qmodel: nn.Module, x: torch.Tensor) -> list[dict]:
         for h in hooks:
             h.remove()
     rows = []
-    for n, _ in layers:
+    for n, m in layers:
         fp, q = outs[n]
         mse = float(((q - fp) ** 2).mean())
-        rows.append({"layer": n, "mse": mse, "rel_mse": mse / max(float((fp ** 2).mean()), 1e-30)})
+        rows.append({"layer": n, **quant_settings(m), "mse": mse,
+                     "rel_mse": mse / max(float((fp ** 2).mean()), 1e-30)})
     return rows
+
+
+def quant_settings(layer: nn.Module) -> dict:
+    """Bits of weight/input, the steps multiplying the integers (s'; per-channel weights: min and max), the
+    input zero point and whether the weights have non-zero zero points."""
+    wq, iq = layer.weight_quantizer, layer.input_quantizer
+    w_step = wq.step.detach().float()
+    return {"w_bits": wq.spec.bits, "a_bits": iq.spec.bits, "a_signed": iq.spec.signed,
+            "w_step_min": float(w_step.min()), "w_step_max": float(w_step.max()),
+            "x_step": float(iq.step.detach().reshape(-1)[0]), "x_zero_point": float(iq.zero_point.reshape(-1)[0]),
+            "w_zero_points": bool(wq.zero_point.any())}

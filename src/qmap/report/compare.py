@@ -51,8 +51,25 @@ def run_row(run_dir: str | Path) -> dict:
             "model": prov.get("checkpoint_sha256") or _mapping(cfg, "model").get("checkpoint")}
 
 
+def expand_sweeps(paths: list[str | Path]) -> list[Path]:
+    """Run folders, with a ``qmap sweep`` folder (one holding ``sweep.json``) replaced by its points' folders
+    in sweep order (points without a run yet are left out)."""
+    out = []
+    for path in map(Path, paths):
+        if (path / "sweep.json").is_file() and not (path / "results.json").exists():
+            try:
+                points = json.loads((path / "sweep.json").read_text())["points"]
+            except (OSError, ValueError, KeyError) as e:
+                raise QmapError(f"cannot read {path / 'sweep.json'}: {e}") from None
+            out += [path / p["folder"] for p in points if (path / p["folder"] / "results.json").is_file()]
+        else:
+            out.append(path)
+    return out
+
+
 def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
-    return [run_row(d) for d in run_dirs]
+    """One row per run folder; a sweep folder stands for all its points."""
+    return [run_row(d) for d in expand_sweeps(run_dirs)]
 
 
 COMPARABLE = {"test_split": "test split", "test_images": "number of test images", "model": "model checkpoint"}

@@ -41,7 +41,8 @@ def _axes(ax_or_path, figsize: tuple[float, float]):
 
 
 def weight_histogram_with_levels(ax_or_path, weights, levels_list: Sequence, labels: Sequence[str],
-                                 bins: int = 120, title: str = "", log: bool = True) -> Path | None:
+                                 bins: int = 120, title: str = "", log: bool = True,
+                                 xlabel: str = "weight value") -> Path | None:
     """Histogram of ``weights`` with each level set of ``levels_list`` drawn as vertical lines (one colour and
     legend entry per set, e.g. the 4-bit grid at α = 1 and at the chosen α). Returns the path when saving."""
     ax, path = _axes(ax_or_path, (8, 3.6))
@@ -49,13 +50,14 @@ def weight_histogram_with_levels(ax_or_path, weights, levels_list: Sequence, lab
     lo = min([w.min(), *(np.min(lv) for lv in levels_list)])
     hi = max([w.max(), *(np.max(lv) for lv in levels_list)])
     pad = 0.03 * (hi - lo)
-    ax.hist(w, bins=bins, range=(lo - pad, hi + pad), color="#a5a5a5", log=log, label=f"weights (n={w.size})")
+    ax.hist(w, bins=bins, range=(lo - pad, hi + pad), color="#a5a5a5", log=log,
+            label=f"{xlabel.split()[0]}s (n={w.size})")
     for i, (levels, label) in enumerate(zip(levels_list, labels)):
         color = COLORS[i % len(COLORS)]
         style = ("-", "--", ":", "-.")[i % 4]
         for j, x in enumerate(np.asarray(levels, dtype=np.float64).ravel()):
             ax.axvline(x, color=color, linestyle=style, linewidth=1.0, alpha=0.85, label=label if j == 0 else None)
-    ax.set_xlabel("weight value")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("count" + (" (log)" if log else ""))
     if title:
         ax.set_title(title, fontsize=10)

@@ -25,11 +25,21 @@ def plot_weight_levels(weights: np.ndarray, grid_step: float, step: float, qmin:
     weight_histogram_with_levels(path, weights, levels, labels, title=f"{layer}: fused weights")
 
 
+def plot_activation_levels(values: np.ndarray, step: float, zero_point: float, qmin: int, qmax: int, layer: str,
+                           path: Path) -> None:
+    """Histogram of a layer's FP input (calibration images) with its activation levels (k − z)·s'."""
+    levels = (np.arange(qmin, qmax + 1) - zero_point) * step
+    weight_histogram_with_levels(path, values, [levels], [f"{qmax - qmin + 1} levels (step {step:.3g})"],
+                                 title=f"{layer}: input activations", xlabel="activation value")
+
+
 def plot_cycles(rows: list[dict], path: Path) -> None:
+    """Cycles per layer on a log axis (layers differ by orders of magnitude) and PE utilisation."""
     fig, ax1 = plt.subplots(figsize=(max(6, 0.5 * len(rows)), 3.5))
     x = range(len(rows))
     ax1.bar(x, [r["cycles"] for r in rows], color="#70ad47")
-    ax1.set_ylabel("cycles")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("cycles (log)")
     ax1.set_xticks(x, [r["name"] for r in rows], rotation=60, ha="right", fontsize=8)
     ax2 = ax1.twinx()
     ax2.plot(x, [100 * r["utilisation"] for r in rows], "o-", color="#c00000")

@@ -1,0 +1,104 @@
+"""The quantized-model file round-trips: load_quantized gives back a model with bit-identical outputs, also
+after OMR (shift and bias forms) and OCS changed channel counts and inserted modules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from testutil import randomise_bn
+
+from qmap.errors import QmapError
+from qmap.export.quantized import load_quantized, read_header, save_quantized
+from qmap.methods import get_method
+from qmap.methods.omr import apply_omr
+from qmap.models.tiny import tiny_cnn
+from qmap.quant import QuantConfig, calibrate, quant_layers, quantize_model
+from qmap.quant.integer import to_integer_model
+
+QCFG = QuantConfig(w_bits=4, a_bits=4, first_last_bits=8, w_observer="minmax", a_observer="minmax")
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(48, 3, 32, 32)
+
+
+def tiny(act: str = "relu"):
+    torch.manual_seed(1)
+    model = tiny_cnn(width=0.5, act=act).eval()
+    randomise_bn(model)
+    return model
+
+
+def roundtrip(qmodel, tmp_path, **kw):
+    path = save_quantized(qmodel, tmp_path / "q.safetensors", arch="tiny_cnn", width=0.5, num_classes=10,
+                          mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), quant=QCFG.to_dict(), **kw)
+    return load_quantized(path)
+
+
+@torch.no_grad()
+def assert_same(a, b, images):
+    assert torch.equal(a.eval()(images), b.eval()(images))
+
+
+def test_rtn_roundtrip_is_bit_exact(images, tmp_path):
+    qmodel = get_method("rtn")(tiny(), images, QCFG).model
+    loaded = roundtrip(qmodel, tmp_path, method={"name": "rtn", "options": {}})
+    assert_same(qmodel, loaded.model, images)
+    assert loaded.mean_std == ((0.5,) * 3, (0.25,) * 3)
+    assert loaded.header["quant"]["w_bits"] == 4 and loaded.header["method"]["name"] == "rtn"
+    a, b = to_integer_model(qmodel), loaded.integer_model()
+    assert torch.equal(a.run(images).logits, b.run(images).logits)
+
+
+def test_decoupled_steps_and_zero_points_survive(images, tmp_path):
+    qmodel = quantize_model(tiny(), QCFG)
+    calibrate(qmodel, images)
+    for _, m in quant_layers(qmodel):
+        m.weight_quantizer.decouple()
+        m.weight_quantizer.dequant_scale.data *= 1.01
+    name, layer = quant_layers(qmodel)[1]
+    layer.input_quantizer.zero_point.fill_(3.0)
+    loaded = roundtrip(qmodel, tmp_path)
+    assert_same(qmodel, loaded.model, images)
+    assert loaded.header["layers"][name]["decoupled"]
+
+
+@pytest.mark.parametrize("form", ["auto", "shift"])  # auto: bias form where it is valid
+def test_omr_changed_structure_roundtrips(images, tmp_path, form):
+    qmodel = quantize_model(tiny(), QCFG)
+    calibrate(qmodel, images)
+    report = apply_omr(qmodel, selective=False, form=form, live_clip=form == "shift")
+    assert report["pairs"]
+    loaded = roundtrip(qmodel, tmp_path)
+    assert_same(qmodel, loaded.model, images)
+    shapes = {n: tuple(m.weight.shape) for n, m in quant_layers(qmodel)}
+    assert shapes == {n: tuple(m.weight.shape) for n, m in quant_layers(loaded.model)}
+
+
+def test_ocs_split_roundtrips(images, tmp_path):
+    qmodel = get_method("ocs")(tiny(), images, QCFG, expand_ratio=0.1).model
+    assert_same(qmodel, roundtrip(qmodel, tmp_path).model, images)
+
+
+def test_damaged_or_foreign_files_are_refused(images, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, tmp_path / "plain.safetensors")
+    with pytest.raises(QmapError, match="not a qmap quantized-model file"):
+        load_quantized(tmp_path / "plain.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(QmapError, match="cannot read"):
+        read_header(tmp_path / "junk.safetensors")
+    qmodel = get_method("rtn")(tiny(), images, QCFG).model
+    path = save_quantized(qmodel, tmp_path / "q.safetensors", arch="tiny_cnn", width=0.5, num_classes=10)
+    header = read_header(path)
+    header["modules"]["children"]["features"]["type"] = "os.system"
+    from safetensors.torch import load_file
+
+    save_file(load_file(path), tmp_path / "evil.safetensors", metadata={"qmap": json.dumps(header)})
+    with pytest.raises(QmapError, match="not allowed"):
+        load_quantized(tmp_path / "evil.safetensors")
