@@ -71,6 +71,17 @@ def test_matches_fake_quant(images, tmp_path, bits):
     assert clips == (0 if bits[1] == 8 else 5)  # b < 8: one integer-domain Clip per quantized input
 
 
+@pytest.mark.parametrize("w_bits", [2, 3, 4])
+def test_affine_weights_carry_zero_points(images, tmp_path, w_bits):
+    qmodel = quantized(images, w_bits=w_bits, a_bits=4, w_symmetric=False)
+    report, check = export_and_verify(qmodel, images, tmp_path)
+    assert check["max_rel_diff"] <= REL_TOL and check["top1_agreement"] == 1.0
+    graph = onnx.load(tmp_path / "model.onnx").graph
+    zps = {t.name for t in graph.initializer if t.name.endswith(".zero_point")}
+    weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".int")]
+    assert any(len(n.input) == 3 and n.input[2] in zps for n in weight_dq)
+
+
 @pytest.mark.parametrize("bits", [(4, 4), (8, 8)])
 def test_bit_exact_with_pow2_steps(images, tmp_path, bits):
     """Power-of-two steps and zero biases make every float op exact, so any numerics slip would show."""

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from qmap.methods import get_method
-from qmap.methods.adaround import GAMMA, ZETA, AdaRoundQuantizer, attach_adaround, harden_layer, rectified_sigmoid
 from qmap.models.tiny import tiny_cnn
 from qmap.quant import QuantConfig, Quantizer, QuantSpec, quantize_model
+from qmap.quant.adaround import GAMMA, ZETA, AdaRoundQuantizer, attach_adaround, harden_layer, rectified_sigmoid
 
 torch.set_num_threads(1)
 
@@ -50,23 +50,25 @@ def test_regulariser_zero_at_hard_values_and_max_at_half():
     assert float(aq.regularizer(2.0).detach()) == pytest.approx(w.numel())  # 1 − |2·0.5 − 1|^β = 1 per weight
 
 
-def test_harden_gives_learned_integers_and_plain_quantizer():
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_harden_gives_learned_integers_and_plain_quantizer(symmetric):
     torch.manual_seed(1)
-    qmodel = quantize_model(tiny_cnn(0.5).eval(), QuantConfig(w_bits=3, a_bits=8))
+    qmodel = quantize_model(tiny_cnn(0.5).eval(), QuantConfig(w_bits=3, a_bits=8, w_symmetric=symmetric))
     layer = qmodel.features[3]
     w0 = layer.weight.detach().clone()
     layer.weight_quantizer.decouple()
     aq = attach_adaround(layer)
     aq.alpha.data = torch.randn_like(aq.alpha) * 3  # an arbitrary learned rounding
     aq.dequant_scale.data *= 1.1                     # and a learned dequant step s' ≠ s
-    s = aq.scale.view(-1, 1, 1, 1)
-    expected = torch.clamp(torch.floor(w0 / s) + (aq.alpha >= 0).float(), aq.spec.qmin, aq.spec.qmax)
+    s, z = aq.scale.view(-1, 1, 1, 1), aq.zero_point.view(-1, 1, 1, 1)
+    assert bool((z != 0).any()) != symmetric
+    expected = torch.clamp(torch.floor(w0 / s) + (aq.alpha >= 0).float() + z, aq.spec.qmin, aq.spec.qmax)
     assert torch.equal(aq.to_int(w0), expected.int())
     harden_layer(layer)
     wq = layer.weight_quantizer
     assert type(wq) is Quantizer and wq.dequant_scale is not None
     assert torch.equal(wq.to_int(layer.weight), expected.int())
-    assert torch.allclose(wq(layer.weight), expected * wq.step.view(-1, 1, 1, 1), rtol=0, atol=1e-7)
+    assert torch.allclose(wq(layer.weight), (expected - z) * wq.step.view(-1, 1, 1, 1), rtol=0, atol=1e-7)
     assert torch.equal(layer.fp_weight, w0)  # the FP original is kept for reports
 
 

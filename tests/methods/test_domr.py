@@ -35,9 +35,10 @@ def test_domr_learns_decoupled_steps_and_beats_rtn(setup):
     for _, m in layers:
         wq = m.weight_quantizer
         assert wq.dequant_scale is not None and not wq.dequant_scale.requires_grad
-        # the fake-quant weight is exactly the integers times the learned dequant step
-        assert torch.allclose(wq(m.weight), wq.to_int(m.weight).float() * wq.step.view(-1, 1, 1, 1)
-                              if m.weight.dim() == 4 else wq.to_int(m.weight).float() * wq.step.view(-1, 1))
+        # the fake-quant weight is exactly the integers q − z times the learned dequant step
+        shape = (-1,) + (1,) * (m.weight.dim() - 1)
+        q = wq.to_int(m.weight).float() - wq.zero_point.view(shape)
+        assert torch.allclose(wq(m.weight), q * wq.step.view(shape))
     moved = [float((m.weight_quantizer.dequant_scale / m.weight_quantizer.scale - 1).abs().max()) for _, m in layers]
     assert max(moved) > 1e-3  # s'_w was learned away from s_w
     assert res.report["options"]["granularity"] == "network"
@@ -57,7 +58,7 @@ def test_domr_blockwise_form_sums_every_layer_error(setup):
 
 def test_domr_with_selective_omr(setup):
     pytest.importorskip("qmap.methods.omr", reason="OMR transform (qmap.methods.omr) not in this build")
-    from qmap.methods.omr import OutlierShift
+    from qmap.quant.shift import OutlierShift
 
     model, calib, ref = setup
     qcfg = QuantConfig(w_bits=3, a_bits=2)

@@ -16,9 +16,10 @@ from torch import nn
 
 from qmap.errors import ConfigError
 from qmap.methods.channels import find_pairs
-from qmap.methods.omr import OutlierShift, apply_omr, omr_reference, quantizer_clip
+from qmap.methods.omr import apply_omr, omr_reference
 from qmap.models import build_model
 from qmap.quant import QuantConfig, Quantizer, QuantSpec, calibrate, quant_layers, quantize_model
+from qmap.quant.shift import OutlierShift, quantizer_clip
 
 ATOL = 1e-9
 
@@ -212,7 +213,7 @@ def test_errors_are_config_errors():
 
 def test_adaround_quantizers_are_extended_too():
     """OMR after AdaRound's quantizer is attached (DOMR stage 2): its per-weight α is duplicated with the weight."""
-    from qmap.methods.adaround import attach_adaround
+    from qmap.quant.adaround import attach_adaround
 
     x = _images()
     q = _quantized(Features(), 3, x)

@@ -84,6 +84,27 @@ def test_decoupled_dequant_step_is_the_real_weight_step():
     assert all(r["isolated"]["max_lsb"] <= 1 for r in report["layers"])
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_weight_integers_are_q_minus_z(bits, symmetric):
+    """Affine weights reach the integer model as signed q − z (b + 1 bits): w_int·s'_w is the fake-quant weight,
+    and the integer model agrees with the fake-quant model as for symmetric weights."""
+    cfg = QuantConfig(w_bits=bits, a_bits=4, first_last_bits=None, w_symmetric=symmetric, w_observer="mse",
+                      a_observer="minmax")
+    qmodel = calibrated(small_model("tiny_cnn", seed=bits), cfg, images(16))
+    imodel = to_integer_model(qmodel)
+    for name, layer in quant_layers(qmodel):
+        wq, lay = layer.weight_quantizer, imodel.layer(name)
+        assert bool((wq.zero_point != 0).any()) == (not symmetric)
+        assert lay.w_bits == bits + (0 if symmetric else 1)
+        assert int(lay.w_int.abs().max()) <= 2 ** lay.w_bits // 2
+        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+        fq = wq(layer.weight.detach()).double()
+        assert torch.allclose(lay.w_int.double() * lay.w_step.view(shape), fq, rtol=0, atol=1e-7)
+    report = compare_with_fake_quant(qmodel, imodel, images(8, seed=3))
+    assert all(r["isolated"]["max_lsb"] <= 1 for r in report["layers"])
+
+
 def test_accumulator_report_and_overflow():
     cfg = QuantConfig(w_bits=8, a_bits=8, first_last_bits=None, **MINMAX)
     qmodel = calibrated(small_model("tiny_cnn"), cfg, images(16))

@@ -95,3 +95,21 @@ def test_nan_inf_is_a_one_line_error(bad):
 def test_compute_before_update_is_an_error():
     with pytest.raises(RuntimeError, match="calibration"):
         Observer(QuantSpec()).compute()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("p_norm", [2.0, 2.4])
+def test_affine_mse_searches_step_and_zero_point(bits, p_norm):
+    """On skewed rows the joint (step, zero point) search beats the min-max affine grid and the best symmetric
+    grid, and every row's result is at least as good as any single zero point tried on its own step."""
+    g = torch.Generator().manual_seed(bits)
+    w = torch.randn(16, 300, generator=g).abs() ** 1.5 - 0.3 * torch.rand(16, 1, generator=g)
+    affine = QuantSpec(bits=bits, per_channel=True, symmetric=False, observer="mse", p_norm=p_norm)
+    e_aff = _error(w, affine)
+    assert bool((e_aff <= _error(w, affine.with_(observer="minmax")) * (1 + 1e-6)).all())
+    assert float(e_aff.sum()) < 0.8 * float(_error(w, affine.with_(symmetric=True)).sum())
+    scale, zp = observe_tensor(w, affine)
+    assert bool(((zp >= affine.qmin) & (zp <= affine.qmax) & (zp == zp.round())).all())
+    for dz in (-1.0, 1.0):  # a neighbouring zero point with the chosen step is never better
+        other = (zp + dz).clamp(affine.qmin, affine.qmax)
+        assert bool((e_aff <= quant_error(w, scale, other, affine) * (1 + 1e-6)).all())

@@ -257,9 +257,10 @@ def scale_layers(qmodel: nn.Module, images: torch.Tensor, criterion: str = "outp
 
 
 def integer_kernel(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(integer kernel clip(round(α·W/s)), its real step s/α) of an α-scaled layer, as the hardware export reads
-    them; ``step · kernel`` is the layer's fake-quant weight."""
-    return layer.weight_quantizer.to_int(layer.weight.detach()), layer.weight_quantizer.step.detach()
+    """(integer kernel clip(round(α·W/s) + z) − z, its real step s/α) of an α-scaled layer, as the hardware export
+    reads them; ``step · kernel`` is the layer's fake-quant weight."""
+    wq, w = layer.weight_quantizer, layer.weight.detach()
+    return wq.to_int(w) - wq._shaped(wq.zero_point, w).to(torch.int32), wq.step.detach()
 
 
 __all__ = ["CRITERIA", "FIXED_GRIDS", "alpha_grid", "apply", "capture_input", "fixed_grid_step", "integer_kernel",

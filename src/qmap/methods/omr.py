@@ -19,13 +19,13 @@ Two ways to produce the copy:
 - ``bias`` form (eq. 2, ReLU only): duplicate l's output channel with bias b − X. relu(y − X) equals
   relu(relu(y) − X), and max-pooling commutes with it (max(v) − X = max(v − X), relu is monotone), so the
   copy is right for Conv→[BN]→ReLU→[MaxPool]→Conv/Linear. Costs extra MACs in l and l+1.
-- ``shift`` form (seed sec. 4, any per-channel activation/pooling): an :class:`OutlierShift` module right
-  before l+1 computes cat(v, relu(v[:, idx] − X)). GELU(y − X) ≠ GELU(y) − X and avg-pooling does not
-  commute with relu, so the shift must act on v itself, after the nonlinearity and the pooling. The
-  rectification matters for signed quantizers: an unrectified copy would clip to qmin·s, not 0, adding an
-  offset that zero padding makes position-dependent (no bias can cancel it). Costs extra MACs in l+1 only,
-  plus one subtract/max per copied value; with ``live_clip`` X is read from the quantizer at every forward,
-  so it follows a step that is learned afterwards (DOMR's DJOS).
+- ``shift`` form (seed sec. 4, any per-channel activation/pooling): an OutlierShift module (:mod:`qmap.quant.shift`)
+  right before l+1 computes cat(v, relu(v[:, idx] − X)). GELU(y − X) ≠ GELU(y) − X and avg-pooling does not commute
+  with relu, so the shift must act on v itself, after the nonlinearity and the pooling. The rectification matters for
+  signed quantizers: an unrectified copy would clip to qmin·s, not 0, adding an offset that zero padding makes
+  position-dependent (no bias can cancel it). Costs extra MACs in l+1 only, plus one subtract/max per copied value;
+  with ``live_clip`` X is read from the quantizer at every forward, so it follows a step that is learned afterwards
+  (DOMR's DJOS).
 
 *Selective* OMR migrates only channels whose calibration maximum would land on a non-zero copy code
 (round((max_c − X)/s) ≥ 1), largest excess first, at most ``budget`` × channels per pair (or over all pairs).
@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant import Quantizer, float_mode, quant_layers
-from ..quant.chain import ShiftCopy
+from ..quant import float_mode, quant_layers
+from ..quant.shift import OutlierShift, quantizer_clip
 from .channels import (
     ChannelPair,
     channel_max,
@@ -57,45 +57,6 @@ from .options import signature_options
 
 FORMS = ("auto", "bias", "shift")
 BIAS_FORM_BETWEEN = ("relu", "maxpool", "flatten")
-
-
-def quantizer_clip(q: Quantizer) -> torch.Tensor:
-    """Upper clip X = (qmax − z)·s of a per-tensor quantizer, in quant-step units s (not the dequant step)."""
-    return (q.spec.qmax - q.zero_point.reshape(())) * q.scale.reshape(())
-
-
-class OutlierShift(nn.Module):
-    """x ↦ cat(x, relu(x[:, index] − X), dim=1): the migrated copies of channels ``index`` (shift form of OMR).
-
-    X is the fixed ``x_clip`` or, given ``quantizer``, its live clip (qmax − z)·s at every call.
-    """
-
-    def __init__(self, index: torch.Tensor, x_clip: float | None = None, quantizer: Quantizer | None = None):
-        super().__init__()
-        if (x_clip is None) == (quantizer is None):
-            raise ValueError("give exactly one of x_clip and quantizer")
-        self.register_buffer("index", index.detach().long().clone())
-        self.register_buffer("x_clip", torch.tensor(float(x_clip if x_clip is not None else 0.0)))
-        self.quantizer = [quantizer] if quantizer is not None else None  # a list: not registered as a child
-
-    def clip(self) -> torch.Tensor:
-        return quantizer_clip(self.quantizer[0]) if self.quantizer else self.x_clip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, torch.relu(x.index_select(1, self.index) - self.clip())], dim=1)
-
-    def integer_op(self) -> ShiftCopy:
-        """The integer form for :mod:`qmap.quant.integer` (live clip only: X_clip is then qmax − z codes)."""
-        if not self.quantizer:
-            raise ConfigError("integer model: an OMR shift with a fixed x_clip has no exact integer form "
-                              "(use live_clip=True)")
-        q = self.quantizer[0]
-        z = int(q.zero_point.reshape(-1)[0])
-        return ShiftCopy(tuple(int(i) for i in self.index.tolist()), q.spec.qmax - z, q.spec.qmax)
-
-    def extra_repr(self) -> str:
-        x = "live" if self.quantizer else f"{float(self.x_clip):.4g}"
-        return f"channels={len(self.index)}, x_clip={x}"
 
 
 def _form(qmodel: nn.Module, pair: ChannelPair, form: str, live_clip: bool) -> str:

@@ -6,7 +6,9 @@ For each block (a layer, a stage or the whole network, see :mod:`qmap.methods.re
 
 where x_j is the FP model's output at loss point j (cached), x̂_j the quantized block's output fed with the
 quantized network's input of the block, and R the AdaRound regulariser (off during the first ``warmup``
-fraction of the iterations, then with β annealed linearly from ``beta_start`` to ``beta_end``).
+fraction of the iterations, then with β annealed linearly from ``beta_start`` to ``beta_end``). With
+``loss_per_position`` each loss term is divided by its map's H·W (the reference implementations' form; with
+Adam this only makes λ H·W times stronger relative to the reconstruction term).
 
 Learnable, each in its own Adam parameter group: the rounding variables v (lr ``lr_rounding``), the
 activation steps s_x and the decoupled weight dequant steps s'_w. A step's learning rate is relative
@@ -17,7 +19,14 @@ one), and every activation quantizer in the block passes its input through unqua
 
 Caching: only the current block's FP input, quantized input and FP targets are held, in memory up to
 ``memory_limit_mb`` and memory-mapped files beyond (:mod:`qmap.methods.recon_cache`); the next block's inputs
-are computed from them after the block is hardened.
+are computed from them after the block is hardened. Feature maps are cached channels-last (NHWC strides), so
+every convolution and element-wise op of an iteration runs on NHWC tensors (oneDNN's native CPU layout: no
+layout reorder per call); the values are those of the NCHW computation up to float round-off.
+
+Speed (``benchmarks/recon_speed.py``): an iteration's element-wise work is the fake-quant of every activation
+(forward and STE backward in :class:`~qmap.quant.quantizer.FakeQuantSTE`, QDrop's mask folded in) and the
+loss; the FP targets are computed once per block; nothing but the learning-rate update runs in Python per
+iteration.
 
 Resume: with ``work_dir`` set, each finished block's layer tensors are saved atomically (``block_KKK.pt``,
 loaded with ``weights_only=True``), and with ``checkpoint_every`` > 0 the optimiser and generator states
@@ -44,7 +53,7 @@ from ..errors import ConfigError, reject_unknown_keys
 from ..io import atomic_write_bytes, atomic_write_json
 from ..progress import bar
 from ..quant import QuantConfig, calibrate, quantize_model, set_quant_state
-from .adaround import AdaRoundQuantizer, attach_adaround, harden_layer
+from ..quant.adaround import AdaRoundQuantizer, attach_adaround, harden_layer
 from .base import MethodResult, Timer, model_device
 from .recon_blocks import Block, make_blocks, sequential_units
 from .recon_cache import ActivationStore, CachePool, fill_store
@@ -59,6 +68,7 @@ class ReconConfig:
     iters: int = 500                    # Adam iterations per block
     batch_size: int = 32
     p_norm: float = 2.0
+    loss_per_position: bool = False     # average the loss over positions (reference form) instead of summing
     learn_rounding: bool = True         # AdaRound rounding variables
     learn_act_step: bool = True         # activation steps s_x
     learn_weight_step: bool = False     # decoupled dequant steps s'_w (DOMR)
@@ -96,10 +106,14 @@ class ReconConfig:
         return d
 
 
-def lp_loss(pred: torch.Tensor, target: torch.Tensor, p: float) -> torch.Tensor:
-    """E_batch Σ_elements |pred − target|^p. A quantized output with more channels than the FP one (OMR's
-    migrated copies, appended after the original channels) is compared on its first channels."""
-    return (pred[:, :target.shape[1]] - target).abs().pow(p).flatten(1).sum(1).mean()
+def lp_loss(pred: torch.Tensor, target: torch.Tensor, p: float, per_position: bool = False) -> torch.Tensor:
+    """E_batch Σ_elements |pred − target|^p, or with ``per_position`` E_batch E_positions Σ_channels (the
+    reference BRECQ/QDrop form: H·W times smaller on an H×W map). A quantized output with more channels than
+    the FP one (OMR's migrated copies, appended after the original channels) is compared on its first
+    channels."""
+    d = pred[:, :target.shape[1]] - target
+    positions = d[0, 0].numel() if per_position and d.dim() > 2 else 1
+    return (d.square() if p == 2 else d.abs().pow(p)).sum() / (d.shape[0] * positions)
 
 
 def mix_inputs(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -174,14 +188,11 @@ def finish_block(layers: list[nn.Module]) -> None:
                 p.requires_grad_(False)
 
 
-def add_drop_hooks(layers: list[nn.Module], p: float, gen: torch.Generator) -> list:
-    """QDrop: each activation quantizer returns its input unquantized with probability p per element."""
-    def hook(module, inputs, output):
-        x = inputs[0]
-        keep_fp = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) < p
-        return torch.where(keep_fp, x, output)
-
-    return [layer.input_quantizer.register_forward_hook(hook) for layer in layers]
+def set_drop(layers: list[nn.Module], p: float, gen: torch.Generator | None) -> None:
+    """QDrop: each activation quantizer of ``layers`` returns its input unquantized with probability p per
+    element (masks drawn from ``gen`` in forward order); p = 0 switches it off."""
+    for layer in layers:
+        layer.input_quantizer.drop_prob, layer.input_quantizer.drop_gen = p, gen
 
 
 # ---------------------------------------------------------------------------------------------- resume state
@@ -257,7 +268,7 @@ def block_error(block: Block, units: list[nn.Module], data: BlockData, cfg: Reco
     for s in range(0, n, cfg.batch_size):
         sl = slice(s, min(n, s + cfg.batch_size))
         outs = block.run(units, data.q_in.read(sl))
-        total += sum(float(lp_loss(o, t.read(sl), cfg.p_norm)) * (sl.stop - sl.start)
+        total += sum(float(lp_loss(o, t.read(sl), cfg.p_norm, cfg.loss_per_position)) * (sl.stop - sl.start)
                      for o, t in zip(outs, data.targets))
     return total / max(1, n)
 
@@ -287,7 +298,7 @@ def optimise_block(block: Block, units: list[nn.Module], data: BlockData, cfg: R
         idx_gen.set_state(partial["idx_gen"].cpu())
         mask_gen.set_state(partial["mask_gen"].cpu())
         start = int(partial["t"])
-    hooks = add_drop_hooks(layers, cfg.drop_prob, mask_gen) if cfg.drop_prob > 0 else []
+    set_drop(layers, cfg.drop_prob, mask_gen)
     n = len(data.q_in)
     try:
         for t in bar(range(start, cfg.iters), desc=f"reconstruct block {block.index}"):
@@ -302,7 +313,8 @@ def optimise_block(block: Block, units: list[nn.Module], data: BlockData, cfg: R
             if cfg.drop_prob > 0:
                 x = mix_inputs(x, data.fp_in.read(idx), cfg.drop_prob, mask_gen)
             outs = block.run(units, x)
-            loss = sum(lp_loss(o, tg.read(idx), cfg.p_norm) for o, tg in zip(outs, data.targets))
+            loss = sum(lp_loss(o, tg.read(idx), cfg.p_norm, cfg.loss_per_position)
+                       for o, tg in zip(outs, data.targets))
             beta = beta_at(t, cfg)
             if beta is not None and params.rounding:
                 loss = loss + cfg.round_weight * sum(q.regularizer(beta) for q in params.rounding)
@@ -313,8 +325,7 @@ def optimise_block(block: Block, units: list[nn.Module], data: BlockData, cfg: R
                 for p in params.steps:
                     p.clamp_(min=1e-8)
     finally:
-        for h in hooks:
-            h.remove()
+        set_drop(layers, 0.0, None)
     return {"iters": cfg.iters - start, "resumed_at": start}
 
 
@@ -362,7 +373,8 @@ def reconstruct(qmodel: nn.Module, calib: torch.Tensor, cfg: ReconConfig, tag: s
         state = ReconState(cfg.work_dir, fingerprint(qmodel, calib, cfg, tag), cfg.resume, device)
     pool = CachePool(int(cfg.memory_limit_mb * 2**20), device,
                      Path(cfg.work_dir) / "cache" if cfg.work_dir else None)
-    fp_in = q_in = ActivationStore.wrap(calib, device)
+    fp_in = q_in = ActivationStore.wrap(calib.contiguous(memory_format=torch.channels_last)
+                                        if calib.dim() == 4 else calib, device)
     report = []
     try:
         for block in blocks:

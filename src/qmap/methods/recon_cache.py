@@ -3,6 +3,8 @@ byte budget allows and memory-mapped to a file otherwise (``torch.from_file(shar
 so a cache larger than RAM still works, and only the rows of a batch are read per iteration).
 
 Only the current block's inputs and targets are cached at any time, never the whole network's activations.
+Feature maps (samples of shape C×H×W) are stored channels-last (N, H, W, C in memory), the layout the
+reconstruction iterates in; a batch read by index keeps it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ class ActivationStore:
                  path: Path | None = None):
         self.path = path
         numel = n * int(torch.Size(sample_shape).numel())
+        nhwc = len(sample_shape) == 3
         if path is None:
-            self.data = torch.empty((n, *sample_shape), dtype=dtype, device=device)
+            self.data = torch.empty((n, *sample_shape), dtype=dtype, device=device,
+                                    memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         else:
             flat = torch.from_file(str(path), shared=True, size=numel, dtype=dtype)
-            self.data = flat.view(n, *sample_shape)
+            self.data = flat.view(n, *sample_shape[1:], sample_shape[0]).permute(0, 3, 1, 2) if nhwc \
+                else flat.view(n, *sample_shape)
         self.device = device
 
     @classmethod

@@ -1,7 +1,9 @@
 """Integer-only inference: a calibrated fake-quant model as plain integer tensors, steps and requantizers.
 
-For quantized layer l with input integers x (real step s'_x, zero point 0), weight integers W = to_int(w)
-(quant step s_w, real step s'_w per output channel — DOMR's decoupled step is honoured) and float bias b:
+For quantized layer l with input integers x (real step s'_x, zero point 0), weight integers W = to_int(w) − z_w
+(quant step s_w, real step s'_w and zero point z_w per output channel — DOMR's decoupled step is honoured; an
+affine b-bit weight becomes the signed integer q − z ∈ [−(2^b − 1), 2^b − 1], b + 1 bits, so the array needs
+no zero-point correction) and float bias b:
 
     psum   = conv(x, W)                                   exact integers (what the array accumulates)
     acc    = psum + b_int,  b_int = round(b / (s'_x·s'_w))  (bias in accumulator units)
@@ -62,12 +64,12 @@ class IntLayer:
 
     name: str
     kind: str                          # "conv" | "linear"
-    w_int: torch.Tensor                # int8 [O, I/groups, kh, kw] or [O, I]
+    w_int: torch.Tensor                # int8 [O, I/groups, kh, kw] or [O, I]: q − z_w
     bias_int: torch.Tensor             # int64 [O], in accumulator units s'_x·s'_w
     x_step: float                      # real step of the input integers (s'_x)
     x_range: tuple[int, int]           # (qmin, qmax) of the input integers
     w_step: torch.Tensor               # float64 [O], real step of the weight integers (s'_w)
-    w_bits: int
+    w_bits: int                        # signed width of w_int: b (symmetric) or b + 1 (affine, q − z)
     x_bits: int
     acc_bits: int                      # declared accumulator width (signed)
     pre_ops: list[Op] = field(default_factory=list)   # on accumulators (ReLU, pools; average pools as sums)
@@ -253,9 +255,9 @@ class _IntegerModule(nn.Module):
 def _check_quantizer(q, what: str) -> None:
     if not q.enabled or not bool(q.initialized):
         raise ConfigError(f"integer model: {what} quantizer {q.name} is disabled or uncalibrated")
-    if bool((q.zero_point != 0).any()):
+    if what == "input" and bool((q.zero_point != 0).any()):
         raise ConfigError(f"integer model: {what} quantizer {q.name} has a non-zero zero point "
-                          "(only symmetric quantizers are supported)")
+                          "(only symmetric activation quantizers are supported)")
 
 
 def _split_ops(ops: list[Op], requant: bool) -> tuple[list[Op], list[Op], bool]:
@@ -380,9 +382,11 @@ class _Lowering:
             post = [Clamp(target.to_int(torch.tensor(6.0)).reshape(-1).to(torch.int64)) if isinstance(op, Clamp)
                     else op for op in post]
         x_spec = m.input_quantizer.spec
+        w_int = wq.to_int(m.weight.detach()) - wq.zero_point.to(torch.int32).reshape(-1, *[1] * (m.weight.dim() - 1))
         lay = IntLayer(name=name, kind="conv" if isinstance(m, QuantConv2d) else "linear",
-                       w_int=wq.to_int(m.weight.detach()).to(torch.int8).cpu(), bias_int=bias_int, x_step=x_step,
-                       x_range=(x_spec.qmin, x_spec.qmax), w_step=w_step, w_bits=wq.spec.bits, x_bits=x_spec.bits,
+                       w_int=w_int.to(torch.int8).cpu(), bias_int=bias_int, x_step=x_step,
+                       x_range=(x_spec.qmin, x_spec.qmax), w_step=w_step,
+                       w_bits=wq.spec.bits + (0 if wq.spec.symmetric else 1), x_bits=x_spec.bits,
                        acc_bits=acc_bits, pre_ops=pre, post_ops=post, relu_in_clamp=relu_in_clamp,
                        in_requant=in_requant, feeds=nxt.target if nxt is not None else None)
         if isinstance(m, QuantConv2d):

@@ -4,10 +4,14 @@ All observers reduce over every axis but the channel axis (axis 0 of a weight) w
 
 - ``minmax``     s = max|x| / qmax (symmetric) or (max − min)/(qmax − qmin) (affine).
 - ``percentile`` the same on the p-th percentile of |x| (or of x's lower/upper tails).
-- ``mse``        s* = argmin_s ‖Q_s(x) − x‖_p^p over a grid of clipping ratios of the min-max range, then (for
-                 symmetric quantizers, p = 2) iterative refinement as in DOMR's stage 1 (eq. 1): with the
-                 integers q = clip(⌊x/s⌉) fixed, the least-squares step is s = ⟨x, q⟩ / ⟨q, q⟩; alternate until
-                 the error stops falling.
+- ``mse``        (s, z)* = argmin ‖Q_{s,z}(x) − x‖_p^p (p = ``spec.p_norm``) per row, searched jointly:
+                 s = r·range/(qmax − qmin) over a coarse-to-fine grid of clipping ratios r ∈ [GRID_LOW, 1]
+                 (range = max|x| for symmetric, max − min for affine quantizers), and for an affine quantizer,
+                 with every s, the integer zero points z around the min-max one (all of them at ≤ 3 bits; the
+                 grid s·(q − z) always holds 0 exactly). Then iterative refinement as in DOMR's stage 1
+                 (eq. 1): with z and the integers q = clip(⌊x/s⌉ + z) fixed, the least-squares step is
+                 s = ⟨x, q − z⟩ / ⟨q − z, q − z⟩; a step is kept only while it lowers the Lp error.
+                 Every candidate of a row is evaluated in one batched tensor op (no loop over rows/values).
 
 Activations are observed over several calibration batches: min/max are running extrema; percentile and
 MSE keep a bounded random subsample of the values (``max_samples`` per channel-less tensor).
@@ -71,50 +75,73 @@ def quant_error(x2d: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, spec: 
     return e.sum(-1, dtype=torch.float64).to(x2d.dtype)  # float64 accumulation: thread-count independent
 
 
+ZP_OFFSETS = 3  # affine search: zero points z_minmax − 3 … z_minmax + 3 (every one at ≤ 3 bits)
+
+
 def mse_search(x2d: torch.Tensor, spec: QuantSpec, grid: int = GRID_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coarse-to-fine search of the clipping ratio r ∈ [GRID_LOW, 1] of the min-max range per row, minimising
-    the Lp error: ``grid`` ratios evenly spaced, then ``grid`` more within ±1 coarse step of each row's best."""
+    """Coarse-to-fine search of the clipping ratio r ∈ [GRID_LOW, 1] (jointly with the zero point for an
+    affine ``spec``) per row, minimising the Lp error: ``grid`` ratios evenly spaced, then ``grid`` more within
+    ±1 coarse step of each row's best; then the least-squares refinement of the step (z fixed)."""
     lo, hi = x2d.min(1).values, x2d.max(1).values
     coarse = torch.linspace(GRID_LOW, 1.0, grid, dtype=x2d.dtype, device=x2d.device).unsqueeze(1)
-    best_r, best_err = _best_ratio(x2d, lo, hi, coarse.expand(grid, len(lo)), spec)
+    best_r, best_s, best_z, best_err = _best_candidate(x2d, lo, hi, coarse.expand(grid, len(lo)), spec)
     step = (1.0 - GRID_LOW) / (grid - 1)
     fine = best_r + torch.linspace(-step, step, grid, dtype=x2d.dtype, device=x2d.device).unsqueeze(1)
-    fine_r, fine_err = _best_ratio(x2d, lo, hi, fine.clamp(GRID_LOW / 2, 1.0), spec)
-    r = torch.where(fine_err < best_err, fine_r, best_r)
-    scale, zp = qparams_from_range(lo * r, hi * r, spec)
-    if spec.symmetric and spec.p_norm == 2 and not spec.pow2:
-        scale = refine_step_least_squares(x2d, scale, spec)
+    _, fine_s, fine_z, fine_err = _best_candidate(x2d, lo, hi, fine.clamp(GRID_LOW / 2, 1.0), spec)
+    better = fine_err < best_err
+    scale, zp = torch.where(better, fine_s, best_s), torch.where(better, fine_z, best_z)
+    if not spec.pow2:
+        scale = refine_step_least_squares(x2d, scale, zp, spec)
     return scale, zp
 
 
-def _best_ratio(x2d, lo, hi, ratios, spec) -> tuple[torch.Tensor, torch.Tensor]:
-    """For candidate ratios [g, rows], the per-row best ratio and its error (chunked to bound memory)."""
-    chunk = max(1, int(2**24 // max(1, x2d.numel())))
-    best_r = torch.ones_like(lo)
-    best_err = torch.full_like(lo, float("inf"))
+def _candidates(lo, hi, ratios, spec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Candidate (step, zero point, ratio) triples [g·k, rows] for ratios [g, rows]: k = 1 zero point per ratio
+    when symmetric, else the 2·ZP_OFFSETS + 1 integers around the min-max zero point (clamped to the codes)."""
+    scale, zp = qparams_from_range(lo * ratios, hi * ratios, spec)
+    if spec.symmetric:
+        return scale, zp, ratios, 1
+    offsets = torch.arange(-ZP_OFFSETS, ZP_OFFSETS + 1, dtype=zp.dtype, device=zp.device)
+    k = len(offsets)
+    zps = (zp.unsqueeze(1) + offsets[None, :, None]).clamp(spec.qmin, spec.qmax)
+    def repeat(t: torch.Tensor) -> torch.Tensor:
+        return t.unsqueeze(1).expand(-1, k, -1).reshape(-1, t.shape[-1])
+
+    return repeat(scale), zps.reshape(-1, zps.shape[-1]), repeat(ratios), k
+
+
+def _best_candidate(x2d, lo, hi, ratios, spec) -> tuple[torch.Tensor, ...]:
+    """For candidate ratios [g, rows]: per row the best (ratio, step, zero point, error), chunked so that one
+    evaluation holds at most ~2^24 values."""
+    best_r, best_s = torch.ones_like(lo), torch.ones_like(lo)
+    best_z, best_err = torch.zeros_like(lo), torch.full_like(lo, float("inf"))
+    per_ratio = 1 if spec.symmetric else 2 * ZP_OFFSETS + 1
+    chunk = max(1, int(2**24 // max(1, x2d.numel() * per_ratio)))
     for i in range(0, ratios.shape[0], chunk):
-        r = ratios[i:i + chunk]
-        s, z = qparams_from_range(lo * r, hi * r, spec)
+        s, z, r, _ = _candidates(lo, hi, ratios[i:i + chunk], spec)
         err = quant_error(x2d.unsqueeze(0), s, z, spec)
         e_min, idx = err.min(0)
         better = e_min < best_err
         best_err = torch.where(better, e_min, best_err)
         best_r = torch.where(better, r.gather(0, idx[None]).squeeze(0), best_r)
-    return best_r, best_err
+        best_s = torch.where(better, s.gather(0, idx[None]).squeeze(0), best_s)
+        best_z = torch.where(better, z.gather(0, idx[None]).squeeze(0), best_z)
+    return best_r, best_s, best_z, best_err
 
 
-def refine_step_least_squares(x2d: torch.Tensor, scale: torch.Tensor, spec: QuantSpec, iters: int = 10
-                              ) -> torch.Tensor:
-    """DOMR stage 1 (eq. 1): alternate q = clip(⌊x/s⌉) and s = ⟨x,q⟩/⟨q,q⟩; keep a step only if it lowers the MSE."""
-    zero = torch.zeros_like(scale)
-    err = quant_error(x2d, scale, zero, spec)
+def refine_step_least_squares(x2d: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, spec: QuantSpec,
+                              iters: int = 10) -> torch.Tensor:
+    """DOMR stage 1 (eq. 1) with zero point z fixed: alternate q = clip(⌊x/s⌉ + z) and
+    s = ⟨x, q − z⟩/⟨q − z, q − z⟩; keep a step only if it lowers the Lp error."""
+    err = quant_error(x2d, scale, zp, spec)
+    z = zp.unsqueeze(1)
     for _ in range(iters):
-        q = torch.clamp(ROUND_FNS[spec.rounding](x2d / scale.unsqueeze(1)), spec.qmin, spec.qmax)
-        qq = (q * q).sum(1, dtype=torch.float64)
-        xq = (x2d * q).sum(1, dtype=torch.float64)
-        cand = torch.where(qq > 0, (xq / qq.clamp_min(1e-12)).to(scale.dtype), scale)
+        n = torch.clamp(ROUND_FNS[spec.rounding](x2d / scale.unsqueeze(1)) + z, spec.qmin, spec.qmax) - z
+        nn_ = (n * n).sum(1, dtype=torch.float64)
+        xn = (x2d * n).sum(1, dtype=torch.float64)
+        cand = torch.where(nn_ > 0, (xn / nn_.clamp_min(1e-12)).to(scale.dtype), scale)
         cand = torch.where(cand > 0, cand, scale)
-        cand_err = quant_error(x2d, cand, zero, spec)
+        cand_err = quant_error(x2d, cand, zp, spec)
         better = cand_err < err
         if not better.any():
             break

@@ -25,6 +25,8 @@ from ..nn.ops import TABLE_ACTIVATIONS
 from .qmodules import FLOAT_TO_QUANT, quant_layers
 from .spec import QuantSpec
 
+AFFINE_BELOW_BITS = 4  # w_symmetric=None: affine weights below this width, symmetric from it on
+
 
 @dataclass
 class QuantConfig:
@@ -33,6 +35,12 @@ class QuantConfig:
     ``first_last_bits`` keeps the first and the last layer (weights and input) at that width (8 by default,
     as in the literature); ``None`` quantizes them like the others. ``layer_bits`` overrides
     ``{layer_name: (w_bits, a_bits)}``; ``skip`` leaves layers in float.
+
+    ``w_symmetric``: ``True`` gives signed symmetric weights (zero point 0, codes −2^(b−1)…2^(b−1)−1), ``False``
+    affine weights (an integer zero point per channel, or per tensor without ``w_per_channel``: the grid
+    (q − z)·s fits skewed channels, which matters most at 2–3 bits), ``None`` (default) chooses per layer by
+    its bit width: affine below :data:`AFFINE_BELOW_BITS` bits, symmetric from there on (measured in
+    docs/quantization.md, "Affine weights"). ``w_p_norm`` is the p of the ``mse`` weight observer's Lp error.
     """
 
     w_bits: int = 4
@@ -40,6 +48,8 @@ class QuantConfig:
     w_per_channel: bool = True
     w_narrow: bool = False
     w_observer: str = "mse"
+    w_symmetric: bool | None = None
+    w_p_norm: float = 2.0
     a_observer: str = "mse"
     first_last_bits: int | None = 8
     pow2: bool = False
@@ -48,6 +58,8 @@ class QuantConfig:
     layer_bits: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self):
+        if not isinstance(self.w_p_norm, (int, float)) or isinstance(self.w_p_norm, bool) or self.w_p_norm <= 0:
+            raise ConfigError(f"w_p_norm must be a number > 0, got {self.w_p_norm!r}")
         self.weight_spec(self.w_bits)  # validates bits/observer/rounding early
         self.act_spec(self.a_bits, signed=False)
 
@@ -63,9 +75,10 @@ class QuantConfig:
         return asdict(self)
 
     def weight_spec(self, bits: int) -> QuantSpec:
-        return QuantSpec(bits=bits, signed=True, symmetric=True, narrow=self.w_narrow,
+        symmetric = self.w_symmetric if self.w_symmetric is not None else bits >= AFFINE_BELOW_BITS
+        return QuantSpec(bits=bits, signed=True, symmetric=symmetric, narrow=self.w_narrow,
                          per_channel=self.w_per_channel, observer=self.w_observer, pow2=self.pow2,
-                         rounding=self.rounding)
+                         rounding=self.rounding, p_norm=float(self.w_p_norm))
 
     def act_spec(self, bits: int, signed: bool) -> QuantSpec:
         return QuantSpec(bits=bits, signed=signed, symmetric=True, per_channel=False, observer=self.a_observer,

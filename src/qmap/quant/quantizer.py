@@ -6,6 +6,15 @@
 The rounding uses a straight-through estimator, so gradients reach ``x`` (identity inside the clipping
 range, zero outside) and the steps (the LSQ gradient, Esser et al. 2020). ``decouple()`` freezes the quant
 step ``s`` and adds a learnable dequant step ``s'`` initialised to ``s`` (DOMR, eq. 4).
+
+With n = clamp(⌊x/s⌉ + z, qmin, qmax) − z and m = [n = ⌊x/s⌉] (not clipped), the gradients are
+
+    ∂x̂/∂x = m·s'/s,    ∂x̂/∂s' = n,    ∂x̂/∂s = −m·(x/s)·s'/s          (s' = s: ∂x̂/∂s = n − m·x/s, LSQ)
+
+:class:`FakeQuantSTE` computes the forward pass in place and these gradients directly (a few passes over the
+tensor instead of autograd's chain through round/clamp/add/mul), which is what a reconstruction iteration
+spends its element-wise time on. ``drop_prob`` > 0 (QDrop, set by the reconstruction engine) returns the
+input unquantized per element with that probability, the mask drawn from ``drop_gen``.
 """
 
 from __future__ import annotations
@@ -14,8 +23,51 @@ import torch
 from torch import nn
 
 from .observers import Observer, observe_tensor
-from .rounding import ROUND_FNS, round_ste
+from .rounding import ROUND_FNS
 from .spec import QuantSpec
+
+
+def _sum_to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over the axes where ``like`` (a broadcast step / zero point) has size 1."""
+    if like.dim() == 0:
+        return t.sum()
+    dims = [d for d in range(t.dim()) if like.shape[d] == 1]
+    return t.sum(dims, keepdim=True) if dims else t
+
+
+class FakeQuantSTE(torch.autograd.Function):
+    """x̂ = (clamp(⌊x/s⌉ + z, qmin, qmax) − z)·s', or x where ``keep_fp`` is set (QDrop); STE gradients as in
+    the module docstring. ``scale``/``step``/``zp`` are broadcastable to x (``step`` may be ``scale`` itself)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, step, zp, qmin: int, qmax: int, rounding: str, keep_fp):
+        u = x / scale
+        r = ROUND_FNS[rounding](u)
+        n = (r + zp).clamp_(qmin, qmax).sub_(zp)
+        unclipped = n == r
+        out = n * step
+        if keep_fp is not None:
+            out = torch.where(keep_fp, x, out)
+        ctx.save_for_backward(u if ctx.needs_input_grad[1] else None, n if ctx.needs_input_grad[2] else None,
+                              unclipped, keep_fp, scale, step)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        u, n, unclipped, keep_fp, scale, step = ctx.saved_tensors
+        gq = g if keep_fp is None else g.masked_fill(keep_fp, 0)
+        gm = gq * unclipped
+        ratio = step / scale
+        grad_x = grad_s = grad_step = None
+        if ctx.needs_input_grad[0]:
+            grad_x = gm * ratio
+            if keep_fp is not None:
+                grad_x = torch.where(keep_fp, g, grad_x)
+        if ctx.needs_input_grad[1]:
+            grad_s = -_sum_to(gm * u, scale) * ratio
+        if ctx.needs_input_grad[2]:
+            grad_step = _sum_to(gq * n, step)
+        return grad_x, grad_s, grad_step, None, None, None, None, None
 
 
 class Quantizer(nn.Module):
@@ -33,6 +85,8 @@ class Quantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self.enabled = True
         self.observer: Observer | None = None
+        self.drop_prob = 0.0                         # QDrop: pass x through unquantized with this probability
+        self.drop_gen: torch.Generator | None = None
 
     # ----- shapes -----
     def _shaped(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -99,10 +153,13 @@ class Quantizer(nn.Module):
         if not self.enabled:
             return x
         s, z = self._shaped(self.scale, x), self._shaped(self.zero_point, x)
-        if not self._needs_grad(x):
+        keep_fp = None
+        if self.drop_prob > 0:
+            keep_fp = torch.rand(x.shape, generator=self.drop_gen, device=x.device, dtype=x.dtype) < self.drop_prob
+        elif not self._needs_grad(x):
             return self._fake_quant_no_grad(x, s, z)
-        q = torch.clamp(round_ste(x / s, self.spec.rounding) + z, self.spec.qmin, self.spec.qmax)
-        return (q - z) * self._shaped(self.step, x)
+        return FakeQuantSTE.apply(x, s, self._shaped(self.step, x), z, self.spec.qmin, self.spec.qmax,
+                                  self.spec.rounding, keep_fp)
 
     def _needs_grad(self, x: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad

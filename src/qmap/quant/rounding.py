@@ -1,4 +1,4 @@
-"""Rounding functions with a straight-through estimator (STE): forward rounds, backward is the identity."""
+"""Rounding functions (the straight-through estimator that differentiates them is in :mod:`qmap.quant.quantizer`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,3 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
 
 ROUND_FNS = {"half_even": round_half_even, "half_away": round_half_away}
 
-
-def round_ste(x: torch.Tensor, mode: str = "half_even") -> torch.Tensor:
-    """``round(x)`` in the forward pass, gradient 1 in the backward pass (Bengio et al., 2013)."""
-    return x + (ROUND_FNS[mode](x) - x).detach()

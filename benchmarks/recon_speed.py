@@ -1,0 +1,201 @@
+"""Reconstruction speed on block 0: the engine of a baseline commit vs this checkout, side by side in one run.
+
+Block 0 of the reference VGG16 (the first stage: two convolutions on 32×32 maps and a max-pool) dominates every
+reconstruction method's time. Both engines run the same reconstruction — ``--method`` (BRECQ, or QDrop with its
+drop probability) at ``--setting`` on the same seeded calibration images, batch size and thread count —
+through their own public ``reconstruct`` (stopped after block 0), in alternating order, ``--repeats`` times:
+
+    seconds per iteration = (t(iters = N) − t(iters = 0)) / N
+
+so that the block's set-up (FP targets, error evaluation, next-block inputs) cancels. t is the process's CPU
+time (one thread: what the iterations cost, whatever else the shared machine runs) and, for reference, the
+wall time (which on a loaded machine measures mostly the scheduler); the speed-up is the ratio of median
+CPU-time iteration rates. The baseline engine is
+the ``qmap`` package of ``--baseline`` (default: the last commit before the speed work), extracted with
+``git archive`` into a temporary folder and imported as ``qmap_base``; nothing of it stays in ``src``.
+Both use the same (symmetric) weight grid, so the arithmetic is the same. The result also says how close the
+two learned blocks are (identical hardened weight integers; the learned activation steps) — equal up to the
+float round-off of a different summation order, not bit for bit.
+
+``--profile`` adds a torch.profiler table (top operators by self CPU time) of one run of each engine.
+
+    QMAP_DATA=../shared/data nice python benchmarks/recon_speed.py [--iters 30] [--repeats 3] [--method qdrop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+import torch
+
+from qmap.data import calibration_set, load_cifar10, to_tensor
+from qmap.models import load_model
+from qmap.report.results import markdown_table, median_of, write_result
+
+CHECKPOINT = "models/vgg16_bn_sq8_w0.5.safetensors"
+BASELINE = "4676475"
+METHODS = {"brecq": {"granularity": "block"}, "qdrop": {"granularity": "block", "drop_prob": 0.5}}
+
+
+class BlockDone(Exception):
+    """Raised after block 0 to stop a reconstruction."""
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=os.environ.get("QMAP_DATA"), help="data root (default: $QMAP_DATA)")
+    p.add_argument("--baseline", default=BASELINE, help="git commit of the baseline engine")
+    p.add_argument("--method", default="qdrop", choices=list(METHODS))
+    p.add_argument("--setting", default="W2A4")
+    p.add_argument("--iters", type=int, default=30, help="timed iterations per run")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--calib", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--out", default="benchmarks/results")
+    return p.parse_args()
+
+
+def baseline_package(commit: str, folder: Path):
+    """The ``qmap`` package of ``commit`` as the module ``qmap_base`` (extracted under ``folder``)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        tar = subprocess.run(["git", "-C", str(repo), "archive", commit, "src/qmap"], check=True,
+                             capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"cannot read commit {commit} of {repo} with git: {e}") from None
+    with tarfile.open(fileobj=BytesIO(tar)) as t:
+        t.extractall(folder, filter="data")
+    (folder / "src" / "qmap").rename(folder / "qmap_base")
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("qmap_base")
+
+
+class Engine:
+    """One engine's calibrated model (copied per run) and a timed block-0 reconstruction."""
+
+    def __init__(self, name: str, pkg, model, calib: torch.Tensor, w: int, a: int, method: str, args):
+        from importlib import import_module
+
+        self.name, self.calib, self.args = name, calib, args
+        quant = import_module(f"{pkg.__name__}.quant")
+        self.recon = import_module(f"{pkg.__name__}.methods.recon")
+        extra = {"w_symmetric": True} if "w_symmetric" in quant.QuantConfig.__dataclass_fields__ else {}
+        self.qmodel = quant.quantize_model(model, quant.QuantConfig(w_bits=w, a_bits=a, **extra))
+        quant.calibrate(self.qmodel, calib)
+        self.quant_layers = quant.quant_layers
+        self.options = {**METHODS[method], "batch_size": args.batch_size, "seed": args.seed, "eval_samples": 32}
+
+    def run(self, iters: int):
+        """(CPU seconds, wall seconds, model) of block 0 with ``iters`` iterations."""
+        qmodel = copy.deepcopy(self.qmodel)
+        cfg = self.recon.ReconConfig(iters=iters, **self.options)
+
+        def stop(k: int) -> None:
+            raise BlockDone
+
+        c0, t0 = time.process_time(), time.perf_counter()
+        try:
+            self.recon.reconstruct(qmodel, self.calib, cfg, on_block_done=stop)
+        except BlockDone:
+            pass
+        return time.process_time() - c0, time.perf_counter() - t0, qmodel
+
+    def block_state(self, qmodel) -> dict[str, torch.Tensor]:
+        """Hardened weight integers and activation steps of block 0's layers (first two quantized layers)."""
+        out = {}
+        for name, m in self.quant_layers(qmodel)[:2]:
+            out[f"{name}.w_int"] = m.weight_quantizer.to_int(m.weight.detach())
+            out[f"{name}.x_step"] = m.input_quantizer.scale.detach().clone()
+        return out
+
+
+def profile_table(engine: Engine, iters: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.run(iters)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
+
+
+def main() -> None:
+    args = parse_args()
+    if not args.data:
+        raise SystemExit("set QMAP_DATA or pass --data")
+    torch.set_num_threads(args.threads)
+    w, a = (int(v) for v in args.setting[1:].split("A"))
+    root = Path(args.data)
+    model, manifest = load_model(root / CHECKPOINT)
+    mean, std = manifest.mean_std()
+    calib_set = calibration_set(load_cifar10(root, "train"), args.calib, args.seed)
+    calib = to_tensor(calib_set.images, mean, std)
+    import qmap
+
+    with tempfile.TemporaryDirectory(prefix="qmap-baseline-") as tmp:
+        base = baseline_package(args.baseline, Path(tmp))
+        engines = [Engine("baseline", base, model, calib, w, a, args.method, args),
+                   Engine("current", qmap, model, calib, w, a, args.method, args)]
+        per_iter = {e.name: [] for e in engines}
+        wall = {e.name: [] for e in engines}
+        models = {}
+        for r in range(args.repeats):
+            for e in engines if r % 2 == 0 else engines[::-1]:
+                c0, w0, _ = e.run(0)
+                cn, wn, models[e.name] = e.run(args.iters)
+                per_iter[e.name].append((cn - c0) / args.iters)
+                wall[e.name].append((wn - w0) / args.iters)
+                print(f"repeat {r} {e.name}: {per_iter[e.name][-1] * 1e3:.1f} CPU ms/iteration "
+                      f"({wall[e.name][-1] * 1e3:.1f} ms wall)", flush=True)
+        profiles = {e.name: profile_table(e, args.iters) for e in engines} if args.profile else {}
+    states = [e.block_state(models[e.name]) for e in engines]
+    agreement = {}
+    for k in states[0]:
+        a_, b_ = states[0][k], states[1][k]
+        agreement[k] = (float((a_ == b_).double().mean()) if k.endswith("w_int")
+                        else float(((a_ - b_).abs() / a_.abs()).max()))
+    stats = {k: median_of([1 / t for t in v]) for k, v in per_iter.items()}
+    wall_stats = {k: median_of([1 / t for t in v]) for k, v in wall.items()}
+    data = {"method": args.method, "setting": args.setting, "iters": args.iters, "batch_size": args.batch_size,
+            "threads": args.threads, "calibration": {"source": calib_set.source, "n": len(calib_set)},
+            "baseline_commit": args.baseline, "cpu_seconds_per_iteration": per_iter, "iterations_per_cpu_second": stats,
+            "speedup": stats["current"]["median"] / stats["baseline"]["median"],
+            "wall_seconds_per_iteration": wall, "iterations_per_wall_second": wall_stats,
+            "wall_speedup": wall_stats["current"]["median"] / wall_stats["baseline"]["median"],
+            "agreement": agreement, "profiles": profiles}
+    write_result("recon_speed", data, render(data), out_dir=args.out, seed=args.seed)
+    print(f"speed-up {data['speedup']:.2f}x", flush=True)
+
+
+def render(d: dict) -> str:
+    rows = [{"engine": k + (f" ({d['baseline_commit']})" if k == "baseline" else ""),
+             "it per CPU-s median": v["median"], "min": v["min"], "max": v["max"],
+             "it per wall-s median": d["iterations_per_wall_second"][k]["median"]}
+            for k, v in d["iterations_per_cpu_second"].items()]
+    agree = [{"tensor": k, "agreement": v} for k, v in d["agreement"].items()]
+    body = (f"Block 0 of the reference VGG16, {d['method']} at {d['setting']} (symmetric weights in both), batch "
+            f"{d['batch_size']}, {d['threads']} thread(s), {d['iters']} timed iterations per run, calibration "
+            f"{d['calibration']['source']}. Runs alternate between the engines.\n\n" + markdown_table(rows)
+            + f"\n**Speed-up: {d['speedup']:.2f}×** (median iterations per CPU-second, current / baseline; "
+            f"wall-clock {d['wall_speedup']:.2f}×, which on a shared machine mostly measures the scheduler).\n\n"
+            "Learned block after the last run: fraction of identical hardened weight integers (`w_int`) and the "
+            "largest relative difference of the learned activation steps (`x_step`), baseline vs current:\n\n"
+            + markdown_table(agree))
+    for k, table in d["profiles"].items():
+        body += f"\n## Profile: {k} engine ({d['iters']} iterations)\n\n```\n{table}\n```\n"
+    return body
+
+
+if __name__ == "__main__":
+    main()
