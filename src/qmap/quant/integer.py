@@ -351,7 +351,7 @@ class _Lowering:
 
     def _layer(self, node) -> None:
         name, m = node.target, self.graph.modules[node.target]
-        for what, q in (("weight", m.weight_quantizer), *(("activation", q) for q in m.activation_quantizers())):
+        for what, q in (("weight", m.weight_quantizer), *(("input", q) for q in m.activation_quantizers())):
             _check_quantizer(q, what)
         x_step = _per_tensor_step(m.input_quantizer)
         src = node.all_input_nodes[0]
