@@ -8,8 +8,9 @@ from qhelpers import calibrated, images, small_model, tiny_resnet
 from torch import nn
 
 from qmap.errors import ConfigError
+from qmap.models import build_model
 from qmap.models.registry import model_names
-from qmap.quant import QuantConfig, QuantConv2d, QuantLinear, quant_layers, quantize_model, set_quant_state
+from qmap.quant import QuantConfig, QuantConv2d, QuantLinear, float_mode, quant_layers, quantize_model, set_quant_state
 
 MINMAX = {"w_observer": "minmax", "a_observer": "minmax"}
 
@@ -127,3 +128,14 @@ def test_all_zero_layer():
 def test_model_without_layers():
     with pytest.raises(ConfigError, match="no Conv2d/Linear"):
         quantize_model(nn.Sequential(nn.ReLU()), QuantConfig())
+
+
+def test_float_mode_restores_each_quantizers_own_flag():
+    """A layer whose input quantizer is off but whose output quantizer (before a GELU) is on keeps both."""
+    q = quantize_model(build_model("tiny_cnn_gelu", width=0.5), QuantConfig(w_bits=4, a_bits=4))
+    first = quant_layers(q)[0][1]
+    assert first.output_quantizer is not None
+    first.input_quantizer.enabled = False
+    with float_mode(q):
+        assert not any(x.enabled for _, m in quant_layers(q) for x in (m.weight_quantizer, *m.activation_quantizers()))
+    assert not first.input_quantizer.enabled and first.output_quantizer.enabled and first.weight_quantizer.enabled

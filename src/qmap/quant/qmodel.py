@@ -160,15 +160,15 @@ def calibrate(qmodel: nn.Module, images: torch.Tensor, batch_size: int = 128) ->
 @contextlib.contextmanager
 def float_mode(qmodel: nn.Module):
     """Temporarily disable every weight/activation fake-quant (FP forward), restoring each layer's flags."""
-    layers = quant_layers(qmodel)
-    saved = [(m.weight_quantizer.enabled, m.input_quantizer.enabled) for _, m in layers]
+    quantizers = [q for _, m in quant_layers(qmodel) for q in (m.weight_quantizer, *m.activation_quantizers())]
+    saved = [q.enabled for q in quantizers]  # each one's own flag: a layer's input and output may differ
     try:
-        for _, m in layers:
-            m.set_quant_enabled(False, False)
+        for q in quantizers:
+            q.enabled = False
         yield qmodel
     finally:
-        for (_, m), (w, a) in zip(layers, saved):
-            m.set_quant_enabled(w, a)
+        for q, enabled in zip(quantizers, saved):
+            q.enabled = enabled
 
 
 def set_quant_state(qmodel: nn.Module, weight: bool = True, act: bool = True) -> None:
