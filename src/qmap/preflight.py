@@ -70,6 +70,10 @@ def check_layers(cfg: RunConfig, model: nn.Module) -> None:
     if not cfg.hardware.enabled:
         return
     spec = cfg.hardware.array
+    if spec.dataflow != "ws":
+        raise ConfigError(f"hardware.array.dataflow: {spec.dataflow!r} is not supported by qmap run, whose course-file "
+                          f"export and target-layer check are weight-stationary; allowed: ws (the output-stationary "
+                          f"core runs through qmap.hw.network.run_network and benchmarks/hw_dataflows.py)")
     for name in cfg.hardware.target_layers:
         if name not in convs:
             raise ConfigError(f"hardware.target_layers: {name} is not a conv layer; conv layers: "

@@ -42,6 +42,7 @@ SET_CASES = [
     ("i4-psum-bits", "hardware.array.psum_bits=100", "hardware.array.psum_bits"),
     ("i4-array-wbits", "hardware.array.w_bits=12", "hardware.array.w_bits"),
     ("i4-dataflow", "hardware.array.dataflow=xy", "dataflow"),
+    ("i4-dataflow-os-in-run", "hardware.array.dataflow=os", "dataflow"),
     ("i4-array-scalar", "hardware.array=5", "hardware.array"),
     ("i4-hardware-list", "hardware=[]", "hardware"),
     ("i4-calib-abc", "data.calib_size=abc", "data.calib_size"),
