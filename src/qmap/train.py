@@ -176,7 +176,7 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
             correct += (logits.argmax(1) == labels[idx]).sum()
         seen = steps_per_epoch * cfg.batch_size
         metrics = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_top1": int(correct) / seen,
-                   "seconds": round(time.perf_counter() - epoch_started, 1)}
+                   "seconds": round(time.perf_counter() - epoch_started, 3)}
         history.append(metrics)
         _save_state(state_path(out), model=model.state_dict(), optimizer=opt.state_dict(),
                     scheduler=sched.state_dict(), rng=gen.get_state(), epoch=epoch + 1, history=history, run=run_id)
@@ -195,8 +195,8 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
     extra["dtype"] = str(save_dtype or torch.float32).removeprefix("torch.")
     extra["train"] = {**asdict(cfg), **(manifest_extra or {}), "data": train_set.source,
                       "data_checksum": train_set.checksum, "n_train": len(train_set), "device": str(device),
-                      "git_sha": git_sha(), "wall_seconds_this_run": round(wall, 1),
-                      "wall_seconds_all_epochs": round(sum(h.get("seconds", 0.0) for h in history), 1),
+                      "git_sha": git_sha(), "wall_seconds_this_run": round(wall, 3),
+                      "wall_seconds_all_epochs": round(sum(h.get("seconds", 0.0) for h in history), 3),
                       "history": history}
     manifest = Manifest(arch=arch, width=width, num_classes=len(train_set.classes), normalize_mean=entry.mean,
                         normalize_std=entry.std, extra=extra)
