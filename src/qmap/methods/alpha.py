@@ -44,7 +44,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..progress import bar
-from ..quant import QuantConfig, calibrate, quant_layers, quantize_model
+from ..quant import QuantConfig, calibrate, float_mode, quant_layers, quantize_model
 from ..quant.rounding import ROUND_FNS
 from .base import MethodResult, Timer
 from .layer_error import LayerError
@@ -160,15 +160,8 @@ def capture_input(model: nn.Module, layer: nn.Module, images: torch.Tensor, batc
 @torch.no_grad()
 def fp_input(qmodel: nn.Module, layer: nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """``layer``'s input in the FP (fused) model: every quantizer disabled while capturing, then restored."""
-    layers = [m for _, m in quant_layers(qmodel)]
-    states = [(m.weight_quantizer.enabled, m.input_quantizer.enabled) for m in layers]
-    for m in layers:
-        m.set_quant_enabled(False, False)
-    try:
+    with float_mode(qmodel):
         return capture_input(qmodel, layer, images, batch_size)
-    finally:
-        for m, (w, a) in zip(layers, states):
-            m.set_quant_enabled(w, a)
 
 
 def prepare(model: nn.Module, calib: torch.Tensor, qcfg: QuantConfig, fixed_grid: str = "initial",
