@@ -1,13 +1,14 @@
 """ONNX export: the file computes the fake-quant model's function in onnxruntime.
 
 Tolerances (stated in docs/onnx.md):
-- reference semantics (``optimize=False``, every node run as written): integer codes, clipping and dequant are
-  identical; only float summation order (Conv/Gemm, GELU's erf form) differs. That alone is ~1e-7 relative,
-  but where it moves a value across a rounding boundary of the next quantizer that element changes by one
-  step, so the bound is |Δlogit| ≤ REL_TOL·max|logit| with identical top-1; and bit-exact (Δ = 0) when every
-  product and sum is exactly representable (power-of-two steps, zero biases);
-- onnxruntime's default optimisations (``optimize=True``): the same bounds, because the file already holds the
-  biases as int32 in accumulator units (plus their float fraction), which leaves onnxruntime no bias to round.
+- a layer whose input and weight are both on their integer grids is written as ConvInteger / MatMulInteger on
+  the codes, then ``· s'_x·s'_w + b`` — what qmap's inference computes (exact integer accumulation, the same two
+  float roundings). Such models are **bit-exact** (Δ = 0) in onnxruntime, with and without its default
+  optimisations, whatever the steps;
+- other layers (8-bit affine weights whose q − z leaves INT8, unquantized inputs) keep Q/DQ + float Conv/Gemm
+  with the bias as int32 in accumulator units: only float summation order differs, ~1e-7 relative, but where
+  it moves a value across a rounding boundary of the next quantizer that element changes by one step, so the
+  bound is |Δlogit| ≤ REL_TOL·max|logit| with identical top-1; GELU's erf form (opset < 20) likewise.
 """
 
 from __future__ import annotations
@@ -62,9 +63,8 @@ def export_and_verify(qmodel, images, tmp_path, optimize=False, **kw) -> tuple[d
 @pytest.mark.parametrize("bits", [(8, 8), (4, 4), (2, 2), (3, 6)])
 def test_matches_fake_quant(images, tmp_path, bits):
     report, check = export_and_verify(quantized(images, w_bits=bits[0], a_bits=bits[1]), images, tmp_path)
-    assert check["max_rel_diff"] <= REL_TOL
-    assert check["top1_agreement"] == 1.0
-    assert check["images_close"] >= 0.98  # all but the rare images where a rounding boundary was crossed
+    assert check["max_abs_diff"] == 0.0  # every layer accumulates integers: bit-exact
+    assert {layer["op"] for layer in report["layers"]} == {"ConvInteger", "MatMulInteger"}
     assert report["bytes"] == (tmp_path / "model.onnx").stat().st_size
     assert report["output_shape"] == ["N", 10]
     clips = report["op_counts"].get("Clip", 0)
@@ -72,10 +72,34 @@ def test_matches_fake_quant(images, tmp_path, bits):
 
 
 @pytest.mark.parametrize("w_bits", [2, 3, 4])
-def test_affine_weights_carry_zero_points(images, tmp_path, w_bits):
+def test_affine_weights_fold_zero_points_into_codes(images, tmp_path, w_bits):
+    """onnxruntime's ConvInteger takes one weight zero point per tensor: per-channel z is folded into the
+    stored codes q − z, which is what the integer model and the array hold."""
+    from onnx import numpy_helper
+
     qmodel = quantized(images, w_bits=w_bits, a_bits=4, w_symmetric=False)
+    _, check = export_and_verify(qmodel, images, tmp_path)
+    assert check["max_abs_diff"] == 0.0
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(tmp_path / "model.onnx").graph.initializer}
+    nonzero = 0
+    for name, m in quant_layers(qmodel):
+        wq = m.weight_quantizer
+        codes = inits[f"{name}.weight.codes"].astype(np.int64)
+        expected = (wq.to_int(m.weight) - wq._shaped(wq.zero_point, m.weight)).long().numpy()
+        np.testing.assert_array_equal(codes.T if codes.ndim == 2 else codes, expected)
+        nonzero += int(wq.zero_point.any())
+    assert nonzero  # the affine grid did put zero points in
+
+
+def test_wide_affine_codes_fall_back_to_dequantize_linear(images, tmp_path):
+    """8-bit affine weights whose q − z leaves INT8 keep Q/DQ + float Conv with the zero point in
+    DequantizeLinear and the bias in accumulator units — close, not bit-exact (float summation order)."""
+    qmodel = quantized(images, w_bits=8, a_bits=8, w_symmetric=False)
+    wq = qmodel.features[3].weight_quantizer
+    wq.zero_point.fill_(-40)  # q up to 127 → q − z up to 167: not INT8
     report, check = export_and_verify(qmodel, images, tmp_path)
     assert check["max_rel_diff"] <= REL_TOL and check["top1_agreement"] == 1.0
+    assert {layer["name"]: layer["op"] for layer in report["layers"]}["features.3"] == "Conv"
     graph = onnx.load(tmp_path / "model.onnx").graph
     zps = {t.name for t in graph.initializer if t.name.endswith(".zero_point")}
     weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".int")]
@@ -122,15 +146,19 @@ def test_onnxruntime_default_optimisations_agree(images, tmp_path, bits):
 
 
 def test_bias_is_int32_in_accumulator_units(images, tmp_path):
-    """Each quantized layer's bias is DequantizeLinear(b_int, s'_x·s'_w) with the integer model's b_int, and
-    b_int·s'_x·s'_w + fraction gives back the float bias; metadata carries what the caller passed."""
+    """A layer on the Q/DQ path (here: q − z beyond INT8) stores its bias as DequantizeLinear(b_int, s'_x·s'_w)
+    with the integer model's b_int, and b_int·s'_x·s'_w + fraction gives back the float bias; metadata carries
+    what the caller passed."""
     from onnx import numpy_helper
 
     from qmap.quant.integer import to_integer_model
 
-    qmodel = quantized(images, w_bits=4, a_bits=4)
-    meta = {"normalization": {"mean": [0.5], "std": [0.25]}, "quant": {"w_bits": 4}}
+    qmodel = quantized(images, w_bits=8, a_bits=8, w_symmetric=False)
+    for _, m in quant_layers(qmodel):  # q − z beyond INT8 everywhere: every layer takes the Q/DQ path
+        m.weight_quantizer.zero_point.fill_(-40)
+    meta = {"normalization": {"mean": [0.5], "std": [0.25]}, "quant": {"w_bits": 8}}
     report = export_onnx(qmodel, tmp_path / "m.onnx", images[:2], metadata=meta)
+    assert {layer["op"] for layer in report["layers"]} == {"Conv", "Gemm"}
     model = onnx.load(tmp_path / "m.onnx")
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     imodel = to_integer_model(qmodel)
@@ -156,7 +184,7 @@ def test_weight_storage_type(images, tmp_path, opset, low_bit, expected):
     model = onnx.load(tmp_path / "model.onnx")
     assert model.opset_import[0].version == opset
     per_byte = 2 if expected == "INT4" else 1  # packed raw storage, not one varint per value
-    for t in (t for t in model.graph.initializer if t.name.endswith(".weight.int")):
+    for t in (t for t in model.graph.initializer if t.name.endswith(".weight.codes")):
         assert len(t.raw_data) == -(-int(np.prod(t.dims)) // per_byte)
     assert check["max_rel_diff"] <= REL_TOL
 
@@ -208,9 +236,9 @@ def test_residual_add_and_same_padding(images, tmp_path):
     qmodel = quantize_model(model, QuantConfig(w_bits=4, a_bits=4, w_observer="minmax", a_observer="minmax"))
     calibrate(qmodel, images[:32])
     report, check = export_and_verify(qmodel, images, tmp_path)
-    fractions = sum(layer["op"] in ("Conv", "Gemm") for layer in report["layers"])  # one bias-fraction Add each
-    assert report["op_counts"]["Add"] == 1 + fractions
-    assert check["max_rel_diff"] <= REL_TOL and check["top1_agreement"] == 1.0
+    assert {layer["op"] for layer in report["layers"]} == {"ConvInteger", "MatMulInteger"}
+    assert report["op_counts"]["Add"] == 1 + 3  # the residual, and one bias Add per layer
+    assert check["max_abs_diff"] == 0.0
 
 
 def test_uncalibrated_model_is_rejected(images, tmp_path):

@@ -97,6 +97,13 @@ class GraphBuilder:
     # ----- quantizers -----
     def quantize_activation(self, x: str, quantizer, base: str) -> tuple[str, dict]:
         """QuantizeLinear → (Clip) → DequantizeLinear for a per-tensor activation quantizer."""
+        q, scale, zp, info = self.activation_codes(x, quantizer, base)
+        step = scale if quantizer.dequant_scale is None else self.tensor(
+            f"{base}.dequant_scale", quantizer.step.detach().float().reshape(()))
+        return self.node("DequantizeLinear", [q, step, zp], f"{base}.dq"), info
+
+    def activation_codes(self, x: str, quantizer, base: str) -> tuple[str, str, str, dict]:
+        """QuantizeLinear → (Clip) for a per-tensor activation quantizer: ``(codes q, scale, zero point, info)``."""
         spec = quantizer.spec
         if quantizer.scale.numel() != 1:
             raise ConfigError(f"{quantizer.name}: per-channel activation quantizers are not exportable")
@@ -111,12 +118,9 @@ class GraphBuilder:
         if clipped:
             q = self.node("Clip", [q, self.int_tensor(f"{base}.qmin", dtype, np.array(spec.qmin)),
                                    self.int_tensor(f"{base}.qmax", dtype, np.array(spec.qmax))], f"{base}.clip")
-        step = scale if quantizer.dequant_scale is None else self.tensor(
-            f"{base}.dequant_scale", quantizer.step.detach().float().reshape(()))
-        out = self.node("DequantizeLinear", [q, step, zp], f"{base}.dq")
         info = {"bits": spec.bits, "signed": spec.signed, "type": self.type_name(dtype), "clip": clipped,
                 "decoupled": quantizer.dequant_scale is not None}
-        return out, info
+        return q, scale, zp, info
 
     def quantize_weight(self, weight: torch.Tensor, quantizer, base: str) -> tuple[str, dict]:
         """Integer weight initializer + DequantizeLinear (per output channel on axis 0, or per tensor)."""
@@ -133,6 +137,25 @@ class GraphBuilder:
         out = self.node("DequantizeLinear", inputs, f"{base}.dq", **({"axis": 0} if per_channel else {}))
         info = {"bits": spec.bits, "type": self.type_name(dtype), "per_channel": per_channel,
                 "decoupled": quantizer.dequant_scale is not None}
+        return out, info
+
+    def weight_codes(self, weight: torch.Tensor, quantizer, base: str, transpose: bool = False
+                     ) -> tuple[str, dict] | None:
+        """The signed weight codes n_w = q − z as an INT8 tensor for ConvInteger / MatMulInteger (stored as INT4
+        plus a ``Cast`` when they fit and ``low_bit``; ``transpose``: [in, out] for MatMulInteger). onnxruntime
+        takes only a per-tensor weight zero point there, so z is folded into the codes; None when q − z does
+        not fit INT8 (8-bit affine weights)."""
+        n = (quantizer.to_int(weight) - quantizer._shaped(quantizer.zero_point, weight).round()).to(torch.int64)
+        if n.min() < -128 or n.max() > 127:
+            return None
+        n = n.t() if transpose else n
+        int4 = self.low_bit and self.opset >= LOW_BIT_OPSET and n.min() >= -8 and n.max() <= 7
+        dtype = self.tp.INT4 if int4 else self.tp.INT8
+        out = self.int_tensor(f"{base}.codes", dtype, n.cpu().numpy())
+        if dtype != self.tp.INT8:
+            out = self.node("Cast", [out], f"{base}.codes_int8", to=self.tp.INT8)
+        info = {"bits": quantizer.spec.bits, "type": self.type_name(dtype),
+                "per_channel": quantizer.scale.numel() > 1, "decoupled": quantizer.dequant_scale is not None}
         return out, info
 
     def type_name(self, dtype: int) -> str:

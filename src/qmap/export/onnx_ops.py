@@ -74,6 +74,30 @@ def _bias(g: GraphBuilder, m: nn.Module, base: str, spatial: bool = True) -> tup
     return [dq], g.tensor(f"{base}.bias.fraction", fraction.reshape(shape))
 
 
+def _integer_layer(g: GraphBuilder, m: nn.Module, x: str, base: str, op: str, **attrs) -> str | None:
+    """The layer as qmap's inference computes it when it accumulates exactly (:mod:`qmap.quant.qmodules`):
+    ``op`` (ConvInteger / MatMulInteger) on the activation codes and the signed weight codes — exact int32 —,
+    then ``Cast`` to float, ``· m`` (m = s'_x·s'_w per output channel, the same float32 values) and ``+ b``: the
+    same two roundings as the torch layer, so the output is bit-identical whatever order either library sums in.
+    None when the layer does not accumulate exactly or its weight codes do not fit INT8 (then Q/DQ + float op)."""
+    if not (isinstance(m, (QuantConv2d, QuantLinear)) and m.accumulates_exactly()):
+        return None
+    w = g.weight_codes(m.weight.detach(), m.weight_quantizer, f"{base}.weight", transpose=op == "MatMulInteger")
+    if w is None:
+        return None
+    w, winfo = w
+    q, _, zp, act = g.activation_codes(x, m.input_quantizer, f"{base}.input")
+    _record(g, base, op, act, winfo)
+    spatial = op == "ConvInteger"
+    shape = (1, -1, 1, 1) if spatial else (1, -1)
+    acc = g.node(op, [q, w, zp], base, **attrs)
+    y = g.node("Cast", [acc], f"{base}.acc", to=g.tp.FLOAT)
+    y = g.node("Mul", [y, g.tensor(f"{base}.acc_step", m.accumulator_step().float().reshape(shape))], f"{base}.scaled")
+    if m.bias is not None:
+        y = g.node("Add", [y, g.tensor(f"{base}.bias", m.bias.detach().float().reshape(shape))], f"{base}.biased")
+    return _quantized_output(g, m, y, base)
+
+
 def _record(g: GraphBuilder, base: str, op: str, act: dict | None, weight: dict | None) -> None:
     g.layers.append({"name": base, "op": op, "input": act, "weight": weight})
 
@@ -89,7 +113,8 @@ def _quantized_output(g: GraphBuilder, m: nn.Module, y: str, base: str) -> str:
 
 
 def conv(g: GraphBuilder, m: nn.Conv2d, inputs: list[str], node, base: str) -> str:
-    """Conv2d / QuantConv2d → (Q/DQ input) + (DQ weight) + Conv with a float bias."""
+    """Conv2d / QuantConv2d → ConvInteger on the codes (exact accumulation), else (Q/DQ input) + (DQ weight) +
+    Conv with the bias in accumulator units."""
     if m.padding_mode != "zeros":
         raise ConfigError(f"{base}: padding_mode={m.padding_mode!r} is not exportable (only 'zeros')")
     k, d = _pair(m.kernel_size), _pair(m.dilation)
@@ -98,20 +123,27 @@ def conv(g: GraphBuilder, m: nn.Conv2d, inputs: list[str], node, base: str) -> s
         pads = [t // 2 for t in total] + [t - t // 2 for t in total]
     else:
         pads = [0, 0, 0, 0] if m.padding == "valid" else _pair(m.padding) * 2
+    attrs = dict(kernel_shape=k, strides=_pair(m.stride), pads=pads, dilations=d, group=m.groups)
+    exact = _integer_layer(g, m, inputs[0], base, "ConvInteger", **attrs)
+    if exact is not None:
+        return exact
     x, act = _quantized_input(g, m, inputs[0], base)
     w, winfo = _weight(g, m, base)
     bias, residual = _bias(g, m, base)
     _record(g, base, "Conv", act, winfo)
-    y = g.node("Conv", [x, w, *bias], base, kernel_shape=k, strides=_pair(m.stride), pads=pads, dilations=d,
-               group=m.groups)
+    y = g.node("Conv", [x, w, *bias], base, **attrs)
     y = g.node("Add", [y, residual], f"{base}.bias_fraction") if residual else y
     return _quantized_output(g, m, y, base)
 
 
 def linear(g: GraphBuilder, m: nn.Linear, inputs: list[str], node, base: str) -> str:
-    """Linear / QuantLinear on a [N, features] input → Gemm(x, W, b, transB=1)."""
+    """Linear / QuantLinear on a [N, features] input → MatMulInteger on the codes (exact accumulation), else
+    Gemm(x, W, b, transB=1)."""
     if len(_input_shape(node)) != 2:
         raise ConfigError(f"{base}: Linear on a {len(_input_shape(node))}-D input is not exportable (needs 2-D)")
+    exact = _integer_layer(g, m, inputs[0], base, "MatMulInteger")
+    if exact is not None:
+        return exact
     x, act = _quantized_input(g, m, inputs[0], base)
     w, winfo = _weight(g, m, base)
     bias, residual = _bias(g, m, base, spatial=False)

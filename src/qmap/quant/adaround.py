@@ -69,6 +69,18 @@ class AdaRoundQuantizer(Quantizer):
         q = self._codes(x, self.rounding())
         return (q - self._shaped(self.zero_point, x)) * self._shaped(self.step, x)
 
+    @property
+    def on_grid(self) -> bool:
+        """Only with the hard rounding: the soft h(v) puts the weights between grid points."""
+        return not self.soft and super().on_grid
+
+    def grid_codes(self, x: torch.Tensor) -> torch.Tensor | None:
+        """q − z with the learned hard rounding (None while the rounding is soft)."""
+        if not self.on_grid:
+            return None
+        with torch.no_grad():
+            return self._codes(x, (self.alpha >= 0).to(x.dtype)) - self._shaped(self.zero_point, x)
+
     def to_plain(self) -> Quantizer:
         """A plain :class:`Quantizer` with the same spec and steps (the rounding is dropped)."""
         q = Quantizer(self.spec, channels=self.scale.numel(), ch_axis=self.ch_axis, name=self.name)

@@ -13,6 +13,18 @@ type keeps working. Each holds
 
 forward:  y = op(Q_x(x), Q_w(W)) + b   — the bias stays in float (the integer model puts it in accumulator units);
           then y = Q_y(y) when there is an output quantizer.
+
+Inference (no gradient needed) with both operands on their integer grids (``Quantizer.grid_codes``:
+x̂ = n_x·s'_x, ŵ = n_w·s'_w) accumulates the integers exactly instead of the dequantized floats:
+
+          y = op(n_x, n_w) · m + b,   m = s'_x·s'_w (per output channel, one float32 product)
+
+— the same real number as op(x̂, ŵ), rounded twice (the product with m, the bias) instead of at every product and
+partial sum. op on integer-valued floats is exact while every partial sum stays below 2^24 in magnitude, which
+``max|n_x| · Σ|n_w|`` (per output channel) bounds; above that bound the accumulation runs in float64 (exact to
+2^53). So the output does not depend on the convolution library's summation order, and the integer model, the
+ONNX export (``ConvInteger`` / ``MatMulInteger`` then the same ``· m + b``) and this module compute the same
+accumulators. Training (STE gradients) and soft-rounding or QDrop quantizers keep op(x̂, ŵ).
 """
 
 from __future__ import annotations
@@ -53,6 +65,37 @@ class _QuantMixin:
     def quantized_weight(self) -> torch.Tensor:
         return self.weight_quantizer(self.weight)
 
+    def accumulates_exactly(self) -> bool:
+        """Whether inference accumulates the integer codes (both quantizers on their grids, per-tensor input)."""
+        wq, xq = self.weight_quantizer, self.input_quantizer
+        return (isinstance(xq, Quantizer) and isinstance(wq, Quantizer) and xq.scale.numel() == 1
+                and xq.on_grid and wq.on_grid)
+
+    def accumulator_step(self) -> torch.Tensor:
+        """m = s'_x·s'_w per output channel ([C_out], float32 as the layer): one accumulator unit."""
+        return (self.input_quantizer.step.detach().reshape(()) * self.weight_quantizer.step.detach()).expand(
+            self.weight.shape[0])
+
+    def exact_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(n_x, n_w, m)`` for the exact integer accumulation (module docstring), m shaped [C_out]; None when
+        a gradient is needed or an operand is not on its integer grid (then forward uses op(x̂, ŵ))."""
+        wq, xq = self.weight_quantizer, self.input_quantizer
+        if not self.accumulates_exactly():
+            return None
+        if torch.is_grad_enabled() and (self.weight.requires_grad or wq.needs_grad(self.weight) or xq.needs_grad(x)):
+            return None
+        n_w, n_x = wq.grid_codes(self.weight), xq.grid_codes(x)
+        m = self.accumulator_step()
+        if xq.code_bound() * n_w.abs().flatten(1).sum(1).max().item() >= 2 ** 24:
+            n_x, n_w = n_x.double(), n_w.double()
+        return n_x, n_w, m
+
+    def _from_accumulator(self, acc: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """acc · m + b in the layer's dtype, per output channel (channel axis 1)."""
+        shape = (1, -1) + (1,) * (acc.dim() - 2)
+        y = acc.to(m.dtype) * m.reshape(shape)
+        return y + self.bias.reshape(shape) if self.bias is not None else y
+
     def set_quant_enabled(self, weight: bool = True, act: bool = True) -> None:
         self.weight_quantizer.enabled = weight
         for q in self.activation_quantizers():
@@ -72,6 +115,10 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        exact = self.exact_operands(x)
+        if exact is not None:
+            n_x, n_w, m = exact
+            return self._output(self._from_accumulator(self._conv_forward(n_x, n_w, None), m))
         return self._output(self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias))
 
 
@@ -87,6 +134,10 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        exact = self.exact_operands(x)
+        if exact is not None:
+            n_x, n_w, m = exact
+            return self._output(self._from_accumulator(F.linear(n_x, n_w), m))
         return self._output(F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias))
 
 

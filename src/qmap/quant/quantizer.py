@@ -156,21 +156,43 @@ class Quantizer(nn.Module):
         keep_fp = None
         if self.drop_prob > 0:
             keep_fp = torch.rand(x.shape, generator=self.drop_gen, device=x.device, dtype=x.dtype) < self.drop_prob
-        elif not self._needs_grad(x):
-            return self._fake_quant_no_grad(x, s, z)
+        elif not self.needs_grad(x):
+            return self._grid(x).mul_(self._shaped(self.step, x))
         return FakeQuantSTE.apply(x, s, self._shaped(self.step, x), z, self.spec.qmin, self.spec.qmax,
                                   self.spec.rounding, keep_fp)
 
-    def _needs_grad(self, x: torch.Tensor) -> bool:
+    def needs_grad(self, x: torch.Tensor) -> bool:
+        """Whether autograd needs this quantizer's output (x or a step requires a gradient)."""
         return torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad
                                             or (self.dequant_scale is not None and self.dequant_scale.requires_grad))
 
-    def _fake_quant_no_grad(self, x: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The same values as the STE path, with fewer passes and in-place temporaries (inference)."""
-        q = ROUND_FNS[self.spec.rounding](x / s)
+    @property
+    def on_grid(self) -> bool:
+        """Whether ``forward`` returns n·s' with integer n (not observing, enabled, no QDrop dropping). A subclass
+        that overrides ``forward`` without also overriding ``grid_codes`` is not assumed to be on the grid."""
+        def owner(attr: str) -> type:
+            return next(c for c in type(self).__mro__ if attr in c.__dict__)
+        return (issubclass(owner("grid_codes"), owner("forward")) and self.observer is None and self.enabled
+                and self.drop_prob == 0)
+
+    def grid_codes(self, x: torch.Tensor) -> torch.Tensor | None:
+        """n = clamp(⌊x/s⌉ + z, qmin, qmax) − z as a float tensor (no gradient), so that the fake-quant output is
+        exactly n·s'; None unless :attr:`on_grid`."""
+        return self._grid(x) if self.on_grid else None
+
+    @torch.no_grad()
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        """clamp(⌊x/s⌉ + z, qmin, qmax) − z, float, in place on one temporary."""
+        q = ROUND_FNS[self.spec.rounding](x / self._shaped(self.scale, x))
         if self.spec.symmetric:
-            return q.clamp_(self.spec.qmin, self.spec.qmax).mul_(self._shaped(self.step, x))
-        return q.add_(z).clamp_(self.spec.qmin, self.spec.qmax).sub_(z).mul_(self._shaped(self.step, x))
+            return q.clamp_(self.spec.qmin, self.spec.qmax)
+        z = self._shaped(self.zero_point, x)
+        return q.add_(z).clamp_(self.spec.qmin, self.spec.qmax).sub_(z)
+
+    def code_bound(self) -> float:
+        """max |n| over the b-bit range: the largest integer ``grid_codes`` can return."""
+        z = self.zero_point.abs().max().item()
+        return max(abs(self.spec.qmin), abs(self.spec.qmax)) + z
 
     def extra_repr(self) -> str:
         sp = self.spec
