@@ -30,14 +30,40 @@ from .quant import QuantConfig
 
 @dataclass
 class ModelConfig:
+    """The model: a checkpoint (safetensors or a torch state_dict) and, where no JSON manifest beside it says so,
+    what to build — ``arch`` a registry name or the user's ``package.module:factory`` —, its class count, the
+    input normalisation ``mean``/``std`` (per RGB channel, on 0..1 pixels) and the input shape ``[3, H, W]``
+    (images are resized to H x W). Given values override the manifest's."""
     checkpoint: str
     arch: str | None = None
     width: float | None = None
+    num_classes: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    input_shape: list[int] | None = None
+
+    def __post_init__(self):
+        for key in ("mean", "std"):
+            v = getattr(self, key)
+            if v is not None and len(v) != 3:
+                raise ConfigError(f"model.{key}: expected 3 numbers (one per RGB channel), got {len(v)}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError(f"model.std: every value must be > 0, got {self.std}")
+        if self.input_shape is not None and (len(self.input_shape) != 3 or self.input_shape[0] != 3):
+            raise ConfigError(f"model.input_shape: expected [3, H, W] (RGB images), got {self.input_shape}")
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) of ``input_shape``, or None."""
+        return tuple(self.input_shape[1:]) if self.input_shape else None
 
 
 @dataclass
 class DataConfig:
+    """``folder``: an image-folder dataset ``ROOT/{train,val|test}/<class>/*`` (or a tar of one) instead of
+    CIFAR-10; ``{data}/`` at its start points inside the data root."""
     root: str | None = None
+    folder: str | None = None
     calib_size: int = 1024
     calib_seed: int = 0
     test_split: str = "test"
@@ -133,6 +159,9 @@ CONSTRAINTS: dict[str, Range | OneOf | Pattern] = {
     "seed": Range(0, 2**32 - 1),
     "device": Pattern(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:N or mps"),
     "model.width": Range(0.01, 16),
+    "model.num_classes": Range(1, 100_000),
+    "model.input_shape": Range(1, 4096),
+    "model.std": Range(1e-6, None),
     "data.calib_size": Range(1, 1_000_000),
     "data.calib_seed": Range(0, 2**32 - 1),
     "data.test_split": OneOf(("test", "test_exact", "train", "train_exact")),

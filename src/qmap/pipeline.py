@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .data import calibration_set, load_cifar10, to_tensor
+from .data import calibration_set, load_split, to_tensor
 from .errors import ConfigError
 from .evaluate import evaluate
 from .export.quantized import save_quantized
@@ -85,7 +85,8 @@ class Run:
         ckpt = self.checked.checkpoint
         self.fp_model, self.manifest = self.checked.model, self.checked.manifest
         self.mean, self.std = self.manifest.mean_std()
-        test = load_cifar10(self.data_root, cfg.data.test_split)
+        folder, size = self.checked.folder, cfg.model.image_size
+        test = load_split(self.data_root, cfg.data.test_split, folder, size)
         if cfg.data.test_limit is not None:
             test = test.head(cfg.data.test_limit)
         for k in cfg.hardware.images if cfg.hardware.enabled else []:
@@ -93,7 +94,8 @@ class Run:
                 raise ConfigError(f"hardware.images: image {k} is outside the test set (0..{len(test) - 1})")
         self.test = test
         self.results["metrics"]["test_images"] = len(test)
-        calib = calibration_set(load_cifar10(self.data_root, "train"), n=cfg.data.calib_size, seed=cfg.data.calib_seed)
+        calib = calibration_set(load_split(self.data_root, "train", folder, size), n=cfg.data.calib_size,
+                                seed=cfg.data.calib_seed)
         self.calib = to_tensor(calib.images, self.mean, self.std)
         self.results["provenance"] = provenance(
             seed=cfg.seed, checkpoint=str(ckpt), checkpoint_sha256=sha256_file(ckpt),
@@ -144,7 +146,7 @@ class Run:
 
     def integer_model(self) -> None:
         try:
-            self.imodel = to_integer_model(self.qmodel.cpu(), acc_bits=32)
+            self.imodel = to_integer_model(self.qmodel.cpu(), acc_bits=32, input_shape=tuple(self.calib.shape[1:]))
         except ConfigError as e:  # a graph the integer model cannot lower (e.g. OMR's OutlierShift module)
             self.imodel = None
             self.results["integer"] = {"skipped": str(e)}
@@ -237,6 +239,7 @@ class Run:
             man, cfg = self.manifest, self.cfg
             path = save_quantized(self.qmodel, self.out / "quantized_model.safetensors", arch=man.arch,
                                   width=man.width, num_classes=man.num_classes, mean=self.mean, std=self.std,
+                                  input_shape=tuple(self.calib.shape[1:]),
                                   quant=cfg.quant.to_dict(), method={"name": cfg.method.name,
                                                                      "options": dict(cfg.method.options)})
             self.results["files"] = {"quantized_model": path.name}

@@ -19,10 +19,11 @@ from torch import nn
 
 from .config import RunConfig, build_section, resolve_path
 from .data import resolve_data_root
-from .errors import ConfigError
+from .data.folders import IMAGE_SUFFIXES
+from .errors import ConfigError, DataError
 from .methods import method_options
 from .models import load_model
-from .quant.qmodules import FLOAT_TO_QUANT
+from .nn import ModelGraph
 from .runfolder import check_out_dir, config_fingerprint
 
 # Images per split of CIFAR-10 (a smaller data root is caught again when the split loads, before any write).
@@ -34,7 +35,8 @@ class Checked:
     """What the checks resolved, for the run to use: data root, checkpoint path, the loaded FP model and its
     manifest, and the config's fingerprint."""
 
-    data_root: Path
+    data_root: Path | None  # None: an image-folder run without a data root
+    folder: Path | None  # the image-folder dataset, or None for CIFAR-10
     checkpoint: Path
     model: nn.Module
     manifest: object
@@ -53,13 +55,10 @@ def check_device(name: str) -> None:
         raise ConfigError("device: 'mps' requested but MPS is not available; use auto or cpu")
 
 
-def quant_layer_names(model: nn.Module) -> list[str]:
-    """Names of the layers quantization wraps (Conv2d, Linear), in execution (registration) order."""
-    return [n for n, m in model.named_modules() if type(m) in FLOAT_TO_QUANT]
-
-
 def check_layers(cfg: RunConfig, model: nn.Module) -> None:
-    names = quant_layer_names(model)
+    """The layers the config names exist, by the model graph (which also refuses unsupported operations here,
+    before any data): quantized layers in execution order, so 'first layer' is the one the image enters."""
+    names = ModelGraph(model).layers
     convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     known = ", ".join(names)
     for key, mentioned in (("quant.skip", cfg.quant.skip), ("quant.layer_bits", list(cfg.quant.layer_bits)),
@@ -90,10 +89,50 @@ def check_layers(cfg: RunConfig, model: nn.Module) -> None:
                               f"hardware.array.w_bits/a_bits or set quant.layer_bits for {name}")
 
 
-def check_images(cfg: RunConfig) -> None:
+def split_images(folder: Path, split: str) -> int | None:
+    """Image files under an image-folder tree's ``split`` (``test`` falls back to ``val``); None for a tar."""
+    if folder.is_file():
+        return None
+    for name in ((split, "val") if split == "test" else (split,)):
+        if (folder / name).is_dir():
+            return sum(1 for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return 0
+
+
+def optional_data_root(arg: str | None) -> Path | None:
+    """The data root when one is set (an image-folder run needs it only for ``{data}/`` paths)."""
+    try:
+        return resolve_data_root(arg)
+    except DataError:
+        if arg is not None:
+            raise
+        return None
+
+
+def check_folder(cfg: RunConfig, data_root: Path) -> Path | None:
+    """The image-folder dataset: it exists and has the train split and the test (or val) split."""
+    if cfg.data.folder is None:
+        return None
+    folder = resolve_path(cfg.data.folder, data_root)
+    if not folder.exists():
+        raise ConfigError(f"data.folder: {folder} does not exist")
+    if cfg.data.test_split not in ("train", "test"):
+        raise ConfigError(f"data.test_split: {cfg.data.test_split!r} is a CIFAR-10 split; an image folder has "
+                          "train and test (or val)")
+    for split in ("train", cfg.data.test_split):
+        if split_images(folder, split) == 0:
+            want = "test/ or val/" if split == "test" else f"{split}/"
+            raise ConfigError(f"data.folder: {folder} has no images under {want}<class>/ "
+                              f"(expected ROOT/{{train,val|test}}/<class>/*.png|jpg)")
+    return folder
+
+
+def check_images(cfg: RunConfig, folder: Path | None) -> None:
     if not cfg.hardware.enabled:
         return
-    size = SPLIT_SIZES[cfg.data.test_split]
+    size = SPLIT_SIZES[cfg.data.test_split] if folder is None else split_images(folder, cfg.data.test_split)
+    if size is None:  # a tar: checked once the split has loaded, still before any write
+        return
     if cfg.data.test_limit is not None:
         size = min(size, cfg.data.test_limit)
     for k in cfg.hardware.images:
@@ -123,13 +162,16 @@ def preflight(cfg: RunConfig, data: str | None, out: str | Path | None = None, o
         raise ConfigError(f"config: {e}") from None
     check_method_options(cfg.method.name, cfg.method.options)
     check_device(cfg.device)
-    check_images(cfg)
     check_simulator(cfg)
     fingerprint = config_fingerprint(cfg)
     if out is not None:
         check_out_dir(out, fingerprint, overwrite=overwrite, resume=resume)
-    data_root = resolve_data_root(data or cfg.data.root)
+    data_root = resolve_data_root(data or cfg.data.root) if cfg.data.folder is None else optional_data_root(
+        data or cfg.data.root)
+    folder = check_folder(cfg, data_root)
+    check_images(cfg, folder)
     ckpt = resolve_path(cfg.model.checkpoint, data_root)
-    model, manifest = load_model(ckpt, cfg.model.arch, cfg.model.width)
+    m = cfg.model
+    model, manifest = load_model(ckpt, m.arch, m.width, m.num_classes, m.mean, m.std)
     check_layers(cfg, model)
-    return Checked(data_root, ckpt, model, manifest, fingerprint)
+    return Checked(data_root, folder, ckpt, model, manifest, fingerprint)

@@ -1,6 +1,7 @@
 """Options shared by the sub-commands, so the same thing has the same name everywhere:
 ``--data DIR``, ``--device``, ``-o/--out``, ``-q/--quiet``, ``-v/--verbose``, ``--log-level``,
-``--calib-size N``, ``--batch-size N``; and argument types that refuse bad values with one line."""
+``--calib-size N``, ``--batch-size N``, the model/data options (``--model``, ``--input-shape``, ``--mean``,
+``--std``, ``--num-classes``, ``--image-folder``); and argument types that refuse bad values with one line."""
 
 from __future__ import annotations
 
@@ -21,6 +22,67 @@ def add_logging_options(p: argparse.ArgumentParser) -> None:
 
 def add_data_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR", help="data root (default: $QMAP_DATA, then 'data:' in qmap.yaml)")
+
+
+def add_model_options(p: argparse.ArgumentParser, model_flag: bool = True) -> None:
+    """Your own model and data: ``--model NAME|package.module:factory``, ``--num-classes``, ``--input-shape
+    3,H,W``, ``--mean R,G,B``, ``--std R,G,B`` (override or replace the checkpoint's manifest) and
+    ``--image-folder DIR`` (an image-folder dataset instead of CIFAR-10)."""
+    g = p.add_argument_group("your own model and data (when no manifest beside the checkpoint says it)")
+    if model_flag:
+        g.add_argument("--model", metavar="NAME", help="registry model or package.module:factory returning an "
+                                                       "nn.Module (the module importable, e.g. via PYTHONPATH)")
+    g.add_argument("--num-classes", type=positive_int, metavar="N", help="output classes of the model")
+    g.add_argument("--input-shape", type=input_shape, metavar="3,H,W",
+                   help="model input; images of other sizes are resized to H x W (default: the dataset's)")
+    g.add_argument("--mean", type=rgb("mean"), metavar="R,G,B", help="input normalisation mean (0..1 pixels)")
+    g.add_argument("--std", type=rgb("std", positive=True), metavar="R,G,B", help="input normalisation std")
+    g.add_argument("--image-folder", metavar="DIR",
+                   help="image-folder dataset DIR/{train,val|test}/<class>/*.png|jpg (or a .tar of it) instead "
+                        "of CIFAR-10")
+
+
+MODEL_KEYS = (("model.arch", "model"), ("model.num_classes", "num_classes"), ("model.input_shape", "input_shape"),
+              ("model.mean", "mean"), ("model.std", "std"), ("data.folder", "image_folder"))
+
+
+def model_overrides(args) -> dict[str, object]:
+    """The config keys ``add_model_options``' flags set (only those given)."""
+    return {key: getattr(args, attr) for key, attr in MODEL_KEYS if getattr(args, attr, None) is not None}
+
+
+def _numbers(text: str, count: int, kind, what: str) -> list:
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        values = [kind(t) for t in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {count} comma-separated {what}, got {text!r}") from None
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"expected {count} comma-separated {what}, got {len(values)}")
+    return values
+
+
+def input_shape(text: str) -> list[int]:
+    """``3,H,W``: an RGB input of H x W pixels (1..4096 each)."""
+    c, h, w = _numbers(text, 3, int, "integers (3,H,W)")
+    if c != 3 or not (1 <= h <= 4096 and 1 <= w <= 4096):
+        raise argparse.ArgumentTypeError(f"expected 3,H,W with H and W in 1..4096 (RGB images), got {text!r}")
+    return [c, h, w]
+
+
+def rgb(what: str, positive: bool = False):
+    """An argparse type: three finite numbers (> 0 with ``positive``)."""
+    import math
+
+    def parse(text: str) -> list[float]:
+        values = _numbers(text, 3, float, "numbers (R,G,B)")
+        if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+            raise argparse.ArgumentTypeError(f"expected 3 finite{' positive' if positive else ''} numbers, "
+                                             f"got {text!r}")
+        return values
+
+    parse.__name__ = what
+    return parse
 
 
 def add_device_option(p: argparse.ArgumentParser, default: str | None = None) -> None:

@@ -1,5 +1,6 @@
-"""``qmap eval [MODEL] --checkpoint FILE``: top-1 of a checkpoint on CIFAR-10 (model, width and normalisation
-come from the checkpoint's JSON manifest; MODEL, if given, must agree with it).
+"""``qmap eval [MODEL] --checkpoint FILE``: top-1 of a checkpoint on CIFAR-10 or an image folder (model, width
+and normalisation come from the checkpoint's JSON manifest; MODEL / --model, if given, must agree with it, and
+name the model — a registry name or package.module:factory — of a plain state_dict without a manifest).
 ``qmap eval --run DIR``: top-1 of a finished run's quantized model (``DIR/quantized_model.safetensors``, loaded
 with ``qmap.load_quantized``) on the run's own test images, next to the top-1 the run recorded."""
 
@@ -8,18 +9,26 @@ from __future__ import annotations
 import json
 import sys
 
-from ..data import load_cifar10, resolve_data_root
+from ..data import load_cifar10, load_split, resolve_data_root
 from ..data.datasets import SPLITS
 from ..errors import ConfigError
 from ..evaluate import evaluate
 from ..models import load_model
-from .common import add_data_option, add_device_option, add_logging_options, positive_int, resolved_device
+from .common import (
+    add_data_option,
+    add_device_option,
+    add_logging_options,
+    add_model_options,
+    positive_int,
+    resolved_device,
+)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1 accuracy of a checkpoint on CIFAR-10",
                               description=__doc__)
-    p.add_argument("model", nargs="?", help="model name (optional; the manifest names it)")
+    p.add_argument("model_name", nargs="?", metavar="MODEL",
+                   help="model name (optional; the manifest names it; same as --model)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-c", "--checkpoint", help="checkpoint (.safetensors with a .json manifest)")
     src.add_argument("--run", metavar="DIR", help="a finished qmap run folder: evaluate its quantized model")
@@ -32,6 +41,7 @@ def register(subparsers) -> None:
                    help="images per batch (default 500; with --run the run's batch size)")
     add_device_option(p)
     add_data_option(p)
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (top1 as a fraction, n, ...)")
     add_logging_options(p)
     p.set_defaults(func=run)
@@ -43,8 +53,13 @@ def run(args) -> int:
     if args.integer:
         raise ConfigError("--integer needs --run")
     args.split, args.batch_size = args.split or "test", args.batch_size or 500
-    model, manifest = load_model(args.checkpoint, arch=args.model)
-    dataset = load_cifar10(resolve_data_root(args.data), args.split)
+    if args.model and args.model_name and args.model != args.model_name:
+        raise ConfigError(f"MODEL {args.model_name!r} and --model {args.model!r} disagree; give one")
+    folder, size = args.image_folder, tuple(args.input_shape[1:]) if args.input_shape else None
+    root = resolve_data_root(args.data) if folder is None else args.data
+    model, manifest = load_model(args.checkpoint, arch=args.model or args.model_name, num_classes=args.num_classes,
+                                 mean=args.mean, std=args.std)
+    dataset = load_split(root, args.split, folder, size)
     if args.limit is not None:
         dataset = dataset.head(args.limit)
     mean, std = manifest.mean_std()

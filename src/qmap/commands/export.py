@@ -1,6 +1,7 @@
 """``qmap export onnx --checkpoint FILE --out model.onnx``: quantize a checkpoint (RTN by default) on a
-calibration set, write it as ONNX (QuantizeLinear/DequantizeLinear, integer-domain Clip below 8 bits, INT4
-weights at opset >= 21) and verify it in onnxruntime against the fake-quant model on CIFAR-10 test images."""
+calibration set, write it as ONNX (QuantizeLinear on the activations, ConvInteger/MatMulInteger on the codes —
+bit-identical to qmap's inference —, INT4 weights at opset >= 21) and verify it in onnxruntime against the
+fake-quant model on CIFAR-10 (or --image-folder) test images."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import torch
 
 from ..config import build_section
-from ..data import calibration_set, load_cifar10, resolve_data_root, to_tensor
+from ..data import calibration_set, load_split, resolve_data_root, to_tensor
 from ..data.datasets import SPLITS
 from ..errors import ConfigError
 from ..methods import METHODS, get_method
@@ -20,6 +21,7 @@ from .common import (
     add_data_option,
     add_device_option,
     add_logging_options,
+    add_model_options,
     bits,
     check_out_file,
     positive_int,
@@ -55,6 +57,7 @@ def register(subparsers) -> None:
     add_device_option(o)
     o.add_argument("--json", action="store_true", help="print one JSON object (export + verification report)")
     add_data_option(o)
+    add_model_options(o)
     add_logging_options(o)
     o.set_defaults(func=run_onnx)
 
@@ -68,14 +71,20 @@ def _first_last_bits(value: str) -> int | None:
         raise ConfigError(f"--first-last-bits must be an integer or 'none', got {value!r}") from None
 
 
+def image_size(args) -> tuple[int, int] | None:
+    return tuple(args.input_shape[1:]) if args.input_shape else None
+
+
 def quantize_checkpoint(args, root):
     """(fake-quant model, mean, std, report head, ONNX metadata) from --checkpoint and the quant options."""
     qcfg = build_section(QuantConfig, {"w_bits": args.w_bits, "a_bits": args.a_bits,
                                        "first_last_bits": _first_last_bits(args.first_last_bits)}, "quant")
-    model, manifest = load_model(args.checkpoint)
+    model, manifest = load_model(args.checkpoint, arch=args.model, num_classes=args.num_classes, mean=args.mean,
+                                 std=args.std)
     mean, std = manifest.mean_std()
     device = resolved_device(args.device)
-    calib = calibration_set(load_cifar10(root, args.calib_split), args.calib_size, args.seed)
+    calib = calibration_set(load_split(root, args.calib_split, args.image_folder, image_size(args)), args.calib_size,
+                            args.seed)
     qmodel = get_method(args.method)(model.eval().to(device), to_tensor(calib.images, mean, std, device), qcfg).model
     meta = {"model": {"arch": manifest.arch, "width": manifest.width}, "method": {"name": args.method}}
     return qmodel, mean, std, {"checkpoint": str(args.checkpoint), "method": args.method, "qconfig": qcfg.to_dict(),
@@ -100,10 +109,12 @@ def run_onnx(args) -> int:
     check_out_file(args.out, (".onnx",))
     if args.opset < 13:
         raise ConfigError(f"--opset {args.opset}: QDQ export needs opset 13 or later")
-    root = resolve_data_root(args.data)
+    if args.run and any(getattr(args, k) is not None for k in ("model", "num_classes", "mean", "std")):
+        raise ConfigError("--run exports the run's own model: --model/--num-classes/--mean/--std do not apply")
+    root = resolve_data_root(args.data) if args.image_folder is None else args.data
     qmodel, mean, std, report, meta = load_run_model(args) if args.run else quantize_checkpoint(args, root)
     meta |= {"normalization": {"mean": list(mean), "std": list(std)}, "quant": report["qconfig"]}
-    test = load_cifar10(root, args.verify_split)
+    test = load_split(root, args.verify_split, args.image_folder, image_size(args))
     example = to_tensor(test.images[:2], mean, std, next(qmodel.parameters()).device)
     report["export"] = export_onnx(qmodel, args.out, example, args.opset, low_bit_types=not args.no_int4,
                                    metadata=meta)

@@ -7,7 +7,15 @@ import sys
 
 from ..config import ModelConfig, RunConfig, load_config, parse_value, set_dotted
 from ..errors import ConfigError
-from .common import add_data_option, add_device_option, add_logging_options, bits, positive_int
+from .common import (
+    add_data_option,
+    add_device_option,
+    add_logging_options,
+    add_model_options,
+    bits,
+    model_overrides,
+    positive_int,
+)
 
 
 def register(sub) -> None:
@@ -25,6 +33,7 @@ def register(sub) -> None:
     p.add_argument("--a-bits", type=bits, help="activation bits (2..8)")
     p.add_argument("--calib-size", type=positive_int, metavar="N", help="calibration images (data.calib_size)")
     add_data_option(p)
+    add_model_options(p)
     add_device_option(p)
     p.add_argument("-o", "--out", help="output folder (default: runs/<name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -47,7 +56,7 @@ def build_config(args) -> RunConfig:
         raise ConfigError("give a run config file or --checkpoint")
     flags = (("model.checkpoint", args.checkpoint), ("method.name", args.method), ("quant.w_bits", args.w_bits),
              ("quant.a_bits", args.a_bits), ("data.calib_size", args.calib_size), ("device", args.device))
-    for key, value in flags:
+    for key, value in (*flags, *model_overrides(args).items()):
         if value is not None:
             set_dotted(cfg, key, value)
     for item in args.set:

@@ -21,7 +21,7 @@ from ..errors import DataError
 from . import cifar10
 from .cache import cached, default_cache_dir, source_key
 from .checksums import read_md5sums, verify_md5
-from .folders import decode_folder, require_split
+from .folders import decode_folder, load_image_folder, require_split
 from .imageset import ImageDataset
 
 log = logging.getLogger("qmap")
@@ -152,6 +152,21 @@ def load_cifar10(root: str | Path, split: str = "train", cache_dir: str | Path |
     missing = [p.name for p in cifar10.batch_files(pickles, split) if not p.is_file()]
     raise DataError(f"CIFAR-10 {split!r} not found under {root}: looked at {pickles}/ (missing "
                     f"{', '.join(missing)}), {root / MIRROR_TAR} (absent), {root / MIRROR_TREE}/ (absent); {FIX_HINT}")
+
+
+def load_split(root: str | Path, split: str, folder: str | Path | None = None,
+               size: tuple[int, int] | None = None) -> ImageDataset:
+    """``split`` of a run's dataset: CIFAR-10 under ``root``, or the image folder/tar ``folder``
+    (``ROOT/{train,val|test}/<class>/*``, images of any size resized to ``size`` = (H, W) when given)."""
+    if folder is None:
+        ds = load_cifar10(root, split)
+        if size is not None and tuple(ds.images.shape[1:3]) != tuple(size):
+            raise DataError(f"CIFAR-10 images are {ds.images.shape[2]}x{ds.images.shape[1]}, the model input shape "
+                            f"asks for {size[1]}x{size[0]}; give an image folder to use another size")
+        return ds
+    if split not in ("train", "test"):
+        raise DataError(f"split {split!r} is CIFAR-10's; an image folder has train and test (or val)")
+    return load_image_folder(folder, split, size, resize=size is not None)
 
 
 def describe_sources(root: str | Path) -> list[dict]:

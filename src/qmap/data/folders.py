@@ -1,4 +1,8 @@
-"""Image-folder datasets: a tree ``ROOT/{train,test}/<class>/*.{png,jpg,jpeg}`` or a ``.tar`` of one.
+"""Image-folder datasets: a tree ``ROOT/{train,val,test}/<class>/*.{png,jpg,jpeg}`` or a ``.tar`` of one.
+
+The evaluation split of a folder is ``test/``, or ``val/`` when there is no ``test/`` (the ImageNet-style
+layout). Images of any size load: with ``resize`` each is resized (bilinear, antialiased) to the requested
+``size``; without it they must all have that size (or the first image's).
 
 In a tar the tree may sit under one prefix folder (``cifar10_jpeg/train/<class>/...``). Classes are the
 sorted class-folder names found in any split (so labels agree between splits); images are ordered by class,
@@ -26,7 +30,7 @@ from .cache import cached, default_cache_dir, source_key
 from .imageset import ImageDataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 MAX_MEMBER_BYTES = 16 << 20     # one image file; a CIFAR JPEG is ~1 KiB
 MAX_PIXELS = 4096 * 4096        # any image; CIFAR images are 32x32
 
@@ -63,19 +67,24 @@ def _iter_tar(path: Path) -> Iterator[tuple[str, str, str, Callable[[], bytes]]]
         raise DataError(f"{path}: not a readable tar (truncated or corrupt): {e}") from None
 
 
-def decode_image(data: bytes, name: str, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode ``data`` to uint8 ``[H, W, 3]`` RGB; ``size`` = required ``(H, W)`` or None. The size in the
-    header is checked before any pixel is decoded."""
+def decode_image(data: bytes, name: str, size: tuple[int, int] | None, resize: bool = False) -> np.ndarray:
+    """Decode ``data`` to uint8 ``[H, W, 3]`` RGB; ``size`` = required ``(H, W)`` or None (``resize``: resize
+    to it instead of requiring it). The size in the header is checked before any pixel is decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
-                if size is not None and (h, w) != tuple(size):
-                    raise DataError(f"image {name} is {w}x{h} (WxH), expected {size[1]}x{size[0]}")
+                if size is not None and (h, w) != tuple(size) and not resize:
+                    raise DataError(f"image {name} is {w}x{h} (WxH), expected {size[1]}x{size[0]} (give the "
+                                    f"model's input shape to resize images of other sizes)")
                 if w * h > MAX_PIXELS:
                     raise DataError(f"image {name} declares {w}x{h} pixels (a decompression bomb?)")
-                arr = np.asarray(im.convert("RGB"))
+                rgb = im.convert("RGB")
+                if size is not None and (h, w) != tuple(size):
+                    rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                    h, w = size
+                arr = np.asarray(rgb)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"image {name}: decompression bomb refused ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
@@ -85,7 +94,8 @@ def decode_image(data: bytes, name: str, size: tuple[int, int] | None) -> np.nda
     return arr
 
 
-def decode_folder(source: Path, size: tuple[int, int] | None = None) -> dict[str, ImageDataset]:
+def decode_folder(source: Path, size: tuple[int, int] | None = None, resize: bool = False
+                  ) -> dict[str, ImageDataset]:
     """Read and decode every image of every split from a folder tree or tar, in one pass (no cache)."""
     entries = _iter_tar(source) if source.is_file() else _iter_tree(source)
     found: dict[str, list[tuple[str, str, bytes]]] = {}
@@ -101,7 +111,7 @@ def decode_folder(source: Path, size: tuple[int, int] | None = None) -> dict[str
         shape = size or decode_image(items[0][2], items[0][1], None).shape[:2]
         images = np.empty((len(items), *shape, 3), dtype=np.uint8)
         for i, (_, name, data) in enumerate(items):
-            images[i] = decode_image(data, name, shape)
+            images[i] = decode_image(data, name, shape, resize)
         labels = np.array([class_id[c] for c, _, _ in items], dtype=np.int64)
         out[split] = ImageDataset(images, labels, classes, f"{source} ({split})")
     return out
@@ -113,18 +123,22 @@ def require_split(decoded: dict[str, ImageDataset], source: Path, split: str) ->
 
 
 def load_image_folder(source: str | Path, split: str, size: tuple[int, int] | None = None,
-                      cache_dir: str | Path | None = None) -> ImageDataset:
-    """``split`` of the image tree / tar at ``source``, decoded once and cached (``cache_dir=None``: default)."""
+                      cache_dir: str | Path | None = None, resize: bool = False) -> ImageDataset:
+    """``split`` of the image tree / tar at ``source``, decoded once and cached (``cache_dir=None``: default).
+    ``split`` 'test' reads ``val/`` when the source has no ``test/``; ``resize``: images of another size than
+    ``size`` are resized to it."""
     source = Path(source)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; image folders have {', '.join(SPLITS)}")
     if not source.exists():
         raise DataError(f"image folder or tar not found: {source}")
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(source.parent)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()  # never inside the user's tree
 
     def build_all() -> dict[str, ImageDataset]:
-        decoded = decode_folder(source, size)
+        decoded = decode_folder(source, size, resize)
+        if split == "test" and "test" not in decoded and "val" in decoded:
+            decoded["test"] = decoded["val"]
         require_split(decoded, source, split)
         return decoded
 
-    return cached(folder, source.stem, source_key(source, size), split, build_all)
+    return cached(folder, source.stem, source_key(source, size, resize), split, build_all)

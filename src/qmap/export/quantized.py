@@ -53,18 +53,20 @@ def quantized_tensors(qmodel: nn.Module) -> tuple[dict[str, torch.Tensor], dict[
 def save_quantized(qmodel: nn.Module, path: str | Path, *, arch: str | None = None, width: float | None = None,
                    num_classes: int | None = None, factory: str | None = None,
                    mean: tuple[float, ...] = (), std: tuple[float, ...] = (), quant: dict | None = None,
-                   method: dict | None = None) -> Path:
+                   method: dict | None = None, input_shape: tuple[int, ...] | None = None) -> Path:
     """Write ``qmodel`` to ``path`` (safetensors + JSON header, atomically).
 
     ``arch``/``width``/``num_classes`` name the registry model whose ``forward`` the file's modules plug into
     (or ``factory``, a free-text name of the user function :func:`load_quantized` is then given as
-    ``model_fn``); ``mean``/``std`` the input normalisation; ``quant``/``method`` the run's settings."""
+    ``model_fn``); ``mean``/``std`` the input normalisation; ``input_shape`` (C, H, W) one image;
+    ``quant``/``method`` the run's settings."""
     from safetensors.torch import save
 
     tensors, layers = quantized_tensors(qmodel)
     header = {"format": FORMAT,
               "model": {"arch": arch, "width": width, "num_classes": num_classes, "factory": factory},
               "normalization": {"mean": list(mean), "std": list(std)},
+              "input_shape": list(input_shape) if input_shape is not None else None,
               "quant": quant or {}, "method": method or {}, "modules": module_tree(qmodel), "layers": layers}
     atomic_write_bytes(path, save(tensors, metadata={"qmap": json.dumps(header)}))
     return Path(path)
@@ -87,7 +89,8 @@ class QuantizedModel:
         """The integer-only model (:func:`qmap.quant.integer.to_integer_model`) of the fake-quant model."""
         from ..quant.integer import to_integer_model
 
-        return to_integer_model(self.model, acc_bits=acc_bits)
+        shape = self.header.get("input_shape")
+        return to_integer_model(self.model, acc_bits=acc_bits, input_shape=tuple(shape) if shape else None)
 
 
 def read_header(path: str | Path) -> dict:

@@ -136,6 +136,17 @@ def psum_widths(imodel, images: list[torch.Tensor], array: ArraySpec) -> list[di
     return rows
 
 
+def is_sequential(imodel) -> bool:
+    """Whether the integer model is one path (each step reads the previous step's value only), so the array's
+    outputs can be chained layer to layer and the logits rebuilt from them."""
+    previous = imodel.input_name
+    for st in imodel.steps:
+        if list(st.inputs) != [previous]:
+            return False
+        previous = st.name
+    return True
+
+
 def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path | None = None,
                  rtl_simulator: str | None = None) -> dict:
     """Every array layer of the integer model (:func:`array_layers`) chained through the golden model on
@@ -146,6 +157,7 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
     chain, host, layers, out = array_layers(imodel, x)
     names = [lay.name for lay in imodel.layers]
     spec = chain_spec(chain, array)
+    chained = is_sequential(imodel) and all(lay.requant is not None for lay in chain[:-1])
 
     def requant(i: int, y: np.ndarray) -> np.ndarray:
         lay = chain[i]
@@ -165,7 +177,11 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
     if rtl_work_dir is not None:
         rtl = RtlLayerRunner(spec, [layer_tiling(layer, spec) for layer in layers], rtl_work_dir, rtl_simulator)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    rep = run_network(layers, spec, requant=requant, head=head, expected_logits=out.logits_int[0].numpy(), rtl=rtl)
+    if chained:
+        rep = run_network(layers, spec, requant=requant, head=head, expected_logits=out.logits_int[0].numpy(),
+                          rtl=rtl)
+    else:  # residual adds, concats, gates: each array layer runs on its traced input, outputs checked per layer
+        rep = run_network(layers, spec, rtl=rtl)
     keys = ("name", "in_channels", "out_channels", "hw", "macs", "cycles", "utilisation", "ideal_cycles",
             "no_overlap_cycles", "psum_bits_needed", "psum_bits", "mismatches", "rtl_cycles", "rtl_mismatches",
             "rtl_wall_s", "rtl_cpu_s")

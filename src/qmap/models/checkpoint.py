@@ -162,20 +162,28 @@ def read_manifest(ckpt: str | Path, verify_sha256: bool = True) -> Manifest | No
     return man
 
 
-def load_model(ckpt: str | Path, arch: str | None = None, width: float | None = None) -> tuple[nn.Module, Manifest]:
-    """Build the model described by the checkpoint's manifest (or ``arch``/``width``) and load its weights."""
+def load_model(ckpt: str | Path, arch: str | None = None, width: float | None = None, num_classes: int | None = None,
+               mean: list[float] | None = None, std: list[float] | None = None) -> tuple[nn.Module, Manifest]:
+    """Build the model described by the checkpoint's manifest and load its weights. Without a manifest,
+    ``arch`` (a registry name or ``package.module:factory``) says what to build; ``width``, ``num_classes`` and
+    the normalisation ``mean``/``std`` override the manifest's (or the architecture's defaults)."""
     if not Path(ckpt).is_file():
         raise CheckpointError(f"checkpoint not found: {ckpt}")
     man = read_manifest(ckpt)
     if man is None:
         if arch is None:
-            raise CheckpointError(f"no manifest {manifest_path(ckpt)} beside the checkpoint: pass the model name")
+            raise CheckpointError(f"no manifest {manifest_path(ckpt)} beside the checkpoint: name the model "
+                                  "(a registry name or package.module:factory)")
         man = Manifest(arch=arch, width=width or 1.0)
-    else:
-        if arch is not None and arch != man.arch:
-            raise CheckpointError(f"checkpoint {ckpt} is a {man.arch!r} (manifest) but {arch!r} was asked for")
-        if width is not None:
-            man.width = width
+    elif arch is not None and arch != man.arch:
+        raise CheckpointError(f"checkpoint {ckpt} is a {man.arch!r} (manifest) but {arch!r} was asked for")
+    for key, value in (("width", width), ("num_classes", num_classes)):
+        if value is not None:
+            setattr(man, key, value)
+    if mean is not None:
+        man.normalize_mean = tuple(mean)
+    if std is not None:
+        man.normalize_std = tuple(std)
     model = build_model(man.arch, width=man.width, num_classes=man.num_classes)
     load_state_dict_strict(model, read_state_dict(ckpt), source=f"checkpoint {ckpt}")
     model.eval()

@@ -1,0 +1,123 @@
+"""The CLI with the user's own model and data: ``--model package.module:factory`` + a plain state_dict, an input
+shape and normalisation, and an image-folder dataset (``ROOT/{train,val}/<class>/*``, images of mixed sizes) —
+through ``qmap run``, ``qmap eval`` and ``qmap export onnx``, with no CIFAR-10 data root at all."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qmap.cli import main
+
+MODULE = textwrap.dedent('''
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+
+    class Net(nn.Module):
+        """Head defined before the body, functional ReLU, a residual add and x.view(x.size(0), -1)."""
+
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.fc = nn.Linear(8 * 4 * 4, num_classes)
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            y = F.relu(self.bn(self.stem(x)))
+            y = F.relu(y + self.conv(y))
+            y = F.adaptive_avg_pool2d(y, 4)
+            return self.fc(y.view(y.size(0), -1))
+
+
+    def make(num_classes=10):
+        return Net(num_classes)
+''')
+
+
+@pytest.fixture()
+def user_setup(tmp_path, monkeypatch):
+    """(checkpoint .pt, image folder) with the model's module importable and no data root configured."""
+    (tmp_path / "user_cli_net.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("QMAP_DATA", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("QMAP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    import user_cli_net
+
+    torch.manual_seed(0)
+    model = user_cli_net.make(num_classes=3)
+    torch.save(model.state_dict(), tmp_path / "net.pt")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3)):
+        for c in ("cat", "dog", "eel"):
+            folder = tmp_path / "imgs" / split / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                h, w = (20, 24) if i % 2 else (30, 30)  # mixed sizes: resized to the input shape
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return tmp_path / "net.pt", tmp_path / "imgs"
+
+
+def _model_flags(ckpt, imgs):
+    return ["--checkpoint", str(ckpt), "--model", "user_cli_net:make", "--num-classes", "3",
+            "--input-shape", "3,16,16", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+            "--image-folder", str(imgs)]
+
+
+@pytest.mark.parametrize("method", ["rtn", "adaround"])
+def test_run_eval_export_with_own_model_and_folder(user_setup, tmp_path, capsys, method):
+    ckpt, imgs = user_setup
+    out = tmp_path / "run"
+    assert main(["run", *_model_flags(ckpt, imgs), "--out", str(out), "--quiet", "--method", method,
+                 "--set", "data.calib_size=12", "--set", "hardware.rtl=none",
+                 "--set", "method.options.iters=4"] + ([] if method == "adaround" else
+                                                       ["--set", "method.options={}"])) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "complete"
+    assert res["metrics"]["test_images"] == 9
+    assert res["config"]["model"]["arch"] == "user_cli_net:make"
+    assert [r["layer"] for r in res["layers"]] == ["stem", "conv", "fc"]  # execution order, not definition
+    assert res["metrics"]["top1_integer"] is not None
+
+    capsys.readouterr()
+    assert main(["eval", *_model_flags(ckpt, imgs), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 9 and ev["arch"] == "user_cli_net:make"
+    assert ev["top1"] == res["metrics"]["top1_fp"]
+
+    assert main(["export", "onnx", *_model_flags(ckpt, imgs), "--out", str(tmp_path / "m.onnx"),
+                 "--calib-size", "12", "--json", "--quiet"]) == 0
+    ex = json.loads(capsys.readouterr().out)
+    assert ex["verify"]["optimized"]["n"] == 9
+    assert ex["verify"]["optimized"]["max_abs_diff"] == 0.0  # exact accumulation on both sides
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--input-shape", "4,16,16"], "3,H,W"),
+    (["--mean", "0.5,0.5"], "3 comma-separated"),
+    (["--std", "0.2,0,0.2"], "positive"),
+    (["--image-folder", "nowhere"], "does not exist"),
+])
+def test_bad_model_and_data_flags_are_one_line(user_setup, tmp_path, capsys, flags, message):
+    ckpt, imgs = user_setup
+    argv = ["run", *_model_flags(ckpt, imgs), "--out", str(tmp_path / "bad"), "--quiet", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_state_dict_without_model_name_is_refused(user_setup, tmp_path, capsys):
+    ckpt, imgs = user_setup
+    assert main(["eval", "--checkpoint", str(ckpt), "--image-folder", str(imgs)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "name the model" in err and len(err.splitlines()) == 1
