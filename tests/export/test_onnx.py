@@ -241,6 +241,24 @@ def test_residual_add_and_same_padding(images, tmp_path):
     assert check["max_abs_diff"] == 0.0
 
 
+@pytest.mark.parametrize("name", ["tiny_cnn_gelu", "tiny_cnn_hswish"])
+def test_omr_shift_form_exports(images, tmp_path, name):
+    """OMR's shift form (the migrated copies as a module) exports as Gather/Sub/Relu/Concat."""
+    from qmap.methods.omr import apply_omr
+    from qmap.quant.shift import OutlierShift
+
+    torch.manual_seed(1)
+    qmodel = quantize_model(build_model(name, width=0.5).eval(), QuantConfig(
+        w_bits=4, a_bits=3, first_last_bits=None, w_observer="minmax", a_observer="minmax"))
+    calibrate(qmodel, images[:32])
+    report = apply_omr(qmodel, selective=False, calib=images[:32])
+    assert "shift" in {r["form"] for r in report["pairs"]}
+    assert any(isinstance(m, OutlierShift) for m in qmodel.modules())
+    rep, check = export_and_verify(qmodel, images[:64], tmp_path)
+    assert rep["op_counts"]["Gather"] >= 1
+    assert check["max_rel_diff"] <= REL_TOL and check["top1_agreement"] == 1.0
+
+
 def test_uncalibrated_model_is_rejected(images, tmp_path):
     qmodel = quantize_model(build_model("tiny_cnn", width=0.5).eval(), QuantConfig())
     with pytest.raises(ConfigError, match="not calibrated"):

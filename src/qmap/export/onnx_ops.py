@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..quant import QuantConv2d, Quantizer, QuantLinear
+from ..quant.shift import OutlierShift
 from .onnx_graph import GraphBuilder
 
 
@@ -261,12 +262,23 @@ def cat(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     return g.node("Concat", inputs, base, axis=1)
 
 
+def outlier_shift(g: GraphBuilder, m: OutlierShift, inputs: list[str], node, base: str) -> str:
+    """OMR's shift form cat(x, relu(x[:, index] − X)) → Gather(axis=1) + Sub + Relu + Concat(axis=1), with X the
+    float32 clip the module computes (its live quantizer clip, frozen at export)."""
+    x = inputs[0]
+    picked = g.node("Gather", [x, g.tensor(f"{base}.index", m.index.detach().cpu().to(torch.int64))],
+                    f"{base}.picked", axis=1)
+    clip = g.tensor(f"{base}.clip", m.clip().detach().float().cpu().reshape(()))
+    copies = g.node("Relu", [g.node("Sub", [picked, clip], f"{base}.minus_clip")], f"{base}.copies")
+    return g.node("Concat", [x, copies], base, axis=1)
+
+
 # Exact types (subclasses are not assumed to behave like their base). Functional ops arrive as the module they
 # equal (qmap.nn.ops.as_module); the model graph has already dropped identities and dropouts.
 MODULE_HANDLERS = {
     nn.Conv2d: conv, QuantConv2d: conv, nn.Linear: linear, QuantLinear: linear, Quantizer: quantizer,
     nn.ReLU: relu, nn.ReLU6: relu6, nn.Hardswish: hardswish, nn.Hardsigmoid: hardsigmoid, nn.GELU: gelu,
     nn.SiLU: silu, nn.Sigmoid: sigmoid, nn.MaxPool2d: max_pool, nn.AvgPool2d: avg_pool,
-    nn.AdaptiveAvgPool2d: adaptive_avg_pool, nn.Flatten: flatten,
+    nn.AdaptiveAvgPool2d: adaptive_avg_pool, nn.Flatten: flatten, OutlierShift: outlier_shift,
 }
 FUNCTION_HANDLERS = {operator.add: add, torch.add: add, operator.mul: mul, torch.mul: mul, torch.cat: cat}
