@@ -30,7 +30,7 @@ from .hw.check import check_layer, check_layer_width, network_view, psum_widths,
 from .methods import get_method
 from .models.checkpoint import sha256_file
 from .nn import get_module
-from .preflight import Checked, preflight
+from .preflight import Checked, check_forward, preflight
 from .progress import Stages, set_quiet
 from .quant import float_mode
 from .quant.agreement import compare_with_fake_quant
@@ -92,6 +92,7 @@ class Run:
         for k in cfg.hardware.images if cfg.hardware.enabled else []:
             if k >= len(test):
                 raise ConfigError(f"hardware.images: image {k} is outside the test set (0..{len(test) - 1})")
+        check_forward(self.fp_model, (3, *test.images.shape[1:3]), len(test.classes))
         self.test = test
         self.results["metrics"]["test_images"] = len(test)
         calib = calibration_set(load_split(self.data_root, "train", folder, size), n=cfg.data.calib_size,

@@ -55,6 +55,25 @@ def check_device(name: str) -> None:
         raise ConfigError("device: 'mps' requested but MPS is not available; use auto or cpu")
 
 
+def check_forward(model: nn.Module, shape: tuple[int, ...], num_classes: int | None = None) -> None:
+    """One forward pass of a zero image of ``shape`` (C, H, W): the model must run on it and return
+    ``[1, classes]`` logits (at least ``num_classes`` of them, the dataset's classes) — else one line, before
+    any data is loaded."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *shape))
+    except Exception as e:  # noqa: BLE001 - the user's forward may raise anything; one line names it
+        raise ConfigError(f"model: its forward fails on one {'x'.join(map(str, shape))} image (give the input "
+                          f"shape it takes: --input-shape / model.input_shape): {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model: forward must return [N, classes] logits, got {got}")
+    if num_classes is not None and out.shape[1] < num_classes:
+        raise ConfigError(f"model: {out.shape[1]} outputs but the dataset has {num_classes} classes "
+                          f"(--num-classes / model.num_classes)")
+
+
 def check_layers(cfg: RunConfig, model: nn.Module) -> None:
     """The layers the config names exist, by the model graph (which also refuses unsupported operations here,
     before any data): quantized layers in execution order, so 'first layer' is the one the image enters."""
@@ -173,5 +192,7 @@ def preflight(cfg: RunConfig, data: str | None, out: str | Path | None = None, o
     ckpt = resolve_path(cfg.model.checkpoint, data_root)
     m = cfg.model
     model, manifest = load_model(ckpt, m.arch, m.width, m.num_classes, m.mean, m.std)
+    if m.input_shape or folder is None:  # else the folder's first image fixes it: checked once it has loaded
+        check_forward(model, tuple(m.input_shape or (3, 32, 32)))
     check_layers(cfg, model)
     return Checked(data_root, folder, ckpt, model, manifest, fingerprint)

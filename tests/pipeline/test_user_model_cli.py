@@ -39,6 +39,16 @@ MODULE = textwrap.dedent('''
 
     def make(num_classes=10):
         return Net(num_classes)
+
+
+    def broken(num_classes=10):
+        raise RuntimeError("no such layer size")
+
+
+    def fixed(num_classes=10):
+        """A head sized for 16x16 inputs only."""
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 16 * 16, num_classes))
 ''')
 
 
@@ -121,3 +131,22 @@ def test_state_dict_without_model_name_is_refused(user_setup, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(ckpt), "--image-folder", str(imgs)]) != 0
     err = capsys.readouterr().err.strip()
     assert "name the model" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("factory,flags,message", [
+    ("broken", [], "the factory raised RuntimeError: no such layer size"),
+    ("fixed", ["--input-shape", "3,8,8"], "its forward fails on one 3x8x8 image"),  # head sized for 16x16
+    ("make", ["--num-classes", "2"], "2 outputs but the dataset has 3 classes"),
+])
+def test_model_that_does_not_fit_is_one_line(user_setup, tmp_path, capsys, factory, flags, message):
+    import user_cli_net
+
+    ckpt, imgs = user_setup
+    if factory != "broken":  # a checkpoint of that model, so loading succeeds and the fit is what fails
+        classes = 2 if "--num-classes" in flags else 3
+        torch.save(getattr(user_cli_net, factory)(num_classes=classes).state_dict(), ckpt)
+    argv = ["run", *_model_flags(ckpt, imgs), "--out", str(tmp_path / "bad"), "--quiet", "--model",
+            f"user_cli_net:{factory}", "--set", "data.calib_size=12", *flags]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err

@@ -69,7 +69,11 @@ def user_entry(spec: str) -> ModelEntry:
     takes = inspect.signature(factory).parameters
 
     def build(width: float = 1.0, num_classes: int = 10) -> nn.Module:
-        model = factory(**{k: v for k, v in (("width", width), ("num_classes", num_classes)) if k in takes})
+        try:
+            model = factory(**{k: v for k, v in (("width", width), ("num_classes", num_classes)) if k in takes})
+        except Exception as e:  # noqa: BLE001 - the user's code may raise anything; one line names it
+            raise ConfigError(f"model {spec!r}: the factory raised {type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]}") from None
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model {spec!r}: the factory returned a {type(model).__name__}, not an nn.Module")
         return model
