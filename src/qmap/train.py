@@ -119,17 +119,20 @@ def _load_state(path: Path, run_id: dict) -> dict:
 def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDataset, cfg: TrainConfig, out: Path,
           resume: bool = False, device: str | torch.device | None = None, progress: bool = True,
           on_epoch_end: Callable[[dict], None] | None = None, save_dtype: torch.dtype | None = None,
-          extra_tests: dict[str, ImageDataset] | None = None, manifest_extra: dict | None = None) -> dict:
+          extra_tests: dict[str, ImageDataset] | None = None, manifest_extra: dict | None = None,
+          normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> dict:
     """Train ``arch`` at ``width`` on ``train_set``; write ``out`` (+ manifest) and return the final metrics.
 
     ``on_epoch_end(metrics)`` is called after each epoch's state is saved (metrics: epoch, loss, train_top1,
     seconds). ``save_dtype`` (e.g. ``torch.float16``) is the dtype of the saved floating-point tensors;
     each ``extra_tests[name]`` is evaluated too and recorded as ``<name>_top1``; ``manifest_extra`` (e.g. the
-    command line) is added to the manifest's ``train`` record.
+    command line) is added to the manifest's ``train`` record; ``normalization`` = (mean, std) of the input (default:
+    the architecture's).
     """
     out = Path(out)
     device = torch.device(device) if device is not None else default_device()
     entry = get_entry(arch)
+    norm_mean, norm_std = normalization or (entry.mean, entry.std)
     run_id = {"arch": arch, "width": width, "data_checksum": train_set.checksum, **asdict(cfg)}
     torch.manual_seed(cfg.seed)
     model = build_model(arch, width=width, num_classes=len(train_set.classes)).to(device)
@@ -151,8 +154,8 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
         start_epoch, history = state["epoch"], list(state["history"])
     images = torch.from_numpy(train_set.images).to(device)
     labels = torch.from_numpy(train_set.labels).to(device)
-    mean = torch.tensor(entry.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(entry.std, device=device).view(1, -1, 1, 1)
+    mean = torch.tensor(norm_mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(norm_std, device=device).view(1, -1, 1, 1)
     use_amp = cfg.amp and device.type == "cuda"
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
@@ -186,10 +189,10 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
         if on_epoch_end is not None:
             on_epoch_end(metrics)
     wall = time.perf_counter() - started
-    result = evaluate(model, test_set, entry.mean, entry.std, device=device, progress=progress)
+    result = evaluate(model, test_set, norm_mean, norm_std, device=device, progress=progress)
     extra = {"test_top1": result["top1"], "test_data": test_set.source, "test_data_checksum": test_set.checksum}
     for name, data in (extra_tests or {}).items():
-        extra |= {f"{name}_top1": evaluate(model, data, entry.mean, entry.std, device=device,
+        extra |= {f"{name}_top1": evaluate(model, data, norm_mean, norm_std, device=device,
                                            progress=progress)["top1"],
                   f"{name}_data": data.source, f"{name}_data_checksum": data.checksum}
     extra["dtype"] = str(save_dtype or torch.float32).removeprefix("torch.")
@@ -198,7 +201,7 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
                       "git_sha": git_sha(), "wall_seconds_this_run": round(wall, 3),
                       "wall_seconds_all_epochs": round(sum(h.get("seconds", 0.0) for h in history), 3),
                       "history": history}
-    manifest = Manifest(arch=arch, width=width, num_classes=len(train_set.classes), normalize_mean=entry.mean,
-                        normalize_std=entry.std, extra=extra)
+    manifest = Manifest(arch=arch, width=width, num_classes=len(train_set.classes), normalize_mean=tuple(norm_mean),
+                        normalize_std=tuple(norm_std), extra=extra)
     save_checkpoint(model.float(), out, manifest, dtype=save_dtype)
     return {"test_top1": result["top1"], "n_test": result["n"], "history": history, "checkpoint": str(out)}

@@ -150,3 +150,17 @@ def test_model_that_does_not_fit_is_one_line(user_setup, tmp_path, capsys, facto
     code = main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_train_own_model_on_a_folder_then_eval_from_its_manifest(user_setup, tmp_path, capsys):
+    _, imgs = user_setup
+    ckpt = tmp_path / "trained.safetensors"
+    folder = ["--image-folder", str(imgs), "--input-shape", "3,16,16"]
+    assert main(["train", "user_cli_net:make", "-o", str(ckpt), "--epochs", "1", "--batch-size", "8",
+                 "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--quiet", *folder]) == 0
+    man = json.loads(ckpt.with_suffix(".json").read_text())
+    assert (man["arch"], man["num_classes"], man["normalize_std"]) == ("user_cli_net:make", 3, [0.25] * 3)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(ckpt), "--json", *folder]) == 0  # the manifest names the model
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 9 and ev["top1"] == man["test_top1"]

@@ -1,6 +1,7 @@
-"""``qmap train MODEL``: train a registry model from scratch on CIFAR-10 and write a safetensors checkpoint
-with its JSON manifest (test accuracy, data checksum, git sha, seed). ``--resume`` continues an interrupted
-run from ``<out>.state.pt`` (saved after every epoch)."""
+"""``qmap train MODEL``: train a registry model (or your own, ``package.module:factory``) from scratch on CIFAR-10
+or an image folder and write a safetensors checkpoint with its JSON manifest (test accuracy, data checksum, git
+sha, seed, normalisation). ``--resume`` continues an interrupted run from ``<out>.state.pt`` (saved after every
+epoch)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import sys
 
 import torch
 
-from ..data import load_cifar10, resolve_data_root
+from ..data import load_cifar10, load_split, resolve_data_root
 from ..errors import ConfigError
 from ..models import model_names
+from ..models.registry import get_entry
 from ..train import TrainConfig, train
 from .common import (
     add_data_option,
     add_device_option,
     add_logging_options,
+    add_model_options,
     check_out_file,
     positive_int,
     resolved_device,
@@ -25,8 +28,9 @@ from .common import (
 
 def register(subparsers) -> None:
     d = TrainConfig()
-    p = subparsers.add_parser("train", help="train a model from scratch on CIFAR-10", description=__doc__)
-    p.add_argument("model", choices=model_names())
+    p = subparsers.add_parser("train", help="train a model from scratch on CIFAR-10 or an image folder",
+                              description=__doc__)
+    p.add_argument("model", help=f"{', '.join(model_names())}, or package.module:factory")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
     p.add_argument("-o", "--out", required=True, help="checkpoint to write (.safetensors)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs)
@@ -45,6 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from <out>.state.pt if it exists")
     add_device_option(p)
     add_data_option(p)
+    add_model_options(p, model_flag=False)
     add_logging_options(p)
     p.set_defaults(func=run)
 
@@ -57,13 +62,20 @@ def run(args) -> int:
                       schedule=args.schedule, warmup=args.warmup, label_smoothing=args.label_smoothing,
                       pad_mode=args.pad_mode, seed=args.seed, channels_last=not args.no_channels_last,
                       amp=not args.no_amp)
-    root = resolve_data_root(args.data)
-    train_set, test_set = load_cifar10(root, args.train_split), load_cifar10(root, "test")
+    entry = get_entry(args.model)  # an unknown name or an unimportable factory: one line, before any data
+    if args.num_classes is not None:
+        raise ConfigError("qmap train takes the class count from the dataset; drop --num-classes")
+    folder, size = args.image_folder, tuple(args.input_shape[1:]) if args.input_shape else None
+    if folder is not None and args.train_split != "train":
+        raise ConfigError(f"--train-split {args.train_split} is a CIFAR-10 split; an image folder has train")
+    root = resolve_data_root(args.data) if folder is None else args.data
+    train_set, test_set = (load_split(root, s, folder, size) for s in (args.train_split, "test"))
+    extra_tests = {"test_exact": load_cifar10(root, "test_exact")} if folder is None else {}
     result = train(args.model, args.width, train_set, test_set, cfg, out, resume=args.resume,
                    device=resolved_device(args.device), progress=not args.quiet,
-                   save_dtype=torch.float16 if args.fp16 else None,
-                   extra_tests={"test_exact": load_cifar10(root, "test_exact")},
-                   manifest_extra={"command": shlex.join(["qmap", *sys.argv[1:]])})
+                   save_dtype=torch.float16 if args.fp16 else None, extra_tests=extra_tests,
+                   manifest_extra={"command": shlex.join(["qmap", *sys.argv[1:]])},
+                   normalization=(tuple(args.mean or entry.mean), tuple(args.std or entry.std)))
     print(f"{args.model} w{args.width:g}: test top-1 {100 * result['test_top1']:.2f} % "
           f"({result['n_test']} images) -> {out}")
     return 0
