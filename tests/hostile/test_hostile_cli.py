@@ -434,7 +434,7 @@ CASES = [
     ("cli-train-epochs-zero", CONFIG, "--epochs", lambda b: ["train", "tiny_cnn", "-o", "m.safetensors",
                                                              "--epochs", "0"]),
     ("cli-train-width", CONFIG, "--width", lambda b: ["train", "tiny_cnn", "-o", "m.safetensors", "--width", "-1"]),
-    ("cli-train-model", CONFIG, "invalid choice", lambda b: ["train", "resnet9000", "-o", "m.safetensors"]),
+    ("cli-train-model", CONFIG, "unknown model", lambda b: ["train", "resnet9000", "-o", "m.safetensors"]),
     ("cli-data-action", CONFIG, "invalid choice", lambda b: ["data", "explode"]),
     ("cli-data-no-root", DATA, "not a folder", lambda b: ["data", "info", "--data", "/nonexistent"]),
     # ---- top level
