@@ -23,7 +23,7 @@ import torch
 
 from .config import RunConfig
 from .data import calibration_set, load_split, to_tensor
-from .errors import ConfigError
+from .errors import ConfigError, HardwareError
 from .evaluate import evaluate
 from .export.quantized import save_quantized
 from .hw.check import check_layer, check_layer_width, network_view, psum_widths, rtl_simulators
@@ -218,9 +218,14 @@ class Run:
             self.results["hardware"]["rtl_skipped"] = rtl_skip
         if (hw.network_cycles or hw.rtl_network) and images:
             k = hw.images[0]
-            net = network_view(self.imodel, images[0], spec,
-                               rtl_work_dir=self.out / "work" / "rtl_network" if hw.rtl_network else None,
-                               rtl_simulator=hw.rtl if hw.rtl in ("icarus", "verilator") else None)
+            try:
+                net = network_view(self.imodel, images[0], spec,
+                                   rtl_work_dir=self.out / "work" / "rtl_network" if hw.rtl_network else None,
+                                   rtl_simulator=hw.rtl if hw.rtl in ("icarus", "verilator") else None)
+            except HardwareError as e:  # e.g. every conv input signed (GELU / h-swish nets): nothing to map
+                self.results["hardware"]["network_skipped"] = str(e)
+                self.stages.note(f"whole network on the array: SKIPPED ({e})")
+                return
             self.results["hardware"]["network"] = net["layers"]
             self.results["hardware"]["network_summary"] = {**net["summary"], "image": k,
                                                            "host_layers": net["host_layers"], "array": net["array"]}

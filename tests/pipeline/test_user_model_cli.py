@@ -41,6 +41,34 @@ MODULE = textwrap.dedent('''
         return Net(num_classes)
 
 
+    class Mobile(nn.Module):
+        """Depthwise conv + ReLU6, a squeeze-excite gate and a Hardswish head."""
+
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6())
+            self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 1),
+                                    nn.Hardsigmoid())
+            self.pw = nn.Sequential(nn.Conv2d(8, 16, 1), nn.Hardswish())
+            self.fc = nn.Linear(16, num_classes)
+
+        def forward(self, x):
+            y = self.dw(self.stem(x))
+            y = self.pw(y * self.se(y))
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+    def mobile(num_classes=10):
+        return Mobile(num_classes)
+
+
+    def gelu(num_classes=10):
+        """Every conv input signed (GELU): nothing the unsigned-activation array can take."""
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.GELU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
     def broken(num_classes=10):
         raise RuntimeError("no such layer size")
 
@@ -164,3 +192,27 @@ def test_train_own_model_on_a_folder_then_eval_from_its_manifest(user_setup, tmp
     assert main(["eval", "--checkpoint", str(ckpt), "--json", *folder]) == 0  # the manifest names the model
     ev = json.loads(capsys.readouterr().out)
     assert ev["n"] == 9 and ev["top1"] == man["test_top1"]
+
+
+@pytest.mark.parametrize("factory,network", [("mobile", "PASS"), ("gelu", "SKIPPED")])
+def test_run_depthwise_se_and_gelu_models(user_setup, tmp_path, factory, network):
+    """The whole-network array view takes a depthwise conv as one pass per group (utilisation said honestly) and
+    a model without unsigned conv inputs is reported SKIPPED with the reason — the run completes either way."""
+    import user_cli_net
+
+    from qmap.report.verdict import verdict
+
+    ckpt, imgs = user_setup
+    torch.save(getattr(user_cli_net, factory)(num_classes=3).state_dict(), ckpt)
+    out = tmp_path / factory
+    assert main(["run", *_model_flags(ckpt, imgs), "--model", f"user_cli_net:{factory}", "--out", str(out),
+                 "--quiet", "--set", "data.calib_size=12", "--set", "hardware.rtl=none"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "complete"
+    row = next(r for r in verdict(res) if r["check"] == "whole network on the array")
+    assert row["status"] == network, row
+    if factory == "mobile":
+        dw = next(r for r in res["hardware"]["network"] if r["name"] == "dw.0")
+        assert dw["groups"] == 8 and dw["utilisation"] <= 1 / 8 and dw["mismatches"] == 0
+    else:
+        assert "unsigned" in res["hardware"]["network_skipped"]

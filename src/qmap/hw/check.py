@@ -88,25 +88,64 @@ def _psum_mismatches(fold_psums: np.ndarray, vec) -> int:
     return int((fold_psums != files).sum())
 
 
-def array_layers(imodel, x: torch.Tensor) -> tuple[list, list[str], list[IntConvLayer], object]:
+def array_layers(imodel, x: torch.Tensor, every: bool = False) -> tuple[list, list[str], list[IntConvLayer], object]:
     """The integer model's conv layers that run on the array for image ``x`` (every conv whose input is
-    unsigned, from the first such one on; a signed first layer stays on the host): ``(chain, host layer names,
-    IntConvLayer per chain layer with its traced input and expected output, the model's run)``."""
+    unsigned and whose accumulator goes straight to its requantizer, from the first such one on; a signed first
+    layer stays on the host; ``every``: each conv with unsigned input, the ops after its accumulator left to the
+    host — for models whose layers are checked one by one): ``(chain, host layer names, IntConvLayer per array
+    pass with its traced input and expected output, the model's run)``."""
     out = imodel.run(x, return_intermediates=True)
     traces = {t.name: t for t in out.layers}
     names = [lay.name for lay in imodel.layers]
     convs = [lay for lay in imodel.layers if lay.kind == "conv"]
-    chain = [lay for lay in convs if int(traces[lay.name].x_int.min()) >= 0 and not lay.pre_ops]
+    chain = [lay for lay in convs if int(traces[lay.name].x_int.min()) >= 0 and (every or not lay.pre_ops)]
     if not chain:
         raise HardwareError("no conv layer with unsigned inputs to run on the array")
     start = names.index(chain[0].name)
     chain = [lay for lay in chain if names.index(lay.name) >= start]
     host = [lay.name for lay in convs if lay not in chain]
-    layers = [IntConvLayer(lay.name, traces[lay.name].x_int[0].numpy(), lay.w_int.numpy(), lay.bias_int.numpy(),
-                           padding=lay.padding[0], stride=lay.stride[0],
-                           pool_after=any(isinstance(op, MaxPool) for op in lay.post_ops),
-                           expected_out=np.maximum(traces[lay.name].acc[0].numpy(), 0)) for lay in chain]
+    layers = [part for lay in chain for part in _array_convs(lay, traces[lay.name])]
     return chain, host, layers, out
+
+
+GROUP_SEP = "/g"  # a grouped conv's group k runs on the array as layer "<name>/g<k>"
+
+
+def _array_convs(lay, trace) -> list[IntConvLayer]:
+    """The array passes of one integer conv: itself, or for ``groups`` > 1 (depthwise) one dense conv per group
+    on its slice of input and output channels — the array has no grouped mode, so a depthwise layer runs one
+    input channel per pass and fills one array row of ``rows`` (its utilisation says so)."""
+    x, w, b = trace.x_int[0].numpy(), lay.w_int.numpy(), lay.bias_int.numpy()
+    acc = np.maximum(trace.acc[0].numpy(), 0)
+    common = dict(padding=lay.padding[0], stride=lay.stride[0],
+                  pool_after=any(isinstance(op, MaxPool) for op in lay.post_ops))
+    if lay.groups == 1:
+        return [IntConvLayer(lay.name, x, w, b, expected_out=acc, **common)]
+    ci, co = x.shape[0] // lay.groups, w.shape[0] // lay.groups
+    return [IntConvLayer(f"{lay.name}{GROUP_SEP}{k}", x[k * ci:(k + 1) * ci], w[k * co:(k + 1) * co],
+                         b[k * co:(k + 1) * co], expected_out=acc[k * co:(k + 1) * co], **common)
+            for k in range(lay.groups)]
+
+
+def merge_group_rows(rows: list[dict], spec: ArraySpec) -> list[dict]:
+    """One row per layer: a grouped conv's per-group rows summed (cycles, MACs, mismatches, ...), psum bits the
+    widest, utilisation recomputed over the array, ``groups`` the number of passes."""
+    out: list[dict] = []
+    for row in rows:
+        name = row["name"].split(GROUP_SEP)[0]
+        if out and GROUP_SEP in row["name"] and out[-1]["name"] == name:
+            prev = out[-1]
+            for key in ("macs", "cycles", "ideal_cycles", "no_overlap_cycles", "mismatches", "in_channels",
+                        "out_channels", "rtl_cycles", "rtl_mismatches", "rtl_wall_s", "rtl_cpu_s", "sim_s"):
+                if key in row and row[key] is not None:
+                    prev[key] = (prev.get(key) or 0) + row[key]
+            prev["psum_bits_needed"] = max(prev["psum_bits_needed"], row["psum_bits_needed"])
+            prev["groups"] += 1
+        else:
+            out.append({**row, "name": name, "groups": 1})
+    for row in out:
+        row["utilisation"] = row["macs"] / (spec.rows * spec.cols * row["cycles"]) if row["cycles"] else 0.0
+    return out
 
 
 def chain_spec(chain: list, array: ArraySpec) -> ArraySpec:
@@ -121,11 +160,15 @@ def psum_widths(imodel, images: list[torch.Tensor], array: ArraySpec) -> list[di
     writing any file)."""
     need: dict[str, int] = {}
     for x in images:
-        chain, _, layers, _ = array_layers(imodel, x)
+        try:
+            chain, _, layers, _ = array_layers(imodel, x, every=not is_sequential(imodel))
+        except HardwareError:  # no conv the array can take (every input signed): no psums to size
+            return []
         wide = replace(chain_spec(chain, array), psum_bits=48, overflow="error")
         rep = run_network([replace(layer, expected_out=None) for layer in layers], wide)
         for row in rep.layers:
-            need[row["name"]] = max(need.get(row["name"], 0), row["psum_bits_needed"])
+            name = row["name"].split(GROUP_SEP)[0]
+            need[name] = max(need.get(name, 0), row["psum_bits_needed"])
     rows = [{"layer": name, "bits_needed": bits, "bits_available": array.psum_bits,
              "fits": bits <= array.psum_bits} for name, bits in need.items()]
     bad = [r for r in rows if not r["fits"]]
@@ -154,10 +197,17 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
     values, cycles and utilisation per layer, and the integer logits compared with the integer model's.
     With ``rtl_work_dir`` every layer also runs on ONE build of the Verilog core (``rtl_simulator``, default
     Verilator if installed) and the RTL's outputs feed the chain. ``x`` is one normalised float image."""
-    chain, host, layers, out = array_layers(imodel, x)
+    chained = is_sequential(imodel)
+    if chained:
+        try:
+            chain, host, layers, out = array_layers(imodel, x)
+            chained = all(lay.requant is not None for lay in chain[:-1]) and all(lay.groups == 1 for lay in chain)
+        except HardwareError:  # no straight conv chain: the layers one by one may still run
+            chained = False
+    if not chained:  # residual adds, concats, gates, grouped or clamped layers: every array layer on its own
+        chain, host, layers, out = array_layers(imodel, x, every=True)
     names = [lay.name for lay in imodel.layers]
     spec = chain_spec(chain, array)
-    chained = is_sequential(imodel) and all(lay.requant is not None for lay in chain[:-1])
 
     def requant(i: int, y: np.ndarray) -> np.ndarray:
         lay = chain[i]
@@ -184,7 +234,7 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
         rep = run_network(layers, spec, rtl=rtl)
     keys = ("name", "in_channels", "out_channels", "hw", "macs", "cycles", "utilisation", "ideal_cycles",
             "no_overlap_cycles", "psum_bits_needed", "psum_bits", "mismatches", "rtl_cycles", "rtl_mismatches",
-            "rtl_wall_s", "rtl_cpu_s")
+            "rtl_wall_s", "rtl_cpu_s", "groups")
     summary = rep.summary(spec)
     if rtl is not None:
         summary.update(rtl_simulator=rtl.simulator, rtl_build_s=rtl.build_s, rtl_builds=1,
@@ -193,4 +243,4 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
                        host_cpu_s=time.process_time() - cpu0,
                        logits_integer=out.logits_int[0].tolist())
     return {"array": spec.to_dict(), "host_layers": host, "summary": summary,
-            "layers": [{k: r[k] for k in keys if k in r} for r in rep.layers]}
+            "layers": [{k: r[k] for k in keys if k in r} for r in merge_group_rows(rep.layers, spec)]}
