@@ -85,6 +85,19 @@ def rgb(what: str, positive: bool = False):
     return parse
 
 
+def parse_pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` arguments (``--set``, ``--only``) as (key, raw value) pairs; a malformed one is one line."""
+    from ..errors import ConfigError
+
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+        pairs.append((key.strip(), value))
+    return pairs
+
+
 def add_device_option(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--device", type=device, default=default,
                    help="auto | cpu | cuda | cuda:N (default: cuda when available)")

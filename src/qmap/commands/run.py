@@ -14,6 +14,7 @@ from .common import (
     add_model_options,
     bits,
     model_overrides,
+    parse_pairs,
     positive_int,
 )
 
@@ -59,11 +60,8 @@ def build_config(args) -> RunConfig:
     for key, value in (*flags, *model_overrides(args).items()):
         if value is not None:
             set_dotted(cfg, key, value)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        set_dotted(cfg, key.strip(), parse_value(value, f"--set {key.strip()}"))
+    for key, value in parse_pairs(args.set, "--set"):
+        set_dotted(cfg, key, parse_value(value, f"--set {key}"))
     return cfg
 
 

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from ..config import parse_value
-from ..errors import EXIT_INTERNAL, ConfigError
-from .common import add_data_option, add_logging_options, positive_int
+from ..errors import EXIT_INTERNAL
+from .common import add_data_option, add_logging_options, parse_pairs, positive_int
 
 
 def register(sub) -> None:
@@ -38,17 +38,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the sweep report (sweep.json) on stdout")
     add_logging_options(p)
     p.set_defaults(func=main)
-
-
-def parse_pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
-    """``KEY=VALUE`` arguments as (key, raw value) pairs."""
-    pairs = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
-        pairs.append((key.strip(), value))
-    return pairs
 
 
 def sweep_arguments(args) -> tuple[list, dict]:
