@@ -42,6 +42,16 @@ def add_model_options(p: argparse.ArgumentParser, model_flag: bool = True) -> No
                         "of CIFAR-10")
 
 
+def dataset_source(args):
+    """``(data root, image folder, image size (H, W))`` from ``--data``, ``--image-folder`` and ``--input-shape``:
+    the CIFAR-10 data root is resolved (and must exist) only when no image folder is given."""
+    from ..data import resolve_data_root
+
+    folder = args.image_folder
+    size = tuple(args.input_shape[1:]) if args.input_shape else None
+    return (resolve_data_root(args.data) if folder is None else None), folder, size
+
+
 MODEL_KEYS = (("model.arch", "model"), ("model.num_classes", "num_classes"), ("model.input_shape", "input_shape"),
               ("model.mean", "mean"), ("model.std", "std"), ("data.folder", "image_folder"))
 

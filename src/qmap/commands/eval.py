@@ -19,6 +19,7 @@ from .common import (
     add_device_option,
     add_logging_options,
     add_model_options,
+    dataset_source,
     positive_int,
     resolved_device,
 )
@@ -55,8 +56,7 @@ def run(args) -> int:
     args.split, args.batch_size = args.split or "test", args.batch_size or 500
     if args.model and args.model_name and args.model != args.model_name:
         raise ConfigError(f"MODEL {args.model_name!r} and --model {args.model!r} disagree; give one")
-    folder, size = args.image_folder, tuple(args.input_shape[1:]) if args.input_shape else None
-    root = resolve_data_root(args.data) if folder is None else args.data
+    root, folder, size = dataset_source(args)
     model, manifest = load_model(args.checkpoint, arch=args.model or args.model_name, num_classes=args.num_classes,
                                  mean=args.mean, std=args.std)
     dataset = load_split(root, args.split, folder, size)

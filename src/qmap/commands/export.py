@@ -11,7 +11,7 @@ import sys
 import torch
 
 from ..config import build_section
-from ..data import calibration_set, load_split, resolve_data_root, to_tensor
+from ..data import calibration_set, load_split, to_tensor
 from ..data.datasets import SPLITS
 from ..errors import ConfigError
 from ..methods import METHODS, get_method
@@ -24,6 +24,7 @@ from .common import (
     add_model_options,
     bits,
     check_out_file,
+    dataset_source,
     positive_int,
     resolved_device,
 )
@@ -71,11 +72,7 @@ def _first_last_bits(value: str) -> int | None:
         raise ConfigError(f"--first-last-bits must be an integer or 'none', got {value!r}") from None
 
 
-def image_size(args) -> tuple[int, int] | None:
-    return tuple(args.input_shape[1:]) if args.input_shape else None
-
-
-def quantize_checkpoint(args, root):
+def quantize_checkpoint(args, root, folder, size):
     """(fake-quant model, mean, std, report head, ONNX metadata) from --checkpoint and the quant options."""
     qcfg = build_section(QuantConfig, {"w_bits": args.w_bits, "a_bits": args.a_bits,
                                        "first_last_bits": _first_last_bits(args.first_last_bits)}, "quant")
@@ -83,8 +80,7 @@ def quantize_checkpoint(args, root):
                                  std=args.std)
     mean, std = manifest.mean_std()
     device = resolved_device(args.device)
-    calib = calibration_set(load_split(root, args.calib_split, args.image_folder, image_size(args)), args.calib_size,
-                            args.seed)
+    calib = calibration_set(load_split(root, args.calib_split, folder, size), args.calib_size, args.seed)
     qmodel = get_method(args.method)(model.eval().to(device), to_tensor(calib.images, mean, std, device), qcfg).model
     meta = {"model": {"arch": manifest.arch, "width": manifest.width}, "method": {"name": args.method}}
     return qmodel, mean, std, {"checkpoint": str(args.checkpoint), "method": args.method, "qconfig": qcfg.to_dict(),
@@ -111,10 +107,11 @@ def run_onnx(args) -> int:
         raise ConfigError(f"--opset {args.opset}: QDQ export needs opset 13 or later")
     if args.run and any(getattr(args, k) is not None for k in ("model", "num_classes", "mean", "std")):
         raise ConfigError("--run exports the run's own model: --model/--num-classes/--mean/--std do not apply")
-    root = resolve_data_root(args.data) if args.image_folder is None else args.data
-    qmodel, mean, std, report, meta = load_run_model(args) if args.run else quantize_checkpoint(args, root)
+    root, folder, size = dataset_source(args)
+    qmodel, mean, std, report, meta = load_run_model(args) if args.run else quantize_checkpoint(args, root, folder,
+                                                                                                size)
     meta |= {"normalization": {"mean": list(mean), "std": list(std)}, "quant": report["qconfig"]}
-    test = load_split(root, args.verify_split, args.image_folder, image_size(args))
+    test = load_split(root, args.verify_split, folder, size)
     example = to_tensor(test.images[:2], mean, std, next(qmodel.parameters()).device)
     report["export"] = export_onnx(qmodel, args.out, example, args.opset, low_bit_types=not args.no_int4,
                                    metadata=meta)

@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from ..data import load_cifar10, load_split, resolve_data_root
+from ..data import load_cifar10, load_split
 from ..errors import ConfigError
 from ..models import model_names
 from ..models.registry import get_entry
@@ -21,6 +21,7 @@ from .common import (
     add_logging_options,
     add_model_options,
     check_out_file,
+    dataset_source,
     positive_int,
     resolved_device,
 )
@@ -65,10 +66,9 @@ def run(args) -> int:
     entry = get_entry(args.model)  # an unknown name or an unimportable factory: one line, before any data
     if args.num_classes is not None:
         raise ConfigError("qmap train takes the class count from the dataset; drop --num-classes")
-    folder, size = args.image_folder, tuple(args.input_shape[1:]) if args.input_shape else None
-    if folder is not None and args.train_split != "train":
+    if args.image_folder is not None and args.train_split != "train":
         raise ConfigError(f"--train-split {args.train_split} is a CIFAR-10 split; an image folder has train")
-    root = resolve_data_root(args.data) if folder is None else args.data
+    root, folder, size = dataset_source(args)
     train_set, test_set = (load_split(root, s, folder, size) for s in (args.train_split, "test"))
     extra_tests = {"test_exact": load_cifar10(root, "test_exact")} if folder is None else {}
     result = train(args.model, args.width, train_set, test_set, cfg, out, resume=args.resume,
