@@ -144,8 +144,9 @@ class GraphBuilder:
         """The signed weight codes n_w = q − z as an INT8 tensor for ConvInteger / MatMulInteger (stored as INT4
         plus a ``Cast`` when they fit and ``low_bit``; ``transpose``: [in, out] for MatMulInteger). onnxruntime
         takes only a per-tensor weight zero point there, so z is folded into the codes; None when q − z does
-        not fit INT8 (8-bit affine weights)."""
-        n = (quantizer.to_int(weight) - quantizer._shaped(quantizer.zero_point, weight).round()).to(torch.int64)
+        not fit INT8 (8-bit affine weights). The codes are the quantizer's own ``grid_codes`` — what the torch
+        layer accumulates."""
+        n = quantizer.grid_codes(weight).to(torch.int64)
         if n.min() < -128 or n.max() > 127:
             return None
         n = n.t() if transpose else n
