@@ -161,7 +161,7 @@ def psum_widths(imodel, images: list[torch.Tensor], array: ArraySpec) -> list[di
     need: dict[str, int] = {}
     for x in images:
         try:
-            chain, _, layers, _ = array_layers(imodel, x, every=not is_sequential(imodel))
+            _, chain, _, layers, _ = array_plan(imodel, x)
         except HardwareError:  # no conv the array can take (every input signed): no psums to size
             return []
         wide = replace(chain_spec(chain, array), psum_bits=48, overflow="error")
@@ -190,6 +190,21 @@ def is_sequential(imodel) -> bool:
     return True
 
 
+def array_plan(imodel, x: torch.Tensor) -> tuple[bool, list, list[str], list[IntConvLayer], object]:
+    """``(chained, *array_layers(...))``: chained when the model is one path (:func:`is_sequential`) and its
+    array convs go straight to their requantizers without groups — the array's outputs then feed each other and
+    rebuild the logits; otherwise every conv with unsigned input runs on its traced input (``every``). Raises
+    :class:`HardwareError` when no conv input is unsigned."""
+    if is_sequential(imodel):
+        try:
+            chain, host, layers, out = array_layers(imodel, x)
+            if all(lay.requant is not None for lay in chain[:-1]) and all(lay.groups == 1 for lay in chain):
+                return True, chain, host, layers, out
+        except HardwareError:  # no straight conv chain: the layers one by one may still run
+            pass
+    return False, *array_layers(imodel, x, every=True)
+
+
 def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path | None = None,
                  rtl_simulator: str | None = None) -> dict:
     """Every array layer of the integer model (:func:`array_layers`) chained through the golden model on
@@ -197,15 +212,7 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
     values, cycles and utilisation per layer, and the integer logits compared with the integer model's.
     With ``rtl_work_dir`` every layer also runs on ONE build of the Verilog core (``rtl_simulator``, default
     Verilator if installed) and the RTL's outputs feed the chain. ``x`` is one normalised float image."""
-    chained = is_sequential(imodel)
-    if chained:
-        try:
-            chain, host, layers, out = array_layers(imodel, x)
-            chained = all(lay.requant is not None for lay in chain[:-1]) and all(lay.groups == 1 for lay in chain)
-        except HardwareError:  # no straight conv chain: the layers one by one may still run
-            chained = False
-    if not chained:  # residual adds, concats, gates, grouped or clamped layers: every array layer on its own
-        chain, host, layers, out = array_layers(imodel, x, every=True)
+    chained, chain, host, layers, out = array_plan(imodel, x)
     names = [lay.name for lay in imodel.layers]
     spec = chain_spec(chain, array)
 
