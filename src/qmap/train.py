@@ -133,7 +133,8 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
     device = torch.device(device) if device is not None else default_device()
     entry = get_entry(arch)
     norm_mean, norm_std = normalization or (entry.mean, entry.std)
-    run_id = {"arch": arch, "width": width, "data_checksum": train_set.checksum, **asdict(cfg)}
+    run_id = {"arch": arch, "width": width, "data_checksum": train_set.checksum,
+              "normalization": [list(norm_mean), list(norm_std)], **asdict(cfg)}
     torch.manual_seed(cfg.seed)
     model = build_model(arch, width=width, num_classes=len(train_set.classes)).to(device)
     channels_last = cfg.channels_last and device.type == "cuda"

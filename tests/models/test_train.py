@@ -90,6 +90,9 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"different settings \(lr\)"):
         train("tiny_cnn", 0.25, train_set, test_set, TrainConfig(epochs=1, batch_size=16, lr=0.2), out,
               resume=True, device="cpu", progress=False)
+    with pytest.raises(ConfigError, match=r"different settings \(normalization\)"):  # --mean / --std
+        train("tiny_cnn", 0.25, train_set, test_set, TrainConfig(epochs=1, batch_size=16), out, resume=True,
+              device="cpu", progress=False, normalization=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
 
 
 def test_bad_config_is_refused():
