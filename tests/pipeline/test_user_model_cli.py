@@ -188,6 +188,7 @@ def test_train_own_model_on_a_folder_then_eval_from_its_manifest(user_setup, tmp
                  "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--quiet", *folder]) == 0
     man = json.loads(ckpt.with_suffix(".json").read_text())
     assert (man["arch"], man["num_classes"], man["normalize_std"]) == ("user_cli_net:make", 3, [0.25] * 3)
+    assert man["train"]["channels_last"] is False  # its forward flattens with .view: trained in NCHW, and said so
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(ckpt), "--json", *folder]) == 0  # the manifest names the model
     ev = json.loads(capsys.readouterr().out)
