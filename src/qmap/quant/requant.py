@@ -28,6 +28,7 @@ from ..errors import ConfigError
 
 ROUND_SHIFT_MODES = ("half_even", "half_away", "half_up")
 MAX_SHIFT = 62
+EXACT_FLOAT64 = 2**53  # every integer of smaller magnitude is a float64
 
 
 def round_shift(p: torch.Tensor, shift: torch.Tensor, mode: str = "half_even") -> torch.Tensor:
@@ -39,6 +40,10 @@ def round_shift(p: torch.Tensor, shift: torch.Tensor, mode: str = "half_even") -
     if mode not in ROUND_SHIFT_MODES:
         raise ConfigError(f"unknown rounding {mode!r}; choose one of {', '.join(ROUND_SHIFT_MODES)}")
     shift = shift.to(torch.int64)
+    if mode == "half_even" and p.numel() and max(-int(p.min()), int(p.max())) < EXACT_FLOAT64:
+        # |p| < 2^53 is exact in float64 and p · 2^−shift is a power-of-two scaling (exact, no underflow at
+        # shift ≤ 62), so torch.round's ties-to-even gives the same integer ~4x faster than the bit operations.
+        return torch.round(p.double() * torch.exp2(-shift.double())).to(torch.int64)
     half = (torch.ones_like(shift) << shift) >> 1  # 0 when shift == 0 (nothing to round)
     t = p + half
     if mode == "half_away":
