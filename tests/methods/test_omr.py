@@ -231,3 +231,23 @@ def test_conv_conv_pair_is_skipped_with_a_note():
     q = _quantized(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)), 3, x)
     report = apply_omr(q, selective=False, calib=x)
     assert report["pairs"] == [] and "Conv→Conv" in report["skipped"][0]
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Hardswish])
+def test_depthwise_producer_takes_the_shift_form(act):
+    """expand → depthwise → act → project (a MobileNet block): the copy is made on the project conv's input, so
+    a grouped producer is fine for the shift form; the bias form (splitting producer channels) is refused."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), act(), nn.Conv2d(8, 8, 3, padding=1, groups=8), act(),
+                          nn.Conv2d(8, 6, 1), nn.Flatten(), nn.Linear(6 * 8 * 8, 4))
+    x = _images()
+    q = _quantized(model, 3, x)
+    q[4].input_quantizer.set_qparams(q[4].input_quantizer.scale * 0.5)  # plenty of values beyond X and 2X
+    plain = copy.deepcopy(q)
+    report = apply_omr(q, pairs=[("2", "4")], selective=False, calib=x)
+    assert [(r["consumer"], r["form"], r["extra_channels"]) for r in report["pairs"]] == [("4", "shift", 8)]
+    _assert_equivalent(q, omr_reference(plain, report), plain, _images(n=4, seed=3))
+    assert any("0->2: skipped, grouped (depthwise) consumer" in n for n in report["skipped"])
+    with pytest.raises(ConfigError, match="dense producer"):
+        apply_omr(copy.deepcopy(plain), pairs=[("2", "4")], form="bias", calib=x)
+    assert "2->4" not in {p.key for p in find_pairs(plain)[0]}  # OCS still skips it (it splits producer rows)

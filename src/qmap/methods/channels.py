@@ -33,8 +33,12 @@ def _grouped(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups != 1
 
 
-def find_pairs(model: nn.Module) -> tuple[list[ChannelPair], list[str]]:
-    """All eligible (l, l+1) pairs of the model graph, and notes on the candidates that were skipped (and why)."""
+def find_pairs(model: nn.Module, grouped_producer: bool = False) -> tuple[list[ChannelPair], list[str]]:
+    """All eligible (l, l+1) pairs of the model graph, and notes on the candidates that were skipped (and why).
+
+    ``grouped_producer``: keep pairs whose producer is a grouped (depthwise) conv — right for surgery that only
+    duplicates the consumer's input columns (OMR's shift form), not for one that splits producer channels.
+    """
     chains, notes = ModelGraph(model).chains()
     pairs = []
     for c in chains:
@@ -42,7 +46,7 @@ def find_pairs(model: nn.Module) -> tuple[list[ChannelPair], list[str]]:
         why = ("an unfused BatchNorm in between" if "bn" in c.kinds else
                "more than one activation in between" if sum(k in ACTIVATIONS for k in c.kinds) > 1 else
                "Linear feeding a Conv2d" if isinstance(producer, nn.Linear) and isinstance(consumer, nn.Conv2d) else
-               "grouped (depthwise) producer" if _grouped(producer) else
+               "grouped (depthwise) producer" if _grouped(producer) and not grouped_producer else
                "grouped (depthwise) consumer" if _grouped(consumer) else None)
         if why:
             notes.append(f"{c.key}: skipped, {why}")

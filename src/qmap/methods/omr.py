@@ -25,7 +25,9 @@ Two ways to produce the copy:
   signed quantizers: an unrectified copy would clip to qmin·s, not 0, adding an offset that zero padding makes
   position-dependent (no bias can cancel it). Costs extra MACs in l+1 only, plus one subtract/max per copied value;
   with ``live_clip`` X is read from the quantizer at every forward, so it follows a step that is learned afterwards
-  (DOMR's DJOS).
+  (DOMR's DJOS). Only the consumer's input columns are duplicated, so the producer may be a depthwise conv
+  (MobileNet's depthwise → h-swish → project); a depthwise *consumer* is skipped (its channel c cannot sum two
+  input channels).
 
 *Selective* OMR migrates only channels whose calibration maximum would land on a non-zero copy code
 (round((max_c − X)/s) ≥ 1), largest excess first, at most ``budget`` × channels per pair (or over all pairs).
@@ -60,10 +62,11 @@ BIAS_FORM_BETWEEN = ("relu", "maxpool", "flatten")
 
 
 def _form(qmodel: nn.Module, pair: ChannelPair, form: str, live_clip: bool) -> str:
-    bias_ok = "relu" in pair.kinds and all(k in BIAS_FORM_BETWEEN for k in pair.kinds) and not live_clip
+    bias_ok = ("relu" in pair.kinds and all(k in BIAS_FORM_BETWEEN for k in pair.kinds) and not live_clip
+               and getattr(qmodel.get_submodule(pair.producer), "groups", 1) == 1)
     if form == "bias" and not bias_ok:
-        raise ConfigError(f"OMR pair {pair.key}: the bias form needs ReLU with only max-pooling/identity in "
-                          f"between and a fixed clip; use form='shift'")
+        raise ConfigError(f"OMR pair {pair.key}: the bias form needs a dense producer, ReLU with only "
+                          f"max-pooling/identity in between and a fixed clip; use form='shift'")
     return "bias" if form == "bias" or (form == "auto" and bias_ok) else "shift"
 
 
@@ -159,7 +162,7 @@ def apply_omr(qmodel: nn.Module, pairs: list[tuple[str, str]] | None = None, x_c
         raise ConfigError(f"OMR budget is a fraction of channels in [0, 1], got {budget}")
     if selective and calib is None:
         raise ConfigError("selective OMR needs calibration images (calib=...)")
-    eligible, notes = find_pairs(qmodel)
+    eligible, notes = find_pairs(qmodel, grouped_producer=True)  # the bias form refuses them in _form
     chosen = _choose_pairs(eligible, pairs)
     x_clip = x_clip or {}
     entries, skipped = [], list(notes)
