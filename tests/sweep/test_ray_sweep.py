@@ -52,6 +52,7 @@ def test_four_point_sweep_completes_with_its_report(clean_sweep, capsys):
         res = _results(out / row["folder"])
         assert res["status"] == "complete" and res["config"]["name"] == row["point"]
         assert row["top1_quantized"] == round(100 * res["metrics"]["top1_quantized"], 2)
+        assert row["peak_rss_mb"] == round(res["peak_rss_bytes"] / 2**20) > 0
     assert json.loads((out / "sweep.json").read_text())["points"] == rep["points"]
     assert "## Top-1 % of the quantized model" in (out / "report.md").read_text()
     assert all((out / "plots" / p).stat().st_size > 0 for p in ("accuracy_vs_bits.png", "accuracy_vs_time.png",

@@ -47,6 +47,7 @@ def run_row(run_dir: str | Path) -> dict:
             "top1_integer": pct("top1_integer"), "gap_pp": None if fp is None or qt is None else round(fp - qt, 2),
             "quantize_s": round(seconds, 1) if isinstance(seconds, (int, float)) else None,
             "array_cycles": _mapping(_mapping(res, "hardware"), "network_summary").get("cycles"),
+            "peak_rss_mb": round(res["peak_rss_bytes"] / 2**20) if isinstance(res.get("peak_rss_bytes"), int) else None,
             "test_split": data.get("test_split"), "test_images": m.get("test_images", data.get("test_limit")),
             "model": prov.get("checkpoint_sha256") or _mapping(cfg, "model").get("checkpoint")}
 

@@ -138,7 +138,7 @@ def run_sweep(sweep: Sweep, out: str | Path, address: str | None = None, num_cpu
         owned = start_ray(ray, address, num_cpus, quiet)
         try:
             invocation["cluster_cpus"] = ray.cluster_resources().get("CPU")
-            task = ray.remote(run_point)
+            task = ray.remote(max_calls=1)(run_point)  # a fresh worker per point: its peak RSS is that point's
             opts = {**sweep.resources.ray_options(), "max_retries": sweep.max_retries, "retry_exceptions": False}
             refs = {task.options(name=f"qmap-point:{p.point.name}", **opts).remote(
                         p.point, str(p.folder), data, p.state == "replace", sweep.resources.num_cpus, __version__): p
