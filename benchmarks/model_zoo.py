@@ -159,7 +159,8 @@ def run_model(name: str, args, calib_source, test, exact, sweep_points, plot_dir
     hw = array_view(q, agree_x)
     print(name, "array", hw["summary"], flush=True)
     out = {"arch": manifest.arch, "manifest_test_top1": 100 * manifest.extra.get("test_top1", float("nan")),
-           "train": {k: manifest.extra.get("train", {}).get(k) for k in ("epochs", "command", "wall_seconds_all_epochs")},
+           "train": {k: manifest.extra.get("train", {}).get(k)
+                     for k in ("epochs", "command", "wall_seconds_all_epochs")},
            "fp": fp, "ptq": ptq_rows(sweep_points, name), "integer_w4a4_rtn": integer, "array_8x8": hw}
     if any(isinstance(m, tuple(CURVED)) for m in model.modules()):
         equiv_x = to_tensor(exact.images[:64], mean, std)
@@ -214,7 +215,8 @@ def render(d: dict) -> str:
                                      for r in m["ptq"]]) if m["ptq"] else "(no sweep points)\n")
         i = m["integer_w4a4_rtn"]
         parts.append(f"\n### Integer-only model vs fake-quant (RTN W4A4, all {d['test']['n']} test images)\n\n"
-                     + markdown_table([{"fake-quant top-1 %": i["fake_quant_top1"], "integer top-1 %": i["integer_top1"],
+                     + markdown_table([{"fake-quant top-1 %": i["fake_quant_top1"],
+                                        "integer top-1 %": i["integer_top1"],
                                         "arg-max agreement": i["argmax_agreement"],
                                         "isolated max code mismatch": i["isolated_max_mismatch_fraction"],
                                         "end-to-end max code mismatch": i["end_to_end_max_mismatch_fraction"]}]))
