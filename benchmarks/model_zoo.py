@@ -34,6 +34,7 @@ from qmap.data import calibration_set, load_cifar10, to_tensor
 from qmap.evaluate import evaluate
 from qmap.hw.check import network_view
 from qmap.hw.spec import ArraySpec
+from qmap.io import atomic_write_json
 from qmap.methods import get_method
 from qmap.methods.channels import consumer_inputs
 from qmap.methods.omr import apply_omr, float_mode, omr_reference
@@ -170,6 +171,21 @@ def run_model(name: str, args, calib_source, test, exact, sweep_points, plot_dir
     return out
 
 
+def cached_model(name: str, args, compute) -> dict:
+    """A model's measurements from ``<sweep-out>/models/<name>.json`` when that file was made from the same
+    checkpoint (sha256 in its manifest) and arguments, else ``compute()`` — written there for the next call."""
+    manifest = json.loads((Path(args.checkpoints) / f"{name}.json").read_text())
+    key = {"sha256": manifest.get("sha256"), "calib": args.calib, "seed": args.seed, "omr_bits": args.omr_bits,
+           "agreement_images": args.agreement_images}
+    path = Path(args.sweep_out) / "models" / f"{name}.json"
+    if path.is_file() and (cached := json.loads(path.read_text())).get("key") == key:
+        print(name, f"measurements reused from {path}", flush=True)
+        return cached["result"]
+    result = compute()
+    atomic_write_json(path, {"key": key, "result": result})
+    return result
+
+
 def sweep_points(args, names: list[str]) -> tuple[list[dict], dict]:
     if args.no_sweep:
         rep = json.loads((Path(args.sweep_out) / "sweep.json").read_text())
@@ -191,7 +207,9 @@ def main() -> None:
     calib_source = calibration_set(load_cifar10(root, "train"), args.calib, args.seed)
     plot_dir = Path(args.out) / "model_zoo_plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
-    models = {n: run_model(n, args, calib_source, test, exact, points, plot_dir) for n in names}
+    models = {n: cached_model(n, args, lambda n=n: run_model(n, args, calib_source, test, exact, points, plot_dir))
+              for n in names}
+    models = {n: m | {"ptq": ptq_rows(points, n)} for n, m in models.items()}  # the sweep as it is now
     data = {"models": models, "sweep": sweep, "test": {"source": test.source, "n": len(test)},
             "test_exact": {"source": exact.source, "n": len(exact)},
             "calibration": {"source": calib_source.source, "n": len(calib_source), "seed": args.seed},

@@ -40,11 +40,17 @@ def test_set_dotted_and_nested_sections():
 def test_shipped_configs_load(tmp_path):
     from pathlib import Path
 
-    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-    assert configs, "no shipped configs found"
+    from qmap.models import load_model
+
+    repo = Path(__file__).resolve().parents[2]
+    configs = sorted(repo.glob("configs/*.yaml")) + sorted(repo.glob("configs/zoo/*.yaml"))
+    assert len(configs) >= 9, "shipped configs missing"
     for p in configs:
         cfg = load_config(p)
         assert cfg.model.checkpoint
+        if p.parent.name == "zoo":  # a repository checkpoint (relative to the root) holding the target layers
+            model, _ = load_model(repo / cfg.model.checkpoint)
+            assert all(model.get_submodule(t) is not None for t in cfg.hardware.target_layers), p
 
 
 def test_data_placeholder(tmp_path):
