@@ -222,7 +222,7 @@ def render(d: dict) -> str:
     parts = [f"Test: {d['test']['source']} ({d['test']['n']} images); genuine subset: {d['test_exact']['source']} "
              f"({d['test_exact']['n']}). Calibration: {d['calibration']['source']}.\nConfig: {d['config']}.\n"
              f"PTQ table: sweep `{d['sweep']['file']}` ({d['sweep']['counts']}); each point is one `qmap run` on "
-             "the first 2,000 test images (top-1 of the quantized and the integer model), 250 iterations per "
+             "the first 1,000 test images (top-1 of the quantized and the integer model), 250 iterations per "
              "block for AdaRound / BRECQ / QDrop, T = 500 network-wise for DOMR, 1024 calibration images; "
              "seconds = quantization, wall = the whole run, peak RSS of the run's process.\n"]
     for name, m in d["models"].items():
