@@ -190,6 +190,14 @@ def is_sequential(imodel) -> bool:
     return True
 
 
+def _array_activation(lay) -> bool:
+    """Whether the array's output of ``lay`` (ReLU of the accumulator), requantized, then OMR-copied and
+    max-pooled, is the layer's integer output: a dense conv with its ReLU folded into the requantization and no
+    other op after it (a GELU / h-swish table needs the negative accumulators the array's ReLU drops)."""
+    return (lay.groups == 1 and lay.relu_in_clamp
+            and all(isinstance(op, (MaxPool, ShiftCopy)) for op in lay.post_ops))
+
+
 def array_plan(imodel, x: torch.Tensor) -> tuple[bool, list, list[str], list[IntConvLayer], object]:
     """``(chained, *array_layers(...))``: chained when the model is one path (:func:`is_sequential`) and its
     array convs go straight to their requantizers without groups — the array's outputs then feed each other and
@@ -198,7 +206,7 @@ def array_plan(imodel, x: torch.Tensor) -> tuple[bool, list, list[str], list[Int
     if is_sequential(imodel):
         try:
             chain, host, layers, out = array_layers(imodel, x)
-            if all(lay.requant is not None for lay in chain[:-1]) and all(lay.groups == 1 for lay in chain):
+            if all(lay.requant is not None for lay in chain[:-1]) and all(_array_activation(lay) for lay in chain):
                 return True, chain, host, layers, out
         except HardwareError:  # no straight conv chain: the layers one by one may still run
             pass
@@ -213,7 +221,6 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
     With ``rtl_work_dir`` every layer also runs on ONE build of the Verilog core (``rtl_simulator``, default
     Verilator if installed) and the RTL's outputs feed the chain. ``x`` is one normalised float image."""
     chained, chain, host, layers, out = array_plan(imodel, x)
-    names = [lay.name for lay in imodel.layers]
     spec = chain_spec(chain, array)
 
     def requant(i: int, y: np.ndarray) -> np.ndarray:
@@ -225,10 +232,8 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
         return v[0].numpy()
 
     def head(x_last: np.ndarray) -> np.ndarray:
-        v = torch.from_numpy(x_last)[None]
-        for lay in imodel.layers[names.index(chain[-1].name) + 1:]:
-            v = imodel.run_layer(lay, v.flatten(1) if lay.kind == "linear" else v).y_int
-        return v[0].numpy()
+        step = next(st.name for st in imodel.steps if st.op is chain[-1])
+        return imodel.run_after(step, torch.from_numpy(x_last)[None])[0].numpy()
 
     rtl = None
     if rtl_work_dir is not None:

@@ -204,19 +204,31 @@ class IntegerModel:
         env = {self.input_name: x.to(torch.int32) if not torch.is_floating_point(x) else self.quantize_input(x)}
         traces = []
         for st in self.steps:
-            args = [env[i] for i in st.inputs]
-            if isinstance(st.op, IntLayer):
-                v = args[0] if st.op.in_requant is None else st.op.in_requant(args[0])
-                t = self.run_layer(st.op, v)
-                env[st.name] = t.y_int
-                if return_intermediates:
-                    traces.append(t)
-            else:
-                env[st.name] = st.op(*args)
+            t = self._run_step(st, [env[i] for i in st.inputs])
+            env[st.name] = t.y_int if isinstance(t, LayerTrace) else t
+            if return_intermediates and isinstance(t, LayerTrace):
+                traces.append(t)
         v = env[self.output_name]
         scale = self.output_step.to(v.device)
         shaped = scale.reshape(1, -1, *([1] * (v.dim() - 2))) if scale.numel() > 1 else scale.reshape(())
         return IntegerOutput(v.double() * shaped, v.to(torch.int64), scale, traces if return_intermediates else None)
+
+    def _run_step(self, st: IntStep, args: list[torch.Tensor]) -> LayerTrace | torch.Tensor:
+        if isinstance(st.op, IntLayer):
+            return self.run_layer(st.op, args[0] if st.op.in_requant is None else st.op.in_requant(args[0]))
+        return st.op(*args)
+
+    @torch.no_grad()
+    def run_after(self, name: str, v: torch.Tensor) -> torch.Tensor:
+        """The output integers of a one-path model given ``v``, the value of step ``name``: the steps after it
+        (layers, pools, flatten, tables) applied in order — e.g. the host's part after the array's last layer."""
+        names = [st.name for st in self.steps]
+        for st in self.steps[names.index(name) + 1:]:
+            if len(st.inputs) != 1:
+                raise ValueError(f"run_after needs a one-path model; step {st.name} reads {st.inputs}")
+            t = self._run_step(st, [v])
+            v = t.y_int if isinstance(t, LayerTrace) else t
+        return v
 
     def accumulator_report(self) -> list[dict]:
         """Per layer: the largest |psum| and |acc| seen by ``run`` so far, the signed bits they need, the declared

@@ -1,0 +1,64 @@
+"""The whole-network view chains the array's outputs only where the array computes the layer's output (a ReLU
+folded into the requantization), and rebuilds the logits through whatever the host runs after the last array
+layer (global average pooling, flatten, GELU tables) — the gaps that made a GELU CNN end in an internal error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from qmap.errors import HardwareError
+from qmap.hw.check import array_plan, network_view
+from qmap.hw.spec import ArraySpec
+from qmap.models import load_model
+from qmap.quant import QuantConfig, calibrate, quantize_model, to_integer_model
+
+
+class GapNet(nn.Module):
+    """conv → ReLU → conv → ReLU → global average pool → flatten → linear (a ResNet-style head, one path)."""
+
+    def __init__(self, act=nn.ReLU):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), act(), nn.Conv2d(8, 12, 3, padding=1), act(),
+                                  nn.Conv2d(12, 12, 3, padding=1), act())
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(x), 1), 1))
+
+
+def _integer(model: nn.Module):
+    q = quantize_model(model, QuantConfig(w_bits=4, a_bits=4, first_last_bits=None, w_observer="mse",
+                                          a_observer="mse"))
+    calibrate(q, torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    return to_integer_model(q)
+
+
+def test_relu_net_with_global_average_pool_head_is_chained_to_the_logits():
+    imodel = _integer(GapNet())
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert array_plan(imodel, x)[0]  # chained: the array's outputs feed each other
+    net = network_view(imodel, x, ArraySpec(psum_bits=32))
+    assert net["summary"]["logits_match"] is True and net["summary"]["mismatches"] == 0
+
+
+def test_gelu_layers_are_checked_one_by_one_not_chained():
+    """The trained GELU CNN: its signed GELU codes are non-negative on some layers' inputs for this image, so those
+    layers run on the array, but one by one (the array's ReLU would drop the negative accumulators the next
+    GELU table needs); before, they were chained and the head skipped the global average pool."""
+    path = Path(__file__).resolve().parents[2] / "checkpoints" / "gelu_cnn.safetensors"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this checkout")
+    model, _ = load_model(path)
+    imodel = _integer(model)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    chained, chain, *_ = array_plan(imodel, x)
+    assert not chained and chain
+    net = network_view(imodel, x, ArraySpec(psum_bits=32))
+    assert net["summary"]["mismatches"] == 0 and len(net["layers"]) == len(chain)
+    with pytest.raises(HardwareError, match="no conv layer with unsigned inputs"):
+        array_plan(_integer(GapNet(nn.GELU)), x)  # every GELU code signed here: nothing for the array
