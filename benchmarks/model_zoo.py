@@ -60,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sweep-out", default="runs/sweeps/model_zoo")
     p.add_argument("--no-sweep", action="store_true", help="read the sweep folder as it is (run nothing)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the sweep's local Ray instance (default: all)")
+    p.add_argument("--only", action="append", default=[], metavar="AXIS=LEVEL[,LEVEL...]",
+                   help="run only these levels of a sweep axis (bits, method); the table shows what is complete")
     p.add_argument("--calib", type=int, default=1024, help="calibration images (class-balanced, seeded)")
     p.add_argument("--agreement-images", type=int, default=64)
     p.add_argument("--omr-bits", default="2,3,4", help="activation widths of the OMR study")
@@ -190,7 +192,8 @@ def sweep_points(args, names: list[str]) -> tuple[list[dict], dict]:
     if args.no_sweep:
         rep = json.loads((Path(args.sweep_out) / "sweep.json").read_text())
     else:
-        rep = run_sweep(load_sweep(args.sweep, only={"model": names}), Path(args.sweep_out), data=args.data,
+        only = {"model": names} | {a: v.split(",") for a, v in (o.split("=", 1) for o in args.only)}
+        rep = run_sweep(load_sweep(args.sweep, only=only), Path(args.sweep_out), data=args.data,
                         num_cpus=args.num_cpus)
     return rep["points"], {"file": args.sweep, "folder": args.sweep_out, "counts": rep["counts"]}
 
