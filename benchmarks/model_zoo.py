@@ -42,7 +42,8 @@ from qmap.models import load_model
 from qmap.quant import QuantConfig, to_integer_model
 from qmap.report.plots_outliers import plot_outlier_levels
 from qmap.report.results import markdown_table, write_result
-from qmap.sweep.execute import run_sweep
+from qmap.sweep.execute import plan, run_sweep
+from qmap.sweep.report import point_row
 from qmap.sweep.spec import load_sweep
 
 MODELS = ("resnet20", "mobilenet_cifar", "gelu_cnn")
@@ -86,7 +87,9 @@ def rtn(model, calib, w_bits, a_bits):
 def ptq_rows(points: list[dict], name: str) -> list[dict]:
     keys = ("bits", "method", "status", "top1_quantized", "top1_integer", "quantize_s", "wall_s", "peak_rss_mb",
             "array_cycles", "test_images", "error")
-    return [{k: p.get(k) for k in keys} for p in points if p.get("model") == name]
+    # the point name <model>-<bits>-<method label> tells DOMR with and without OMR apart (both run "domr")
+    return [{k: p.get(k) for k in keys} | {"method": p["point"].split("-", 2)[2]}
+            for p in points if p["point"].startswith(f"{name}-")]
 
 
 def array_view(qmodel, x) -> dict:
@@ -189,13 +192,15 @@ def cached_model(name: str, args, compute) -> dict:
 
 
 def sweep_points(args, names: list[str]) -> tuple[list[dict], dict]:
+    """The sweep's point rows for ``names`` (run first unless ``--no-sweep``; then read from the folders)."""
+    only = {"model": names} | {a: v.split(",") for a, v in (o.split("=", 1) for o in args.only)}
+    sweep, out = load_sweep(args.sweep, only=only), Path(args.sweep_out)
     if args.no_sweep:
-        rep = json.loads((Path(args.sweep_out) / "sweep.json").read_text())
+        points = [point_row(sweep, p, None) for p in plan(sweep, out, data=args.data)]
     else:
-        only = {"model": names} | {a: v.split(",") for a, v in (o.split("=", 1) for o in args.only)}
-        rep = run_sweep(load_sweep(args.sweep, only=only), Path(args.sweep_out), data=args.data,
-                        num_cpus=args.num_cpus)
-    return rep["points"], {"file": args.sweep, "folder": args.sweep_out, "counts": rep["counts"]}
+        points = run_sweep(sweep, out, data=args.data, num_cpus=args.num_cpus)["points"]
+    counts = {s: sum(p["status"] == s for p in points) for s in sorted({p["status"] for p in points})}
+    return points, {"file": args.sweep, "folder": args.sweep_out, "counts": counts}
 
 
 def main() -> None:
