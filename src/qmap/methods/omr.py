@@ -59,6 +59,7 @@ from .options import signature_options
 
 FORMS = ("auto", "bias", "shift")
 BIAS_FORM_BETWEEN = ("relu", "maxpool", "flatten")
+SHIFT_COMMUTES = ("maxpool", "flatten")  # max(relu(v − X)) = relu(max(v) − X); flatten only reorders
 
 
 def _form(qmodel: nn.Module, pair: ChannelPair, form: str, live_clip: bool) -> str:
@@ -175,7 +176,13 @@ def apply_omr(qmodel: nn.Module, pairs: list[tuple[str, str]] | None = None, x_c
         if reason:
             skipped.append(f"{p.key}: skipped, {reason}")
             continue
-        entries.append({"pair": p, "quantizer": q, "form": _form(qmodel, p, form, live_clip),
+        pair_form = _form(qmodel, p, form, live_clip)
+        late = [k for k in p.tail if k not in SHIFT_COMMUTES]
+        if pair_form == "shift" and late:
+            skipped.append(f"{p.key}: skipped, the copy would be made before {late[0]} (a function call, not a "
+                           f"module, so the shift cannot follow it) and relu(v − X) does not commute with it")
+            continue
+        entries.append({"pair": p, "quantizer": q, "form": pair_form,
                         "x_clip": float(x_clip.get(p.consumer, quantizer_clip(q))),
                         "producer_channels": qmodel.get_submodule(p.producer).weight.shape[0]})
     device = next(qmodel.parameters()).device

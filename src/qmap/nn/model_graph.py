@@ -36,12 +36,15 @@ PER_CHANNEL = (*ACTIVATIONS, *POOLS, "flatten", "bn", "custom")
 @dataclass
 class Chain:
     """Producer layer → ``kinds`` (per-channel ops, in order) → consumer layer. ``between`` names the module-form
-    ops among them; ``via_flatten`` when a flatten turns channel c into consecutive features of a Linear."""
+    ops among them; ``tail`` is the kinds of the function-form ops after the last module-form one (what a
+    module attached after ``between[-1]`` still passes through); ``via_flatten`` when a flatten turns channel c
+    into consecutive features of a Linear."""
 
     producer: str
     consumer: str
     between: list[str] = field(default_factory=list)
     kinds: tuple[str, ...] = ()
+    tail: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -144,7 +147,7 @@ class ModelGraph:
         for start in self.nodes:
             if self.kind[start] not in LAYERS:
                 continue
-            cur, between, kinds = start, [], []
+            cur, between, kinds, tail = start, [], [], []
             while True:
                 users = list(cur.users)
                 if len(users) != 1:
@@ -154,7 +157,7 @@ class ModelGraph:
                 nxt = users[0]
                 kind = self.kind.get(nxt)
                 if kind in LAYERS:
-                    chains.append(Chain(start.target, nxt.target, between, tuple(kinds)))
+                    chains.append(Chain(start.target, nxt.target, between, tuple(kinds), tuple(tail)))
                     break
                 if kind not in PER_CHANNEL:
                     if nxt.op != "output":
@@ -163,6 +166,9 @@ class ModelGraph:
                 kinds.append(kind)
                 if nxt.op == "call_module":
                     between.append(nxt.target)
+                    tail = []
+                else:
+                    tail.append(kind)
                 cur = nxt
         return chains, notes
 

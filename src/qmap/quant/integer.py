@@ -56,6 +56,8 @@ from .intconv import abs_max, exact_bilinear
 from .qmodules import QuantConv2d, quant_layers
 from .quantizer import Quantizer
 from .requant import Requantizer
+from .rounding import ROUND_FNS
+from .shift import OutlierShift
 
 
 @dataclass
@@ -178,7 +180,6 @@ class IntegerModel:
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """Float (normalised) images → the first layer's input integers, as the fake-quant model does."""
-        from .rounding import ROUND_FNS
         q = ROUND_FNS[self.input_rounding](x.float() / self.input_scale)
         return q.clamp(*self.input_range).to(torch.int32)
 
@@ -484,9 +485,15 @@ class _Lowering:
         x = q.dequantize(codes).reshape(1, -1).float()
         y = as_module(node, self.graph.modules)(x).reshape(-1)
         chain, nxt = self._chain(node)
-        if nxt is not None and all(self.graph.kind[n] in ("maxpool", "flatten") for n in chain):
+        shifts = [m for n in chain if isinstance(m := self.graph.modules.get(n.target), OutlierShift)]
+        if nxt is not None and all(self.graph.kind[n] in ("maxpool", "flatten") for n in chain
+                                   if self.graph.modules.get(n.target) not in shifts):
             tq = self.graph.modules[nxt.target].input_quantizer  # codes of the next layer, exactly
-            table = tq.to_int(y).to(torch.int64).cpu()
+            # an OMR shift on the way splits codes up to qmax + X_clip (its ShiftCopy step): clip there instead
+            wide = sum(m.integer_op().shift for m in shifts)
+            s, z = tq.scale.detach().reshape(()), tq.zero_point.detach().reshape(())
+            codes_wide = torch.clamp(ROUND_FNS[tq.spec.rounding](y / s) + z, tq.spec.qmin, tq.spec.qmax + wide)
+            table = codes_wide.to(torch.int64).cpu()
             out = _Value(tq.step.detach().double().reshape(1).cpu(), tq.spec.bits + 1, tq)
         else:
             fine = float(y.abs().max().double().clamp_min(1e-30)) / 2**15  # 16-bit signed codes over its range
