@@ -250,7 +250,14 @@ def render(d: dict) -> str:
                                         "end-to-end max code mismatch": i["end_to_end_max_mismatch_fraction"]}]))
         hw = m["array_8x8"]
         parts.append(f"\n### Whole network on the 8x8 array (one image)\n\n{markdown_table([hw['summary']])}\n"
+                     + (f"Host layers (signed input or not on the array): {', '.join(hw['host_layers'])}.\n\n"
+                        if hw["host_layers"] else "")
                      + markdown_table(hw["layers"]))
+        if any((r.get("groups") or 1) > 1 for r in hw["layers"]):
+            parts.append("\nDepthwise layers use the array poorly: it has no grouped mode, so each group (one input "
+                         "channel) is a dense pass that fills one of the 8 rows; its outputs' columns are the "
+                         "group's output channels (1 for depthwise), so at most 1/64 of the PEs do useful work "
+                         "(docs/hardware.md).\n")
         if "omr" in m:
             o = m["omr"]
             parts.append(f"\n### OMR on {', '.join(o['activations'])} inputs\n\n"
