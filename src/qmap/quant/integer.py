@@ -273,6 +273,9 @@ def _check_quantizer(q, what: str) -> None:
                           "(only symmetric activation quantizers are supported)")
 
 
+MERGE_FRACTION_BITS = 16  # extra fractional bits of a residual add / concat
+
+
 def _split_ops(ops: list[Op], requant: bool) -> tuple[list[Op], list[Op], bool]:
     """(ops on accumulators, ops on integers, ReLU folded into the clamp)."""
     if not requant:
@@ -305,7 +308,7 @@ class _Value:
     bits: int
     codes_of: Quantizer | None = None
     frac: torch.Tensor | None = None
-
+    merged: bool = False  # a sum / concat already on a step 2^MERGE_FRACTION_BITS finer than its inputs
 
 class _Lowering:
     """Builds the :class:`IntStep` s of a calibrated fake-quant model from its graph (see the module docstring)."""
@@ -440,13 +443,17 @@ class _Lowering:
         shape = self.graph.shape(node)
         per = shape[1] // v.step.numel() if len(shape) == 2 else 1
         frac = v.frac.repeat_interleave(per) if v.frac is not None else None
-        return _Value(v.step.repeat_interleave(per), v.bits, v.codes_of, frac)
+        return _Value(v.step.repeat_interleave(per), v.bits, v.codes_of, frac, v.merged)
 
     # -------------------------------------------------------------------- everything else
     def _rescale(self, v: _Value, common: float):
-        rq = Requantizer.from_real(v.step / common, -(1 << 62), 1 << 62, "half_even", _mantissa(v.bits),
-                                   frac=v.frac)
-        return rq.rescale
+        """t ↦ round(t·step/common): an exact left shift by ``lift`` bits for the part of the ratio above 2^24
+        (a fixed-point multiplier stays below 2^31), then the fixed-point multiply."""
+        ratio = v.step / common
+        lift = max(0, math.ceil(math.log2(float(ratio.max()))) - 24)
+        rq = Requantizer.from_real(ratio / 2**lift, -(1 << 62), 1 << 62, "half_even", _mantissa(v.bits + lift),
+                                   frac=None if v.frac is None else v.frac * 2**lift)
+        return lambda t: rq.rescale(t.to(torch.int64) << lift)
 
     def _merge(self, node) -> None:
         kind = self.graph.kind[node]
@@ -461,10 +468,15 @@ class _Lowering:
             def op(x, y):
                 return x.to(torch.int64) * y.to(torch.int64)
         else:
-            common = min(float(v.step.min()) for v in vals)  # the finest step: no branch loses precision
+            # A common step 2^16 finer than the finest input: rescaling a coarser branch then rounds to 2^-16 of
+            # an LSB, so the next requantization rounds (nearly always) the same sum as the fake-quant model's
+            # float add — on the finest step itself ResNet-20's integer model agreed with fake-quant on 97.7 %
+            # of the test images. A merged input already carries the extra bits (no compounding along a chain
+            # of residual adds).
+            common = min(float(v.step.min()) / (1 if v.merged else 2**MERGE_FRACTION_BITS) for v in vals)
             scales = [self._rescale(v, common) for v in vals]
             bits = max(v.bits + math.ceil(math.log2(float(v.step.max()) / common)) for v in vals)
-            out = _Value(torch.tensor([common], dtype=torch.float64), bits + 1)
+            out = _Value(torch.tensor([common], dtype=torch.float64), bits + 1, merged=True)
 
             def op(*xs, scales=scales, cat=kind == "cat"):
                 parts = [f(x) for f, x in zip(scales, xs)]
@@ -506,9 +518,9 @@ class _Lowering:
         src = node.all_input_nodes[0]
         v = self.values[src.name]
         op = self._op(node, v.step, v.codes_of)
-        out = _Value(v.step, v.bits, v.codes_of, v.frac if isinstance(op, (Relu, MaxPool)) else None)
+        out = _Value(v.step, v.bits, v.codes_of, v.frac if isinstance(op, (Relu, MaxPool)) else None, v.merged)
         if isinstance(op, AvgPool):
-            out = _Value(v.step / op.area, v.bits + math.ceil(math.log2(op.area)))
+            out = _Value(v.step / op.area, v.bits + math.ceil(math.log2(op.area)), merged=v.merged)
             run = op.sum_pool
         else:
             run = op
