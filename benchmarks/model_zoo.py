@@ -66,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--calib", type=int, default=1024, help="calibration images (class-balanced, seeded)")
     p.add_argument("--agreement-images", type=int, default=64)
     p.add_argument("--omr-bits", default="2,3,4", help="activation widths of the OMR study")
+    p.add_argument("--note", action="append", default=[], help="a line for the results file (e.g. what changed "
+                   "between the sweep's points and this invocation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
@@ -218,7 +220,7 @@ def main() -> None:
     models = {n: cached_model(n, args, lambda n=n: run_model(n, args, calib_source, test, exact, points, plot_dir))
               for n in names}
     models = {n: m | {"ptq": ptq_rows(points, n)} for n, m in models.items()}  # the sweep as it is now
-    data = {"models": models, "sweep": sweep, "test": {"source": test.source, "n": len(test)},
+    data = {"models": models, "sweep": sweep, "notes": args.note, "test": {"source": test.source, "n": len(test)},
             "test_exact": {"source": exact.source, "n": len(exact)},
             "calibration": {"source": calib_source.source, "n": len(calib_source), "seed": args.seed},
             "config": "per-channel weights (the default grid), per-tensor activations, MSE-initialised steps, "
@@ -232,7 +234,8 @@ def render(d: dict) -> str:
              f"PTQ table: sweep `{d['sweep']['file']}` ({d['sweep']['counts']}); each point is one `qmap run` on "
              "the first 1,000 test images (top-1 of the quantized and the integer model), 250 iterations per "
              "block for AdaRound / BRECQ / QDrop, T = 500 network-wise for DOMR, 1024 calibration images; "
-             "seconds = quantization, wall = the whole run, peak RSS of the run's process.\n"]
+             "seconds = quantization, wall = the whole run, peak RSS of the run's process.\n"
+             + "".join(f"\nNote: {n}\n" for n in d.get("notes", []))]
     for name, m in d["models"].items():
         parts.append(f"\n## {name} ({m['train']['epochs']} training epochs)\n\nFP top-1: {m['fp']['test_top1']:.2f} % "
                      f"(10k test), {m['fp']['test_exact_top1']:.2f} % (genuine 1,017)\n\n### PTQ table\n\n")
