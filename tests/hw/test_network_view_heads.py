@@ -13,7 +13,7 @@ from torch import nn
 from qmap.errors import HardwareError
 from qmap.hw.check import array_plan, network_view
 from qmap.hw.spec import ArraySpec
-from qmap.models import load_model
+from qmap.models import build_model, load_model
 from qmap.quant import QuantConfig, calibrate, quantize_model, to_integer_model
 
 
@@ -62,3 +62,11 @@ def test_gelu_layers_are_checked_one_by_one_not_chained():
     assert net["summary"]["mismatches"] == 0 and len(net["layers"]) == len(chain)
     with pytest.raises(HardwareError, match="no conv layer with unsigned inputs"):
         array_plan(_integer(GapNet(nn.GELU)), x)  # every GELU code signed here: nothing for the array
+
+
+def test_vgg_head_flatten_keeps_the_chain():
+    """The seed VGG's last conv ends in max-pool + flatten: still chained, logits rebuilt (regression)."""
+    imodel = _integer(build_model("vgg16_bn_sq8", width=0.25).eval())
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert array_plan(imodel, x)[0]
+    assert network_view(imodel, x, ArraySpec(psum_bits=32))["summary"]["logits_match"] is True

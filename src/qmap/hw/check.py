@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import HardwareError
-from ..quant.chain import MaxPool, ShiftCopy
+from ..quant.chain import Flatten, MaxPool, ShiftCopy
 from .export import assemble_output, export_conv, read_export
 from .mapping import map_conv
 from .network import IntConvLayer, layer_tiling, run_network
@@ -191,11 +191,12 @@ def is_sequential(imodel) -> bool:
 
 
 def _array_activation(lay) -> bool:
-    """Whether the array's output of ``lay`` (ReLU of the accumulator), requantized, then OMR-copied and
-    max-pooled, is the layer's integer output: a dense conv with its ReLU folded into the requantization and no
-    other op after it (a GELU / h-swish table needs the negative accumulators the array's ReLU drops)."""
+    """Whether the array's output of ``lay`` (ReLU of the accumulator), requantized, then OMR-copied,
+    max-pooled and flattened, is the layer's integer output: a dense conv with its ReLU folded into the
+    requantization and no other op after it (a GELU / h-swish table needs the negative accumulators the array's
+    ReLU drops)."""
     return (lay.groups == 1 and lay.relu_in_clamp
-            and all(isinstance(op, (MaxPool, ShiftCopy)) for op in lay.post_ops))
+            and all(isinstance(op, (MaxPool, ShiftCopy, Flatten)) for op in lay.post_ops))
 
 
 def array_plan(imodel, x: torch.Tensor) -> tuple[bool, list, list[str], list[IntConvLayer], object]:
@@ -233,7 +234,10 @@ def network_view(imodel, x: torch.Tensor, array: ArraySpec, rtl_work_dir: Path |
 
     def head(x_last: np.ndarray) -> np.ndarray:
         step = next(st.name for st in imodel.steps if st.op is chain[-1])
-        return imodel.run_after(step, torch.from_numpy(x_last)[None])[0].numpy()
+        v = torch.from_numpy(x_last)[None]
+        if any(isinstance(op, Flatten) for op in chain[-1].post_ops):  # run_network pools, the host flattens
+            v = v.flatten(1)
+        return imodel.run_after(step, v)[0].numpy()
 
     rtl = None
     if rtl_work_dir is not None:
