@@ -47,6 +47,7 @@ from ..quant import float_mode, quant_layers
 from ..quant.shift import OutlierShift, quantizer_clip
 from .channels import (
     ChannelPair,
+    _grouped,
     channel_max,
     duplicate_inputs,
     find_pairs,
@@ -64,7 +65,7 @@ SHIFT_COMMUTES = ("maxpool", "flatten")  # max(relu(v − X)) = relu(max(v) − 
 
 def _form(qmodel: nn.Module, pair: ChannelPair, form: str, live_clip: bool) -> str:
     bias_ok = ("relu" in pair.kinds and all(k in BIAS_FORM_BETWEEN for k in pair.kinds) and not live_clip
-               and getattr(qmodel.get_submodule(pair.producer), "groups", 1) == 1)
+               and not _grouped(qmodel.get_submodule(pair.producer)))
     if form == "bias" and not bias_ok:
         raise ConfigError(f"OMR pair {pair.key}: the bias form needs a dense producer, ReLU with only "
                           f"max-pooling/identity in between and a fixed clip; use form='shift'")

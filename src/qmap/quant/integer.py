@@ -310,6 +310,7 @@ class _Value:
     frac: torch.Tensor | None = None
     merged: bool = False  # a sum / concat already on a step 2^MERGE_FRACTION_BITS finer than its inputs
 
+
 class _Lowering:
     """Builds the :class:`IntStep` s of a calibrated fake-quant model from its graph (see the module docstring)."""
 
@@ -498,14 +499,12 @@ class _Lowering:
         y = as_module(node, self.graph.modules)(x).reshape(-1)
         chain, nxt = self._chain(node)
         shifts = [m for n in chain if isinstance(m := self.graph.modules.get(n.target), OutlierShift)]
-        if nxt is not None and all(self.graph.kind[n] in ("maxpool", "flatten") for n in chain
-                                   if self.graph.modules.get(n.target) not in shifts):
+        if nxt is not None and all(self.graph.kind[n] in ("maxpool", "flatten") or
+                                   isinstance(self.graph.modules.get(n.target), OutlierShift) for n in chain):
             tq = self.graph.modules[nxt.target].input_quantizer  # codes of the next layer, exactly
             # an OMR shift on the way splits codes up to qmax + X_clip (its ShiftCopy step): clip there instead
             wide = sum(m.integer_op().shift for m in shifts)
-            s, z = tq.scale.detach().reshape(()), tq.zero_point.detach().reshape(())
-            codes_wide = torch.clamp(ROUND_FNS[tq.spec.rounding](y / s) + z, tq.spec.qmin, tq.spec.qmax + wide)
-            table = codes_wide.to(torch.int64).cpu()
+            table = tq.to_int(y, headroom=wide).to(torch.int64).cpu()
             out = _Value(tq.step.detach().double().reshape(1).cpu(), tq.spec.bits + 1, tq)
         else:
             fine = float(y.abs().max().double().clamp_min(1e-30)) / 2**15  # 16-bit signed codes over its range

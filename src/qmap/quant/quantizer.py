@@ -137,10 +137,11 @@ class Quantizer(nn.Module):
         self.dequant_scale = nn.Parameter(self.scale.detach().clone())
 
     # ----- quantization -----
-    def to_int(self, x: torch.Tensor) -> torch.Tensor:
-        """The integer codes q = clamp(round(x/s) + z, qmin, qmax), as int32."""
+    def to_int(self, x: torch.Tensor, headroom: int = 0) -> torch.Tensor:
+        """The integer codes q = clamp(round(x/s) + z, qmin, qmax + headroom), as int32 (``headroom``: codes an
+        OMR shift later splits into the original and its copy)."""
         s, z = self._shaped(self.scale, x), self._shaped(self.zero_point, x)
-        q = torch.clamp(ROUND_FNS[self.spec.rounding](x / s) + z, self.spec.qmin, self.spec.qmax)
+        q = torch.clamp(ROUND_FNS[self.spec.rounding](x / s) + z, self.spec.qmin, self.spec.qmax + headroom)
         return q.to(torch.int32)
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
