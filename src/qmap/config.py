@@ -3,7 +3,8 @@
 A run config has the sections ``model``, ``data``, ``quant`` (a :class:`~qmap.quant.QuantConfig`),
 ``method``, ``hardware`` (with ``array``, an :class:`~qmap.hw.spec.ArraySpec`) and ``export``; everything has
 a default except the model. Paths may start with ``{data}/`` to point inside the data root (``--data`` /
-``QMAP_DATA`` / config file).
+``QMAP_DATA`` / config file), and any string in a config file may start with ``{config}/``, which is replaced
+on loading by the folder of that file — a config shipped beside its checkpoint works from any directory.
 
 Validation is generic: :func:`build_section` checks every value against its field's annotation (``int`` is
 not ``bool`` nor ``3.5``, ``bool`` is only ``true``/``false``, ``str`` is not a list, ``list[str]`` is not a
@@ -408,7 +409,22 @@ def load_config(path: str | Path) -> RunConfig:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {p}: {getattr(e, 'strerror', None) or e}") from None
     d = parse_config_text(text, p.suffix != ".json", str(p))
-    return config_from_dict({} if d is None else d, source=str(p))
+    return config_from_dict(expand_config_dir({} if d is None else d, p), source=str(p))
+
+
+CONFIG_DIR = "{config}"
+
+
+def expand_config_dir(d: Any, path: Path) -> Any:
+    """``d`` with every string that starts with ``{config}`` rebased on the absolute folder of the config file
+    ``path`` (``{config}/../x.safetensors`` → ``/abs/folder/../x.safetensors``); other values unchanged."""
+    if isinstance(d, str):
+        return str(path.resolve().parent) + d[len(CONFIG_DIR):] if d.startswith(CONFIG_DIR) else d
+    if isinstance(d, dict):
+        return {k: expand_config_dir(v, path) for k, v in d.items()}
+    if isinstance(d, list):
+        return [expand_config_dir(v, path) for v in d]
+    return d
 
 
 def parse_value(text: str, where: str) -> Any:

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 from testutil import randomise_bn
+from torch import nn
 
-from qmap.errors import QmapError
+from qmap.errors import ConfigError, QmapError
 from qmap.export.quantized import load_quantized, read_header, save_quantized
 from qmap.methods import get_method
 from qmap.methods.omr import apply_omr
@@ -102,3 +103,75 @@ def test_damaged_or_foreign_files_are_refused(images, tmp_path):
     save_file(load_file(path), tmp_path / "evil.safetensors", metadata={"qmap": json.dumps(header)})
     with pytest.raises(QmapError, match="not allowed"):
         load_quantized(tmp_path / "evil.safetensors")
+
+
+class _Block(nn.Module):
+    """A user block class qmap has never seen: residual add around two convs, a plain attribute, a ModuleList."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.residual = True
+        self.convs = nn.ModuleList([nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)])
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = self.bn(self.convs[1](torch.relu(self.convs[0](x))))
+        return x + y if self.residual else y
+
+
+class _UserNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(_Block(8), _Block(8))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenet_cifar"])
+def test_model_block_classes_roundtrip(images, tmp_path, arch):
+    """ResNet's BasicBlock and MobileNet's InvertedResidual / squeeze-excite are kept from the model's code."""
+    from qmap.models import build_model
+
+    torch.manual_seed(2)
+    model = build_model(arch, width=0.5).eval()
+    randomise_bn(model)
+    qmodel = quantize_model(model, QCFG)
+    calibrate(qmodel, images)
+    if arch == "mobilenet_cifar":  # shift-form pairs inside the inverted residuals change their children
+        assert apply_omr(qmodel, selective=False, form="shift", live_clip=True)["pairs"]
+    path = save_quantized(qmodel, tmp_path / "q.safetensors", arch=arch, width=0.5, num_classes=10)
+    kinds = {c["type"] for stage in read_header(path)["modules"]["children"].values()
+             for c in stage["children"].values()}
+    assert {"resnet20": "BasicBlock", "mobilenet_cifar": "InvertedResidual"}[arch] in kinds
+    assert_same(qmodel, load_quantized(path).model, images)
+
+
+def test_user_blocks_roundtrip_through_model_fn(images, tmp_path):
+    torch.manual_seed(3)
+    model = _UserNet().eval()
+    randomise_bn(model)
+    qmodel = get_method("rtn")(model, images, QCFG).model
+    path = save_quantized(qmodel, tmp_path / "q.safetensors", factory="tests:_UserNet")
+    header = read_header(path)
+    block = header["modules"]["children"]["blocks"]["children"]["0"]
+    assert block["type"] == "_Block" and block["from_model"] and "args" not in block
+    assert block["children"]["convs"]["type"] == "ModuleList"
+    loaded = load_quantized(path, model_fn=_UserNet)
+    assert_same(qmodel, loaded.model, images)
+    with pytest.raises(QmapError, match="pass model_fn"):
+        load_quantized(path)
+
+
+def test_model_block_of_another_type_is_refused(images, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    qmodel = get_method("rtn")(_UserNet().eval(), images, QCFG).model
+    path = save_quantized(qmodel, tmp_path / "q.safetensors", factory="tests:_UserNet")
+    header = read_header(path)
+    header["modules"]["children"]["blocks"]["children"]["1"]["type"] = "OtherBlock"
+    save_file(load_file(path), tmp_path / "other.safetensors", metadata={"qmap": json.dumps(header)})
+    with pytest.raises(ConfigError, match=r"blocks\.1: the file describes a OtherBlock from the model's own code"):
+        load_quantized(tmp_path / "other.safetensors", model_fn=_UserNet)

@@ -48,8 +48,10 @@ def test_shipped_configs_load(tmp_path):
     for p in configs:
         cfg = load_config(p)
         assert cfg.model.checkpoint
-        if p.parent.name == "zoo":  # a repository checkpoint (relative to the root) holding the target layers
-            model, _ = load_model(repo / cfg.model.checkpoint)
+        if p.parent.name == "zoo":  # a repository checkpoint ({config}-relative) holding the target layers
+            arch = p.stem.split("_domr")[0]
+            assert Path(cfg.model.checkpoint).resolve() == repo / "checkpoints" / f"{arch}.safetensors", p
+            model, _ = load_model(cfg.model.checkpoint)
             assert all(model.get_submodule(t) is not None for t in cfg.hardware.target_layers), p
 
 
@@ -57,6 +59,18 @@ def test_data_placeholder(tmp_path):
     assert resolve_path("{data}/models/a.safetensors", tmp_path) == tmp_path / "models/a.safetensors"
     with pytest.raises(ConfigError, match="data root"):
         resolve_path("{data}/x", None)
+
+
+def test_config_folder_placeholder(tmp_path, monkeypatch):
+    """``{config}`` at the start of any string is the config file's folder, whatever the working directory."""
+    sub = tmp_path / "cfgs"
+    sub.mkdir()
+    (sub / "run.yaml").write_text('model: {checkpoint: "{config}/../ck/m.safetensors"}\n'
+                                  'data: {folder: "{config}/imgs", root: "x{config}"}\n')
+    monkeypatch.chdir(tmp_path.parent)
+    cfg = load_config(sub / "run.yaml")
+    assert cfg.model.checkpoint == f"{sub.resolve()}/../ck/m.safetensors"
+    assert cfg.data.folder == f"{sub.resolve()}/imgs" and cfg.data.root == "x{config}"  # only at the start
 
 
 def test_yaml_errors(tmp_path):

@@ -5,8 +5,14 @@ with the constructor arguments of its type — so whatever a method changed in t
 counts, OMR's ``Sequential(layer, OutlierShift)``, quantized layers in place of float ones, an unfused
 ``BatchNorm2d`` the method kept) is recorded. ``build_children(root, tree)`` replaces the children of a freshly
 built root (registry model or user factory, which supplies the ``forward``) by modules built from the tree.
-Only the types in ``BUILDERS`` are accepted: a tree naming anything else is refused. Tensors are not part of
-the tree; load them afterwards with ``load_state_dict(strict=True)``.
+
+A module whose type is not in ``BUILDERS`` — the root, and any block class of the model's own code (a ResNet's
+``BasicBlock``, a MobileNet's ``InvertedResidual``, an ``nn.ModuleList``) — is recorded as *from the model*
+(``"from_model": true``, no args): its forward is code, which the file never holds. On loading, the freshly
+built model must have a module of that same type at that path; it is kept (with its non-module attributes as
+the model's code set them) and its children are replaced from the tree, recursively, like the root's. Any other
+type named in a file is refused. Tensors are not part of the tree; load them afterwards with
+``load_state_dict(strict=True)``.
 """
 
 from __future__ import annotations
@@ -101,24 +107,45 @@ def module_tree(model: nn.Module) -> dict:
         elif type(m) in BUILDERS:
             args = BUILDERS[type(m)][0](m)
         else:
-            raise ConfigError(f"{path}: module type {kind} cannot be saved in the quantized-model format "
-                              f"(supported: {', '.join(sorted([*BY_NAME, SHIFT]))})")
-        return {"type": kind, "args": args,
-                "children": {n: node(c, f"{path}.{n}" if path else n) for n, c in m.named_children()}}
+            return from_model(m, path)
+        return {"type": kind, "args": args, "children": children(m, path)}
 
-    return {"type": type(model).__name__,
-            "children": {n: node(c, n) for n, c in model.named_children()}}
+    def children(m: nn.Module, path: str) -> dict:
+        return {n: node(c, f"{path}.{n}" if path else n) for n, c in m.named_children()}
+
+    def from_model(m: nn.Module, path: str) -> dict:
+        if isinstance(m, (Quantizer, QuantConv2d, QuantLinear)):  # a subclass: state the model code cannot rebuild
+            raise ConfigError(f"{path}: module type {type(m).__name__} (a subclass of {type(m).__mro__[1].__name__})"
+                              f" cannot be saved in the quantized-model format")
+        return {"type": type(m).__name__, "from_model": True, "children": children(m, path)}
+
+    return from_model(model, "")
 
 
 def build_children(root: nn.Module, tree: dict) -> nn.Module:
     """Replace ``root``'s children by modules built from ``tree`` (from :func:`module_tree`); returns ``root``."""
-    if type(root).__name__ != tree["type"]:
-        raise ConfigError(f"the file describes a {tree['type']} but the architecture built is a "
-                          f"{type(root).__name__}")
     shifts: list[tuple[OutlierShift, str | None]] = []
 
-    def build(spec: dict, path: str) -> nn.Module:
+    def keep(model_m: nn.Module | None, spec: dict, path: str) -> nn.Module:
+        """The model's own module at ``path``, its children replaced from ``spec``."""
+        where = f"{path}: " if path else ""
+        if model_m is None or type(model_m).__name__ != spec.get("type"):
+            got = "nothing" if model_m is None else f"a {type(model_m).__name__}"
+            raise ConfigError(f"{where}the file describes a {spec.get('type')} from the model's own code, but the "
+                              f"architecture built has {got} there")
+        old = dict(model_m.named_children())
+        for name in old:
+            if name not in spec.get("children", {}):
+                delattr(model_m, name)
+        for name, child in spec.get("children", {}).items():
+            setattr(model_m, name, build(old.get(name), child, f"{path}.{name}" if path else name))
+        return model_m
+
+    def build(model_m: nn.Module | None, spec: dict, path: str) -> nn.Module:
+        """The module ``spec`` describes; ``model_m`` is what the freshly built model has at ``path`` (or None)."""
         kind = spec.get("type")
+        if spec.get("from_model") is True:
+            return keep(model_m, spec, path)
         if kind not in BY_NAME and kind != SHIFT:
             raise ConfigError(f"{path}: module type {kind!r} is not allowed in a quantized-model file")
         a = spec.get("args", {})
@@ -127,12 +154,12 @@ def build_children(root: nn.Module, tree: dict) -> nn.Module:
             shifts.append((m, a["live"]))
         else:
             m = BY_NAME[kind][1](a)
+        own = dict(model_m.named_children()) if model_m is not None else {}  # for the model's blocks further down
         for name, child in spec.get("children", {}).items():
-            m.add_module(name, build(child, f"{path}.{name}"))
+            m.add_module(name, build(own.get(name), child, f"{path}.{name}"))
         return m
 
-    for name, child in tree["children"].items():
-        setattr(root, name, build(child, name))
+    keep(root, {**tree, "from_model": True}, "")
     for shift, live in shifts:
         if live is not None:
             shift.quantizer = [root.get_submodule(live)]

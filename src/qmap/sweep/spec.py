@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, config_from_dict, load_config, parse_config_text
+from ..config import RunConfig, config_from_dict, expand_config_dir, load_config, parse_config_text
 from ..errors import ConfigError, reject_unknown_keys
 
 SWEEP_KEYS = {"name", "base", "set", "axes", "resources", "max_retries", "report"}
@@ -84,7 +84,7 @@ def _read_mapping(path: Path) -> dict:
     d = parse_config_text(text, path.suffix != ".json", str(path))  # the run config's size/alias/depth limits
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: a sweep file is a mapping with 'base' and 'axes'")
-    return d
+    return expand_config_dir(d, path)
 
 
 def set_key(d: dict, dotted: str, value: Any, where: str) -> None:
