@@ -68,6 +68,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--omr-bits", default="2,3,4", help="activation widths of the OMR study")
     p.add_argument("--note", action="append", default=[], help="a line for the results file (e.g. what changed "
                    "between the sweep's points and this invocation)")
+    p.add_argument("--keep", action="store_true", help="start from the results file already in --out: keep its "
+                   "models not named in --models, and its complete PTQ rows where this sweep folder has none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
@@ -205,6 +207,21 @@ def sweep_points(args, names: list[str]) -> tuple[list[dict], dict]:
     return points, {"file": args.sweep, "folder": args.sweep_out, "counts": counts}
 
 
+def kept(previous: Path, models: dict) -> dict:
+    """``models`` over the results file ``previous``: its models not measured now are kept whole, and its complete
+    PTQ rows fill this sweep folder's rows that are not complete (a point run by an earlier invocation whose
+    folder is gone); the table says which rows came from there."""
+    if not previous.is_file():
+        return models
+    old = json.loads(previous.read_text())["models"]
+    for name, m in models.items():
+        done = {(r["bits"], r["method"]): r for r in old.get(name, {}).get("ptq", []) if r["status"] == "complete"}
+        m["ptq"] = [r if r["status"] == "complete" or (r["bits"], r["method"]) not in done else
+                    done[(r["bits"], r["method"])] | {"error": "from the previous results file"}
+                    for r in m["ptq"]]
+    return {n: models.get(n) or old[n] for n in MODELS if n in models or n in old}
+
+
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the sweep's progress lines
@@ -220,6 +237,10 @@ def main() -> None:
     models = {n: cached_model(n, args, lambda n=n: run_model(n, args, calib_source, test, exact, points, plot_dir))
               for n in names}
     models = {n: m | {"ptq": ptq_rows(points, n)} for n, m in models.items()}  # the sweep as it is now
+    if args.keep:
+        models = kept(Path(args.out) / "model_zoo.json", models)
+    sweep["counts"] = {s: sum(r["status"] == s for m in models.values() for r in m["ptq"])
+                       for s in sorted({r["status"] for m in models.values() for r in m["ptq"]})}
     data = {"models": models, "sweep": sweep, "notes": args.note, "test": {"source": test.source, "n": len(test)},
             "test_exact": {"source": exact.source, "n": len(exact)},
             "calibration": {"source": calib_source.source, "n": len(calib_source), "seed": args.seed},
