@@ -209,16 +209,18 @@ def sweep_points(args, names: list[str]) -> tuple[list[dict], dict]:
 
 def kept(previous: Path, models: dict) -> dict:
     """``models`` over the results file ``previous``: its models not measured now are kept whole, and its complete
-    PTQ rows fill this sweep folder's rows that are not complete (a point run by an earlier invocation whose
-    folder is gone); the table says which rows came from there."""
+    PTQ rows stand where this sweep folder has no complete row (a point run by an earlier invocation whose folder
+    is gone, or left out by ``--only``); the table's note says which rows came from there."""
     if not previous.is_file():
         return models
     old = json.loads(previous.read_text())["models"]
     for name, m in models.items():
-        done = {(r["bits"], r["method"]): r for r in old.get(name, {}).get("ptq", []) if r["status"] == "complete"}
-        m["ptq"] = [r if r["status"] == "complete" or (r["bits"], r["method"]) not in done else
-                    done[(r["bits"], r["method"])] | {"error": "from the previous results file"}
-                    for r in m["ptq"]]
+        now = {(r["bits"], r["method"]): r for r in m["ptq"]}
+        before = {(r["bits"], r["method"]): r for r in old.get(name, {}).get("ptq", [])}
+        m["ptq"] = [now[k] if k in now and (now[k]["status"] == "complete" or before.get(k, {}).get("status")
+                                            != "complete")
+                    else before[k] | {"error": "from the previous results file"}
+                    for k in [*before, *(k for k in now if k not in before)]]
     return {n: models.get(n) or old[n] for n in MODELS if n in models or n in old}
 
 
