@@ -19,9 +19,14 @@ ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigm
         "gelu": nn.GELU, "silu": nn.SiLU}
 FUNCS = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
          "gelu": F.gelu, "silu": F.silu}
+HAND = {  # activations written out by hand: the graph folds them into the op (qmap.nn.ops._fold_idioms)
+    "hswish_hand": lambda y: y * F.relu6(y + 3, inplace=True) / 6,
+    "hswish_hsig_hand": lambda y: F.hardsigmoid(y) * y,
+    "hsigmoid_hand": lambda y: F.hardtanh(3.0 + y, 0.0, 6.0) * (1 / 6),
+    "swish_hand": lambda y: y * y.sigmoid()}
 POOLS = {"maxpool": nn.MaxPool2d(2), "avgpool": nn.AvgPool2d(2)}
 FLATTENS = ("flatten", "view", "reshape", "nn_flatten")
-OPS = [*ACTS, *(f"{a}_f" for a in FUNCS), "depthwise", "linear", "maxpool", "maxpool_f", "avgpool", "avgpool_f",
+OPS = [*ACTS, *(f"{a}_f" for a in FUNCS), *HAND, "depthwise", "linear", "maxpool", "maxpool_f", "avgpool", "avgpool_f",
        "adaptive", "adaptive_f", "mean", "add", "torch_add", "cat", "gate", *FLATTENS]
 
 
@@ -45,7 +50,7 @@ class OpNet(nn.Module):
     def forward(self, x):
         op = self.op
         y = self.bn(self.stem(x))
-        y = FUNCS[op[:-2]](y) if op[:-2] in FUNCS else self.act(y)
+        y = HAND[op](y) if op in HAND else FUNCS[op[:-2]](y) if op[:-2] in FUNCS else self.act(y)
         y = self.conv(y)
         z = F.relu(y)
         if op == "maxpool_f":
@@ -105,6 +110,19 @@ def quantized():
             cache[op] = (model, q)
         return cache[op]
     return get
+
+
+@pytest.mark.parametrize("op, kind", [("hswish_hand", "hardswish"), ("hswish_hsig_hand", "hardswish"),
+                                      ("hsigmoid_hand", "hardsigmoid"), ("swish_hand", "silu")])
+@torch.no_grad()
+def test_hand_written_activations_fold_to_the_op(op, kind):
+    from qmap.nn import ModelGraph
+
+    model = _model(op)
+    g = ModelGraph(model)
+    assert [g.kind[n] for n in g.nodes][:3] == ["conv", "bn", kind]
+    x = _images(16, 5)
+    assert torch.allclose(g.gm(x), model(x), atol=1e-5)
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -12,7 +12,10 @@ Every node of a normalised graph has one *kind*:
     custom        a module that states its own integer form (``integer_op``, e.g. OMR's shift)
 
 Module and functional forms of an op get the same kind; dropout, identity, ``.contiguous()`` and the
-``size``/``shape`` arithmetic of a view vanish. Anything else is unsupported.
+``size``/``shape`` arithmetic of a view vanish. Activations written out by hand become the op they compute
+(:func:`_fold_idioms`): ``relu6(x + 3) / 6`` → hardsigmoid(x), ``x * relu6(x + 3) / 6`` and
+``x * hardsigmoid(x)`` → hardswish(x), ``x * sigmoid(x)`` → silu(x) (``/ 6`` also as ``* (1/6)``, ``relu6`` also
+as ``nn.ReLU6`` or ``hardtanh(·, 0, 6)``). Anything else is unsupported.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ _NO_OP_FUNCTIONS = (F.dropout, F.dropout2d, torch.dropout)
 _NO_OP_METHODS = ("contiguous",)
 
 SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused), ReLU, ReLU6, Hardswish, "
-             "Hardsigmoid, GELU, SiLU, Sigmoid, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W, "
+             "Hardsigmoid, GELU, SiLU, Sigmoid (also hand-written: x * relu6(x + 3) / 6, x * sigmoid(x)), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W, "
              "flatten / view / reshape to (N, -1), residual + / torch.add, torch.cat on channels, elementwise * "
              "(gates), Dropout / Identity")
 
@@ -153,6 +156,81 @@ def _is_spatial_mean(node: fx.Node) -> bool:
     return spatial and node.args[2:] in ((), (True,), (False,))
 
 
+def _is_number(a, value: float) -> bool:
+    return isinstance(a, (int, float)) and not isinstance(a, bool) and abs(a - value) < 1e-12
+
+
+def _call(node, functions: tuple) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in functions and not node.kwargs
+
+
+def _other(node: fx.Node, value: float):
+    """For a two-argument node with the number ``value`` as one argument: the other argument (else None)."""
+    a, b = (node.args + (None, None))[:2]
+    return b if _is_number(a, value) else a if _is_number(b, value) else None
+
+
+def _over_six(node) -> fx.Node | None:
+    """t for ``t / 6``, ``t * (1/6)``, ``(1/6) * t``."""
+    if _call(node, (operator.truediv, torch.div)) and len(node.args) == 2 and _is_number(node.args[1], 6):
+        return node.args[0]
+    return _other(node, 1 / 6) if _call(node, (operator.mul, torch.mul)) else None
+
+
+def _relu6_input(node, modules) -> fx.Node | None:
+    """t for ``relu6(t)``, ``nn.ReLU6()(t)``, ``hardtanh(t, 0, 6)``."""
+    if isinstance(node, fx.Node) and node_kind(node, modules) == "relu6":
+        return node.args[0]
+    if isinstance(node, fx.Node) and node.op == "call_function" and node.target is F.hardtanh:
+        a, kw = node.args, node.kwargs
+        low, high = a[1] if len(a) > 1 else kw.get("min_val", -1.0), a[2] if len(a) > 2 else kw.get("max_val", 1.0)
+        if _is_number(low, 0) and _is_number(high, 6):
+            return node.args[0]
+    return None
+
+
+def _plus_three(node) -> fx.Node | None:
+    return _other(node, 3) if _call(node, (operator.add, torch.add)) else None
+
+
+def _hard_sigmoid_input(node, modules) -> fx.Node | None:
+    """x for ``relu6(x + 3)``."""
+    return _plus_three(_relu6_input(node, modules))
+
+
+def _times_own(node, inner) -> fx.Node | None:
+    """x for ``x * f(x)`` / ``f(x) * x`` where ``inner(f(x))`` returns x."""
+    if not _call(node, (operator.mul, torch.mul)) or len(node.args) != 2:
+        return None
+    a, b = node.args
+    for x, f in ((a, b), (b, a)):
+        if isinstance(x, fx.Node) and inner(f) is x:
+            return x
+    return None
+
+
+def _fold_idioms(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Replace hand-written h-swish / hard-sigmoid / SiLU (see the module docstring) by the functional op; the
+    pieces left without users are removed by the caller's dead-code pass."""
+    def input_of(kind: str):
+        return lambda n: n.args[0] if isinstance(n, fx.Node) and node_kind(n, modules) == kind else None
+
+    rules = (  # (op, x of the idiom or None); h-swish with "/ 6" outside the product before hard-sigmoid
+        (F.hardswish, lambda n: (lambda m: m and _times_own(m, lambda f: _hard_sigmoid_input(f, modules)))(
+            _over_six(n))),
+        (F.hardsigmoid, lambda n: (lambda r: r and _hard_sigmoid_input(r, modules))(_over_six(n))),
+        (F.hardswish, lambda n: _times_own(n, input_of("hardsigmoid"))),
+        (F.silu, lambda n: _times_own(n, input_of("sigmoid"))))
+    for op, match in rules:
+        for node in list(graph.nodes):
+            if node.op != "call_function" or (x := match(node)) is None:
+                continue
+            with graph.inserting_after(node):
+                new = graph.call_function(op, (x,))
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+
+
 def normalise(gm: fx.GraphModule) -> fx.GraphModule:
     """Rewrite ``gm`` in place onto the vocabulary above (same function); returns it."""
     graph = gm.graph
@@ -182,6 +260,7 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
         if new is not None:
             node.replace_all_uses_with(new)
             graph.erase_node(node)
+    _fold_idioms(graph, modules)
     graph.eliminate_dead_code()
     gm.recompile()
     return gm
