@@ -251,3 +251,28 @@ def test_depthwise_producer_takes_the_shift_form(act):
     with pytest.raises(ConfigError, match="dense producer"):
         apply_omr(copy.deepcopy(plain), pairs=[("2", "4")], form="bias", calib=x)
     assert "2->4" not in {p.key for p in find_pairs(plain)[0]}  # OCS still skips it (it splits producer rows)
+
+
+class _SharedAct(nn.Module):
+    """expand → act → depthwise → act → project with ONE activation module called twice (as in many user
+    MobileNets): a shift inserted after it would also widen the depthwise conv's input."""
+
+    def __init__(self, act):
+        super().__init__()
+        torch.manual_seed(0)
+        self.expand, self.act = nn.Conv2d(3, 8, 1), act()
+        self.dw, self.project = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 6, 1)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.head(self.project(self.act(self.dw(self.act(self.expand(x))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Hardswish])
+def test_a_reused_activation_module_carries_no_shift(act):
+    x = _images()
+    q = _quantized(_SharedAct(act), 3, x)
+    plain = copy.deepcopy(q)
+    report = apply_omr(q, selective=False, calib=x, form="shift")
+    assert report["pairs"] == [] and any("dw->project: skipped, no module" in n for n in report["skipped"])
+    assert torch.equal(q(x), plain(x))  # nothing changed, and the forward still runs

@@ -21,6 +21,7 @@ supported, before any work is done.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -36,9 +37,10 @@ PER_CHANNEL = (*ACTIVATIONS, *POOLS, "flatten", "bn", "custom")
 @dataclass
 class Chain:
     """Producer layer → ``kinds`` (per-channel ops, in order) → consumer layer. ``between`` names the module-form
-    ops among them; ``tail`` is the kinds of the function-form ops after the last module-form one (what a
-    module attached after ``between[-1]`` still passes through); ``via_flatten`` when a flatten turns channel c
-    into consecutive features of a Linear."""
+    ops among them that are called only here (a module reused elsewhere in the forward counts as a function);
+    ``tail`` is the kinds of the function-form ops after the last module-form one (what a module attached after
+    ``between[-1]`` still passes through); ``via_flatten`` when a flatten turns channel c into consecutive
+    features of a Linear."""
 
     producer: str
     consumer: str
@@ -143,7 +145,7 @@ class ModelGraph:
     def chains(self) -> tuple[list[Chain], list[str]]:
         """Every producer → consumer chain, and a note for each layer whose output reaches the next layer in
         another way (a branch, a merge) — what channel surgery cannot cross."""
-        chains, notes = [], []
+        chains, notes, calls = [], [], self.module_calls
         for start in self.nodes:
             if self.kind[start] not in LAYERS:
                 continue
@@ -164,13 +166,18 @@ class ModelGraph:
                         notes.append(f"{start.target}: reaches {kind} ({nxt.name}) before the next layer")
                     break
                 kinds.append(kind)
-                if nxt.op == "call_module":
+                if nxt.op == "call_module" and calls[nxt.target] == 1:  # a reused module counts as a function
                     between.append(nxt.target)
                     tail = []
                 else:
                     tail.append(kind)
                 cur = nxt
         return chains, notes
+
+    @property
+    def module_calls(self) -> Counter:
+        """How many nodes call each module (a forward may reuse one ``nn.ReLU`` instance at several places)."""
+        return Counter(n.target for n in self.nodes if n.op == "call_module")
 
     def next_layer(self, layer: str) -> Chain:
         """The chain starting at ``layer`` (ConfigError naming why there is none)."""

@@ -55,9 +55,9 @@ _NO_OP_FUNCTIONS = (F.dropout, F.dropout2d, torch.dropout)
 _NO_OP_METHODS = ("contiguous",)
 
 SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused), ReLU, ReLU6, Hardswish, "
-             "Hardsigmoid, GELU, SiLU, Sigmoid (also hand-written: x * relu6(x + 3) / 6, x * sigmoid(x)), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W, "
-             "flatten / view / reshape to (N, -1), residual + / torch.add, torch.cat on channels, elementwise * "
-             "(gates), Dropout / Identity")
+             "Hardsigmoid, GELU, SiLU, Sigmoid (also hand-written: x * relu6(x + 3) / 6, x * sigmoid(x)), "
+             "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W, flatten / view / reshape to (N, -1), "
+             "residual + / torch.add, torch.cat on channels, elementwise * (gates), Dropout / Identity")
 
 
 class GraphTracer(fx.Tracer):
