@@ -1,5 +1,6 @@
-"""Hand-written user models (tests/user_models.py) through the Python API: every method, then the integer model
-and the ONNX export of its result — the path a new user takes."""
+"""Hand-written user models (tests/user_models.py) through the Python API: every method, then the integer model,
+the quantized-model file (saved and loaded through the user's own class) and the ONNX export of its result — the
+path a new user takes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from user_models import INPUT, USER_MODELS, build, images
 
 import qmap
 from qmap.errors import ConfigError
+from qmap.export.quantized import load_quantized, save_quantized
 from qmap.quant import to_integer_model
 
 FAST = {"iters": 4, "batch_size": 8}
@@ -29,6 +31,9 @@ def test_every_method_then_integer_model_and_onnx(name, method, tmp_path):
     assert out.shape == (8, 10) and torch.isfinite(out).all()
     imodel = to_integer_model(qmodel, input_shape=INPUT)
     assert float((imodel.run(x).logits.argmax(1) == out.argmax(1)).float().mean()) >= 0.75
+    path = save_quantized(qmodel, tmp_path / "q.safetensors", factory=f"user_models:{name}", input_shape=INPUT)
+    with torch.no_grad():  # the model's own block classes come back from model_fn, the rest from the file
+        assert torch.equal(load_quantized(path, model_fn=USER_MODELS[name]).model(x), out)
     pytest.importorskip("onnxruntime", reason="optional 'onnx' extra (onnxruntime) not installed")
     from qmap.export import export_onnx, verify_onnx
     export_onnx(qmodel, tmp_path / "m.onnx", x[:2])  # OMR's shift form included

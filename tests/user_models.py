@@ -123,8 +123,50 @@ class Concat(nn.Module):
         return self.fc(self.pool(x).reshape(x.shape[0], -1))
 
 
+class HSwish(nn.Module):
+    """h-swish written out, as many public MobileNetV3 ports do."""
+
+    def forward(self, x):
+        return x * F.relu6(x + 3, inplace=True) / 6
+
+
+class MobileV3Block(nn.Module):
+    """expand 1x1 → act → depthwise 3x3 → act (ONE activation module called twice) → squeeze-excite with a
+    hand-written hard-sigmoid → project 1x1, residual when the shapes allow."""
+
+    def __init__(self, c_in: int, c_exp: int, c_out: int, act: nn.Module, stride: int):
+        super().__init__()
+        self.expand, self.bn1 = nn.Conv2d(c_in, c_exp, 1, bias=False), nn.BatchNorm2d(c_exp)
+        self.dw = nn.Conv2d(c_exp, c_exp, 3, stride, 1, groups=c_exp, bias=False)
+        self.bn2, self.act = nn.BatchNorm2d(c_exp), act
+        self.se1, self.se2 = nn.Conv2d(c_exp, c_exp // 4, 1), nn.Conv2d(c_exp // 4, c_exp, 1)
+        self.project, self.bn3 = nn.Conv2d(c_exp, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        y = self.act(self.bn2(self.dw(self.act(self.bn1(self.expand(x))))))
+        g = F.relu6(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(y, 1)))) + 3) / 6
+        y = self.bn3(self.project(y * g))
+        return x + y if self.residual else y
+
+
+class MobileV3(nn.Module):
+    """A MobileNetV3-style user net: hand-written h-swish stem, blocks with reused activation modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn, self.hs = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), HSwish()
+        self.blocks = nn.Sequential(MobileV3Block(8, 16, 8, nn.ReLU(inplace=True), 1),
+                                    MobileV3Block(8, 24, 12, HSwish(), 2))
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = self.blocks(self.hs(self.bn(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
-               "se_gate": SEGate, "concat": Concat}
+               "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3}
 INPUT = (3, 16, 16)
 
 
