@@ -517,6 +517,9 @@ class _Lowering:
         src = node.all_input_nodes[0]
         v = self.values[src.name]
         op = self._op(node, v.step, v.codes_of)
+        if isinstance(op, ShiftCopy) and v.codes_of is not (q := self.graph.modules[node.target].quantizer[0]):
+            self._shift_from_value(node, v, op, q)
+            return
         out = _Value(v.step, v.bits, v.codes_of, v.frac if isinstance(op, (Relu, MaxPool)) else None, v.merged)
         if isinstance(op, AvgPool):
             out = _Value(v.step / op.area, v.bits + math.ceil(math.log2(op.area)), merged=v.merged)
@@ -529,6 +532,15 @@ class _Lowering:
             out = self._flattened(out, node)
         self.values[node.name] = out
         self.steps.append(IntStep(node.name, run, [src.name]))
+
+    def _shift_from_value(self, node, v: _Value, op: ShiftCopy, q) -> None:
+        """An OMR shift on a value that is not yet in its consumer's codes (e.g. h-swish table → average pool →
+        shift): requantize to the consumer's step with the wide clamp [qmin, qmax + X_clip] first, then copy."""
+        spec = q.spec
+        rq = Requantizer.from_real(v.step / _per_tensor_step(q), spec.qmin, spec.qmax + op.shift, spec.rounding,
+                                   _mantissa(v.bits), self.pow2, v.frac)
+        self.values[node.name] = _Value(q.step.detach().double().reshape(1).cpu(), spec.bits + 1, q)
+        self.steps.append(IntStep(node.name, lambda t: op(rq(t)), [node.all_input_nodes[0].name]))
 
     def build(self) -> IntegerModel:
         g = self.graph
