@@ -215,12 +215,17 @@ def _fold_idioms(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
     def input_of(kind: str):
         return lambda n: n.args[0] if isinstance(n, fx.Node) and node_kind(n, modules) == kind else None
 
-    rules = (  # (op, x of the idiom or None); h-swish with "/ 6" outside the product before hard-sigmoid
-        (F.hardswish, lambda n: (lambda m: m and _times_own(m, lambda f: _hard_sigmoid_input(f, modules)))(
-            _over_six(n))),
-        (F.hardsigmoid, lambda n: (lambda r: r and _hard_sigmoid_input(r, modules))(_over_six(n))),
-        (F.hardswish, lambda n: _times_own(n, input_of("hardsigmoid"))),
-        (F.silu, lambda n: _times_own(n, input_of("sigmoid"))))
+    def hard_sigmoid(n):  # relu6(x + 3) / 6
+        return _hard_sigmoid_input(_over_six(n), modules)
+
+    def hard_swish_over_six(n):  # x * relu6(x + 3) / 6, the "/ 6" outside the product
+        product = _over_six(n)
+        return product and _times_own(product, lambda f: _hard_sigmoid_input(f, modules))
+
+    rules = ((F.hardswish, hard_swish_over_six),  # in order: x * hardsigmoid(x) reads the hard-sigmoids folded
+             (F.hardsigmoid, hard_sigmoid),           # by the rule before it
+             (F.hardswish, lambda n: _times_own(n, input_of("hardsigmoid"))),
+             (F.silu, lambda n: _times_own(n, input_of("sigmoid"))))
     for op, match in rules:
         for node in list(graph.nodes):
             if node.op != "call_function" or (x := match(node)) is None:

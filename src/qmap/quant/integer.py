@@ -376,9 +376,7 @@ class _Lowering:
         if src.op != "placeholder":
             v = self.values[src.name]
             if v.codes_of is not m.input_quantizer:
-                spec = m.input_quantizer.spec
-                in_requant = Requantizer.from_real(v.step / x_step, spec.qmin, spec.qmax, spec.rounding,
-                                                   _mantissa(v.bits), self.pow2, v.frac)
+                in_requant = self._to_codes(v, m.input_quantizer)
         out_q = getattr(m, "output_quantizer", None)
         chain, nxt = ([], None) if out_q is not None else self._chain(node)
         target = out_q if out_q is not None else (
@@ -533,13 +531,18 @@ class _Lowering:
         self.values[node.name] = out
         self.steps.append(IntStep(node.name, run, [src.name]))
 
+    def _to_codes(self, v: _Value, q: Quantizer, headroom: int = 0) -> Requantizer:
+        """The requantizer of value ``v`` into the codes of the per-tensor quantizer ``q``, clamped to
+        [qmin, qmax + headroom] (headroom: codes an OMR shift splits next)."""
+        spec = q.spec
+        return Requantizer.from_real(v.step / _per_tensor_step(q), spec.qmin, spec.qmax + headroom, spec.rounding,
+                                     _mantissa(v.bits), self.pow2, v.frac)
+
     def _shift_from_value(self, node, v: _Value, op: ShiftCopy, q) -> None:
         """An OMR shift on a value that is not yet in its consumer's codes (e.g. h-swish table → average pool →
         shift): requantize to the consumer's step with the wide clamp [qmin, qmax + X_clip] first, then copy."""
-        spec = q.spec
-        rq = Requantizer.from_real(v.step / _per_tensor_step(q), spec.qmin, spec.qmax + op.shift, spec.rounding,
-                                   _mantissa(v.bits), self.pow2, v.frac)
-        self.values[node.name] = _Value(q.step.detach().double().reshape(1).cpu(), spec.bits + 1, q)
+        rq = self._to_codes(v, q, headroom=op.shift)
+        self.values[node.name] = _Value(q.step.detach().double().reshape(1).cpu(), q.spec.bits + 1, q)
         self.steps.append(IntStep(node.name, lambda t: op(rq(t)), [node.all_input_nodes[0].name]))
 
     def build(self) -> IntegerModel:
