@@ -55,8 +55,9 @@ def test_integer_model_reproduces_omr_after_gelu_tables(a_bits):
 def test_integer_model_shift_after_table_and_average_pool():
     """conv → h-swish → AdaptiveAvgPool2d (a module: the shift follows it) → flatten → linear, as in the
     MobileNet-style net's head: the shift's input is the table's fine values averaged, not the consumer's codes,
-    so it is requantized to them (wide clamp) first. Before, the copies were cut from the fine values: arg-max
-    agreement with fake-quant fell from 81 % to 63 % on the trained MobileNet (RTN W4A4, 128 test images)."""
+    so it is requantized to them (wide clamp) first. Before, the copies were cut from the fine values: on the
+    trained MobileNet, DOMR + OMR at W4A4 scored 62.9 % as integer model vs 77.0 % fake-quant (model_zoo.json
+    before the fix)."""
     from torch import nn
 
     from qmap.methods.omr import apply_omr
