@@ -11,11 +11,11 @@ from qmap.errors import ConfigError, HardwareError
 from qmap.quant import QuantConfig, quant_layers, to_integer_model
 from qmap.quant.agreement import compare_with_fake_quant, fake_quant_inputs
 
-# Isolated (same input integers) mismatches come only from float32 round-off in the fake-quant model, or the
-# bias rounding of layers whose accumulators pass a ReLU + average pool before requantization (tiny_cnn's last
-# conv): at most 1 LSB, on a small fraction of the outputs.
+# Isolated (same input integers) mismatches come only from float32 round-off in the fake-quant model (and, for
+# layers whose accumulators pass a ReLU + average pool before requantization — tiny_cnn's last conv — the bias
+# kept to 2^-11 accumulator units): at most 1 LSB, on a small fraction of the outputs.
 MINMAX = {"w_observer": "minmax", "a_observer": "minmax"}  # the observer does not matter here; minmax is fast
-ISOLATED_MAX_FRACTION = {"vgg16_bn_sq8": 1e-3, "tiny_cnn": 2e-2}
+ISOLATED_MAX_FRACTION = 1e-3
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
@@ -31,7 +31,7 @@ def test_integer_matches_fake_quant(name, bits):
     for row in report["layers"]:
         iso = row["isolated"]
         assert iso["max_lsb"] <= 1, row
-        assert iso["mismatch_fraction"] <= ISOLATED_MAX_FRACTION[name], row
+        assert iso["mismatch_fraction"] <= ISOLATED_MAX_FRACTION, row
     # First layer sees identical integers in both models: its output must agree as in isolation.
     assert report["layers"][0]["end_to_end"] == report["layers"][0]["isolated"]
     assert report["top1_agreement"] >= 0.75  # 8 images: at most 2 flips where end-to-end LSB errors add up
@@ -180,3 +180,37 @@ def test_as_module_device_roundtrip():
     mod = to_integer_model(qmodel).as_module().to("cpu").eval()
     x = images(4, seed=8)
     assert torch.equal(mod(x).argmax(1), to_integer_model(qmodel).run(x).logits.argmax(1))
+
+
+class _PoolHead(nn.Module):
+    """depthwise conv → ReLU → global average pool → linear, and (``se``) a squeeze-excite gate on the ReLU's
+    output: a pool over ReLU'd accumulators, where the bias fraction cannot ride as a requantizer offset."""
+
+    def __init__(self, se: bool):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU())
+        self.dw, self.act = nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU()
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Conv2d(8, 32, 1),
+                                nn.Sigmoid()) if se else None
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        x = self.act(self.dw(self.stem(x)))
+        return self.head(x * self.se(x) if self.se is not None else x)
+
+
+@pytest.mark.parametrize("se", [False, True])
+@pytest.mark.parametrize("a_bits", [4, 6])
+def test_bias_fraction_survives_relu_and_average_pool(se, a_bits):
+    """The layer after the pool sees the exact bias (to 2^-11 accumulator units). Fails with the fraction
+    dropped (the lowering before the finer unit): the depthwise layer's isolated codes are then off by 1-2 LSB
+    on several % of its outputs."""
+    torch.manual_seed(0)
+    qmodel = calibrated(_PoolHead(se).eval(), QuantConfig(w_bits=4, a_bits=a_bits, first_last_bits=8,
+                                                          w_observer="mse", a_observer="mse"), images(64, seed=1))
+    report = compare_with_fake_quant(qmodel, to_integer_model(qmodel), images(32, seed=2))
+    for row in report["layers"]:
+        for kind in ("isolated", "end_to_end"):
+            if row[kind] is not None and row is not report["layers"][-1]:
+                assert row[kind]["max_lsb"] <= 1 and row[kind]["mismatch_fraction"] <= 1e-2, row
+    assert report["top1_agreement"] >= 31 / 32

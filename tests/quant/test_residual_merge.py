@@ -11,8 +11,9 @@ from qmap.quant import QuantConfig, calibrate, quantize_model, to_integer_model
 from qmap.quant.agreement import compare_with_fake_quant
 
 
-def _end_to_end_mismatch(monkeypatch, fraction_bits: int) -> float:
-    monkeypatch.setattr(integer, "MERGE_FRACTION_BITS", fraction_bits)
+def _end_to_end_mismatch(monkeypatch, merge_bits: int, acc_bits: int) -> float:
+    monkeypatch.setattr(integer, "MERGE_FRACTION_BITS", merge_bits)
+    monkeypatch.setattr(integer, "ACC_FRACTION_BITS", acc_bits)
     torch.manual_seed(0)
     model = build_model("resnet20", width=0.5).eval()
     q = quantize_model(model, QuantConfig(w_bits=4, a_bits=4, first_last_bits=8, w_observer="mse",
@@ -24,6 +25,10 @@ def _end_to_end_mismatch(monkeypatch, fraction_bits: int) -> float:
 
 
 def test_finer_common_step_removes_most_residual_mismatches(monkeypatch):
-    coarse = _end_to_end_mismatch(monkeypatch, 0)  # the finest input step (the previous lowering)
-    fine = _end_to_end_mismatch(monkeypatch, 16)
+    merge_bits, acc_bits = integer.MERGE_FRACTION_BITS, integer.ACC_FRACTION_BITS
+    # no extra bits: the finest input step, the conv branch in accumulator units (the first lowering)
+    coarse = _end_to_end_mismatch(monkeypatch, 0, 0)
+    fine = _end_to_end_mismatch(monkeypatch, 16, 0)
     assert fine <= coarse / 4 and fine < 0.01, (coarse, fine)
+    both = _end_to_end_mismatch(monkeypatch, merge_bits, acc_bits)
+    assert both <= coarse / 4 and both < 0.01, (coarse, both)

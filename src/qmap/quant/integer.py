@@ -7,15 +7,24 @@ no zero-point correction) and float bias b:
 
     psum   = conv(x, W)                                   exact integers (what the array accumulates)
     acc    = psum + b_int,  b_int = round(b / (s'_x·s'_w))  (bias in accumulator units)
-    y      = clamp(round((pool(relu(acc)) + f) · M), lo, qmax),  M = s'_x·s'_w / (area · s_next)
+    y      = clamp(round((acc + f) · M), lo, qmax),  M = s'_x·s'_w / s_next
 
-where s_next is the quant step of the next layer's input quantizer, ``area`` the window size of any average
-pool before the next layer (pooling runs on accumulators, as window sums), ``M`` a fixed-point multiplier
+where s_next is the quant step of the next layer's input quantizer, ``M`` a fixed-point multiplier
 (:mod:`~qmap.quant.requant`), f = b/(s'_x·s'_w) − b_int the bias fraction (a per-channel rounding offset of
-the requantizer, so the integer output sees the exact bias; 0 when a ReLU or pool acts on the accumulators
-before the requantization) and ``lo = 0`` when a ReLU follows (ReLU folded into the clamp). Max-pooling
-and ReLU commute with the monotone requantization, so they run on the requantized integers (the cheap side).
-The last layer returns its accumulators as int logits and their float scale s'_x·s'_w / area.
+the requantizer, so the integer output sees the exact bias) and ``lo = 0`` when a ReLU follows (ReLU folded into
+the clamp). Max-pooling and ReLU commute with the monotone requantization, so they run on the requantized
+integers (the cheap side). The last layer returns its accumulators as int logits.
+
+When the accumulator does not reach the requantizer unchanged — an average pool (window sums) before the next
+layer, or a value that goes on to a branch, a merge or a table — the fraction cannot ride as an
+offset (a ReLU before a pool keeps it only where the accumulator is positive). Such a layer continues on a
+finer unit instead, 2^−k of an accumulator unit (k = ``ACC_FRACTION_BITS``):
+
+    v      = acc·2^k + round(f·2^k)  = psum·2^k + round(b·2^k / (s'_x·s'_w))      step s'_x·s'_w / 2^k
+
+so the bias is exact to 2^−(k+1) accumulator units whatever acts on v next (ReLU, window sums, requantizers
+with M = s'_x·s'_w / (2^k · area · s_next)). The array still computes ``acc`` (psum + b_int, its SFU's ReLU);
+for these layers the host reads the accumulator before the ReLU to form v.
 
 The model is lowered from its :class:`~qmap.nn.ModelGraph`. A layer whose output reaches the next layer through
 a chain of channel-wise ops (the VGG case) requantizes straight into that layer's input codes, as above. Any
@@ -33,9 +42,9 @@ channel, t·step, and
   output range.
 
 Agreement with the fake-quant model: y equals ``to_int`` of the fake-quant model's next-layer input except
-when ``(acc + f)·M`` lies within the fixed-point error of M·2^shift (< 2^−30 relative), the float32 round-off
-of the fake-quant model or (for layers with f = 0) the bias rounding 0.5·M of a rounding boundary; then the
-two differ by 1 LSB.
+when ``(acc + f)·M`` lies within the fixed-point error of the multiplier (< 2^−mantissa relative), the float32
+round-off of the fake-quant model or (on the finer unit) area·2^−(k+1)·M of a rounding boundary; then the two
+differ by 1 LSB.
 """
 
 from __future__ import annotations
@@ -84,11 +93,18 @@ class IntLayer:
     groups: int = 1
     in_requant: Requantizer | None = None  # input not yet in this layer's codes: requantize it first
     feeds: str | None = None               # the layer whose input codes ``requant`` produces (None: other)
+    bias_fraction: torch.Tensor | None = None  # int64 [O]: round(f·2^k) — the ops go on acc·2^k + this (k bits)
 
     @property
     def acc_step(self) -> torch.Tensor:
         """Real value of one accumulator unit per output channel, s'_x·s'_w (float64 [O])."""
         return self.x_step * self.w_step
+
+    @property
+    def value_step(self) -> torch.Tensor:
+        """Real value of one unit of what the ops after the accumulator see: s'_x·s'_w, or / 2^k on the finer
+        unit (``bias_fraction`` set)."""
+        return self.acc_step / (1 if self.bias_fraction is None else 2**ACC_FRACTION_BITS)
 
     @property
     def pool_area(self) -> int:
@@ -173,6 +189,8 @@ class IntegerModel:
     def to(self, device: torch.device | str) -> IntegerModel:
         for lay in self.layers:
             lay.w_int, lay.bias_int = lay.w_int.to(device), lay.bias_int.to(device)
+            if lay.bias_fraction is not None:
+                lay.bias_fraction = lay.bias_fraction.to(device)
             for rq in (lay.requant, lay.in_requant):
                 if rq is not None:
                     rq.to(device)
@@ -190,7 +208,8 @@ class IntegerModel:
         peak = self.peaks.setdefault(lay.name, {"psum": 0, "acc": 0})
         peak["psum"] = max(peak["psum"], lay.check_width("partial sum", psum))
         peak["acc"] = max(peak["acc"], lay.check_width("accumulator (psum + bias)", acc))
-        v = acc
+        v = acc if lay.bias_fraction is None else (
+            (acc << ACC_FRACTION_BITS) + lay.bias_fraction.reshape(1, -1, *([1] * (acc.dim() - 2))))
         for op in lay.pre_ops:
             v = op.sum_pool(v) if isinstance(op, AvgPool) else op(v)
         if lay.requant is not None:
@@ -274,6 +293,7 @@ def _check_quantizer(q, what: str) -> None:
 
 
 MERGE_FRACTION_BITS = 16  # extra fractional bits of a residual add / concat
+ACC_FRACTION_BITS = 10    # k: fractional bits of the finer accumulator unit (bias exact to 2^-11 units)
 
 
 def _split_ops(ops: list[Op], requant: bool) -> tuple[list[Op], list[Op], bool]:
@@ -301,14 +321,13 @@ def _mantissa(value_bits: int) -> int:
 
 @dataclass
 class _Value:
-    """What the lowering knows of a value: t·step (per channel), the codes of which quantizer it holds (if any),
-    the bias fraction still owed (accumulator units, per channel) and a bound on its bits."""
+    """What the lowering knows of a value: t·step (per channel), the codes of which quantizer it holds (if any)
+    and a bound on its bits."""
 
     step: torch.Tensor
     bits: int
     codes_of: Quantizer | None = None
-    frac: torch.Tensor | None = None
-    merged: bool = False  # a sum / concat already on a step 2^MERGE_FRACTION_BITS finer than its inputs
+    extra: int = 0  # fractional bits it carries beyond its inputs' precision (a layer's k, a merge's 16)
 
 
 class _Lowering:
@@ -387,7 +406,12 @@ class _Lowering:
         bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(out_ch, dtype=torch.float64)
         bias_int = torch.round(bias / acc_step).to(torch.int64)
         acc_bits = self.widths.get(name, self.default_bits)
-        step, ops = acc_step, []
+        # the finer unit (module docstring) unless the accumulator goes straight to a requantizer or is the
+        # model's output (int logits: the fraction, < 1/2 unit, is only an offset there)
+        logits = not chain and all(u.op == "output" for u in node.users)
+        fine = (target is None and not logits) or any(self.graph.kind[n] in ("avgpool", "adaptive_avgpool")
+                                                       for n in chain)
+        step, ops = acc_step / (2**ACC_FRACTION_BITS if fine else 1), []
         for n in chain:  # ops on accumulators see accumulator steps; after a requantization, codes
             ops.append(self._op(n, step, None))
             if isinstance(ops[-1], AvgPool):
@@ -403,30 +427,30 @@ class _Lowering:
                        x_range=(x_spec.qmin, x_spec.qmax), w_step=w_step,
                        w_bits=wq.spec.bits + (0 if wq.spec.symmetric else 1), x_bits=x_spec.bits,
                        acc_bits=acc_bits, pre_ops=pre, post_ops=post, relu_in_clamp=relu_in_clamp,
-                       in_requant=in_requant, feeds=nxt.target if nxt is not None else None)
+                       in_requant=in_requant, feeds=nxt.target if nxt is not None else None,
+                       bias_fraction=torch.round((bias / acc_step - bias_int) * 2**ACC_FRACTION_BITS).to(torch.int64)
+                       if fine else None)
         if isinstance(m, QuantConv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise ConfigError(f"integer model: layer {name} needs numeric zero padding")
             lay.stride, lay.padding, lay.dilation, lay.groups = m.stride, m.padding, m.dilation, m.groups
         lay.check_width("bias", bias_int)
-        value_bits = acc_bits + math.ceil(math.log2(lay.pool_area))
-        frac = bias / acc_step - bias_int
+        # bits of what the ops see: the worst case over all inputs, K·max|x|·max|w| + max|b|, plus the pooled
+        # sums and the finer unit's fraction bits
+        bound = lay.terms * max(map(abs, lay.x_range)) * int(lay.w_int.abs().max()) + int(bias_int.abs().max())
+        value_bits = (min(acc_bits, bound.bit_length() + 1) + math.ceil(math.log2(lay.pool_area))
+                      + (ACC_FRACTION_BITS if fine else 0))
         if target is not None:
             _per_tensor_step(target)
             spec = target.spec
-            real = acc_step / lay.pool_area / float(target.scale.detach().double())
+            real = lay.value_step / lay.pool_area / float(target.scale.detach().double())
             wide = sum(op.shift for op in post if isinstance(op, ShiftCopy))  # OMR: codes up to qmax + X_clip
-            # The bias fraction lost by b_int passes the requantizer as an offset when the accumulator reaches it
-            # unchanged (no ReLU/pool before the requantization, the VGG case).
             lay.requant = Requantizer.from_real(real, spec.qmin, spec.qmax + wide, spec.rounding,
                                                 mantissa_bits=_mantissa(value_bits), pow2=self.pow2,
-                                                frac=None if pre else frac)
+                                                frac=None if fine else bias / acc_step - bias_int)
             out = _Value(target.step.detach().double().reshape(1).cpu(), spec.bits + 1, target)
-        else:  # bits: the worst case over all inputs, K·max|x|·max|w| + max|b|, plus the pooled sums
-            bound = lay.terms * max(map(abs, lay.x_range)) * int(lay.w_int.abs().max()) + int(bias_int.abs().max())
-            keeps_frac = all(isinstance(op, (Relu, MaxPool)) for op in pre)
-            out = _Value(step, min(acc_bits, bound.bit_length() + 1) + math.ceil(math.log2(lay.pool_area)), None,
-                         frac if keeps_frac else None)
+        else:
+            out = _Value(step, value_bits, extra=ACC_FRACTION_BITS if fine else 0)
         last = chain[-1] if chain else node
         for op in post + ([op for op in pre if isinstance(op, Flatten)] if target is None else []):
             if isinstance(op, Flatten):
@@ -436,13 +460,12 @@ class _Lowering:
         self.steps.append(IntStep(last.name, lay, [src.name]))
 
     def _flattened(self, v: _Value, node) -> _Value:
-        """Per-channel step/frac → per-feature after flattening [N, C, H, W] to [N, C·H·W]."""
+        """Per-channel step → per-feature after flattening [N, C, H, W] to [N, C·H·W]."""
         if v.step.numel() == 1:
             return v
         shape = self.graph.shape(node)
         per = shape[1] // v.step.numel() if len(shape) == 2 else 1
-        frac = v.frac.repeat_interleave(per) if v.frac is not None else None
-        return _Value(v.step.repeat_interleave(per), v.bits, v.codes_of, frac, v.merged)
+        return _Value(v.step.repeat_interleave(per), v.bits, v.codes_of, v.extra)
 
     # -------------------------------------------------------------------- everything else
     def _rescale(self, v: _Value, common: float):
@@ -450,8 +473,7 @@ class _Lowering:
         (a fixed-point multiplier stays below 2^31), then the fixed-point multiply."""
         ratio = v.step / common
         lift = max(0, math.ceil(math.log2(float(ratio.max()))) - 24)
-        rq = Requantizer.from_real(ratio / 2**lift, -(1 << 62), 1 << 62, "half_even", _mantissa(v.bits + lift),
-                                   frac=None if v.frac is None else v.frac * 2**lift)
+        rq = Requantizer.from_real(ratio / 2**lift, -(1 << 62), 1 << 62, "half_even", _mantissa(v.bits + lift))
         return lambda t: rq.rescale(t.to(torch.int64) << lift)
 
     def _merge(self, node) -> None:
@@ -459,23 +481,29 @@ class _Lowering:
         srcs = node.all_input_nodes if kind != "cat" else list(node.args[0])
         vals = [self.values[n.name] for n in srcs]
         if kind == "mul":
-            a, b = vals
+            # shed extra fractional bits (rounding right shifts) until the product leaves a 24-bit mantissa to
+            # the requantizer after it
+            over, shed = vals[0].bits + vals[1].bits - (62 - 24), []
+            for v in vals:
+                shed.append(min(v.extra, max(0, over)))
+                over -= shed[-1]
+            (a, b), (ra, rb) = [_Value(v.step * 2**r, v.bits - r) for v, r in zip(vals, shed)], shed
             out = _Value(a.step * b.step, a.bits + b.bits)
             if out.bits > 62:
                 self.fail(node, f"the product of {a.bits}- and {b.bits}-bit integers overflows 64 bits")
 
-            def op(x, y):
-                return x.to(torch.int64) * y.to(torch.int64)
+            def op(x, y, ra=ra, rb=rb):
+                return _round_shift(x.to(torch.int64), ra) * _round_shift(y.to(torch.int64), rb)
         else:
             # A common step 2^16 finer than the finest input: rescaling a coarser branch then rounds to 2^-16 of
             # an LSB, so the next requantization rounds (nearly always) the same sum as the fake-quant model's
             # float add — on the finest step itself ResNet-20's integer model agreed with fake-quant on 97.7 %
-            # of the test images. A merged input already carries the extra bits (no compounding along a chain
-            # of residual adds).
-            common = min(float(v.step.min()) / (1 if v.merged else 2**MERGE_FRACTION_BITS) for v in vals)
+            # of the test images. A fine input (a merge's sum, a layer's finer unit) already carries extra bits
+            # (no compounding along a chain of residual adds).
+            common = min(float(v.step.min()) / (1 if v.extra else 2**MERGE_FRACTION_BITS) for v in vals)
             scales = [self._rescale(v, common) for v in vals]
             bits = max(v.bits + math.ceil(math.log2(float(v.step.max()) / common)) for v in vals)
-            out = _Value(torch.tensor([common], dtype=torch.float64), bits + 1, merged=True)
+            out = _Value(torch.tensor([common], dtype=torch.float64), bits + 1, extra=MERGE_FRACTION_BITS)
 
             def op(*xs, scales=scales, cat=kind == "cat"):
                 parts = [f(x) for f, x in zip(scales, xs)]
@@ -518,14 +546,12 @@ class _Lowering:
         if isinstance(op, ShiftCopy) and v.codes_of is not (q := self.graph.modules[node.target].quantizer[0]):
             self._shift_from_value(node, v, op, q)
             return
-        out = _Value(v.step, v.bits, v.codes_of, v.frac if isinstance(op, (Relu, MaxPool)) else None, v.merged)
+        out = _Value(v.step, v.bits, v.codes_of, v.extra)
         if isinstance(op, AvgPool):
-            out = _Value(v.step / op.area, v.bits + math.ceil(math.log2(op.area)), merged=v.merged)
+            out = _Value(v.step / op.area, v.bits + math.ceil(math.log2(op.area)), extra=v.extra)
             run = op.sum_pool
         else:
             run = op
-        if isinstance(op, Clamp):
-            out.frac = None
         if isinstance(op, Flatten):
             out = self._flattened(out, node)
         self.values[node.name] = out
@@ -536,7 +562,7 @@ class _Lowering:
         [qmin, qmax + headroom] (headroom: codes an OMR shift splits next)."""
         spec = q.spec
         return Requantizer.from_real(v.step / _per_tensor_step(q), spec.qmin, spec.qmax + headroom, spec.rounding,
-                                     _mantissa(v.bits), self.pow2, v.frac)
+                                     _mantissa(v.bits), self.pow2)
 
     def _shift_from_value(self, node, v: _Value, op: ShiftCopy, q) -> None:
         """An OMR shift on a value that is not yet in its consumer's codes (e.g. h-swish table → average pool →
@@ -569,6 +595,11 @@ class _Lowering:
         iq = first.input_quantizer
         return IntegerModel(self.steps, g.input.name, out_node.name, self.values[out_node.name].step,
                             float(iq.scale.detach().double()), (iq.spec.qmin, iq.spec.qmax), iq.spec.rounding)
+
+
+def _round_shift(t: torch.Tensor, r: int) -> torch.Tensor:
+    """round(t / 2^r) (halves up) of int64 ``t``."""
+    return (t + (1 << (r - 1))) >> r if r else t
 
 
 def _pair(v) -> tuple[int, int]:
