@@ -165,8 +165,54 @@ class MobileV3(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class LambdaLayer(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class OptionABlock(nn.Module):
+    """The widely copied CIFAR ResNet block with the parameter-free "option A" shortcut: a strided slice and
+    zero channels, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))``, added in place (``out +=``)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            pad = (c_out - c_in) // 2
+            self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad), "constant", 0))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class OptionAResNet(nn.Module):
+    """That ResNet's head: ``F.avg_pool2d(out, out.size()[3])`` then ``out.view(out.size(0), -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.layer1 = nn.Sequential(OptionABlock(8, 8), OptionABlock(8, 16, stride=2))
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = self.layer1(F.relu(self.bn1(self.conv1(x))))
+        out = F.avg_pool2d(out, out.size()[3])
+        return self.linear(out.view(out.size(0), -1))
+
+
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
-               "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3}
+               "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet}
 INPUT = (3, 16, 16)
 
 

@@ -27,7 +27,8 @@ HAND = {  # activations written out by hand: the graph folds them into the op (q
 POOLS = {"maxpool": nn.MaxPool2d(2), "avgpool": nn.AvgPool2d(2)}
 FLATTENS = ("flatten", "view", "reshape", "nn_flatten")
 OPS = [*ACTS, *(f"{a}_f" for a in FUNCS), *HAND, "depthwise", "linear", "maxpool", "maxpool_f", "avgpool", "avgpool_f",
-       "adaptive", "adaptive_f", "mean", "add", "torch_add", "cat", "gate", *FLATTENS]
+       "adaptive", "adaptive_f", "mean", "add", "torch_add", "cat", "gate", *FLATTENS, "self_sized_avgpool",
+       "strided_slice", "channel_pad"]
 
 
 class OpNet(nn.Module):
@@ -42,7 +43,7 @@ class OpNet(nn.Module):
         self.pool = POOLS.get(op, nn.Identity())
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.flat = nn.Flatten()
-        channels = 16 if op == "cat" else 8
+        channels = 16 if op in ("cat", "channel_pad") else 8
         size = 4 if op in ("maxpool", "maxpool_f", "avgpool", "avgpool_f") else 8
         self.fc = nn.Linear(channels * size * size if op in FLATTENS else channels, 10)
         self.fc2 = nn.Linear(10, 10)
@@ -65,6 +66,10 @@ class OpNet(nn.Module):
             z = torch.cat([z, F.relu(self.side(z))], dim=1)
         elif op == "gate":
             z = z * F.hardsigmoid(self.side(z.mean((2, 3), keepdim=True)))
+        elif op == "strided_slice":
+            z = F.relu(z[:, :, ::2, ::2] + self.side(z)[..., ::2, ::2])
+        elif op == "channel_pad":  # the "option A" ResNet shortcut: zero channels added to a layer's output
+            z = F.relu(F.pad(z, (0, 0, 0, 0, 3, 5), "constant", 0) + F.pad(self.side(z), (0, 0, 0, 0, 5, 3)))
         else:
             z = self.pool(z)
         if op == "view":
@@ -79,6 +84,8 @@ class OpNet(nn.Module):
             h = F.adaptive_avg_pool2d(z, 1).flatten(1)
         elif op == "mean":
             h = z.mean((2, 3))
+        elif op == "self_sized_avgpool":
+            h = F.avg_pool2d(z, z.size()[3]).view(z.size(0), -1)
         else:
             h = torch.flatten(self.gap(z), 1)
         out = self.fc(h)

@@ -11,9 +11,11 @@ import math
 import operator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..nn.ops import channel_padding
 from ..quant import QuantConv2d, Quantizer, QuantLinear
 from ..quant.shift import OutlierShift
 from .onnx_graph import GraphBuilder
@@ -262,6 +264,12 @@ def cat(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     return g.node("Concat", inputs, base, axis=1)
 
 
+def channel_pad(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    """F.pad(x, (0, 0, 0, 0, a, b)): ONNX Pad with pads [0, a, 0, 0, 0, b, 0, 0] (begins, then ends, NCHW)."""
+    a, b = channel_padding(node)
+    return g.node("Pad", [inputs[0], g.tensor(f"{base}.pads", torch.tensor([0, a, 0, 0, 0, b, 0, 0]))], base)
+
+
 def outlier_shift(g: GraphBuilder, m: OutlierShift, inputs: list[str], node, base: str) -> str:
     """OMR's shift form cat(x, relu(x[:, index] − X)) → Gather(axis=1) + Sub + Relu + Concat(axis=1), with X the
     float32 clip the module computes (its live quantizer clip, frozen at export)."""
@@ -281,4 +289,5 @@ MODULE_HANDLERS = {
     nn.SiLU: silu, nn.Sigmoid: sigmoid, nn.MaxPool2d: max_pool, nn.AvgPool2d: avg_pool,
     nn.AdaptiveAvgPool2d: adaptive_avg_pool, nn.Flatten: flatten, OutlierShift: outlier_shift,
 }
-FUNCTION_HANDLERS = {operator.add: add, torch.add: add, operator.mul: mul, torch.mul: mul, torch.cat: cat}
+FUNCTION_HANDLERS = {operator.add: add, torch.add: add, operator.mul: mul, torch.mul: mul, torch.cat: cat,
+                     F.pad: channel_pad}

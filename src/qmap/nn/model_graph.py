@@ -29,7 +29,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import ConfigError
-from .ops import ACTIVATIONS, LAYERS, POOLS, SUPPORTED, describe, node_kind, trace
+from .ops import ACTIVATIONS, LAYERS, POOLS, SUPPORTED, channel_padding, describe, node_kind, trace
 
 PER_CHANNEL = (*ACTIVATIONS, *POOLS, "flatten", "bn", "custom")
 
@@ -81,6 +81,10 @@ class ModelGraph:
         if example is not None:
             with torch.no_grad():
                 ShapeProp(self.gm).propagate(example)
+            for n in self.nodes:
+                if n.meta.get("square_map") and len(set(self.shape(n.args[0])[2:])) != 1:
+                    raise ConfigError(f"{describe(n, self.modules)}: avg_pool2d with the map's width as its window "
+                                      f"is a global pool only on square maps, got {tuple(self.shape(n.args[0]))}")
 
     # ------------------------------------------------------------------------------------------ checks
     def _check(self) -> None:
@@ -94,6 +98,8 @@ class ModelGraph:
                 bad = "only tensor ⊕ tensor is supported for"
             elif kind == "cat" and (n.args[1:] or n.kwargs.get("dim", 0)) not in ((1,), 1):
                 bad = "only channel (dim=1) concatenation is supported for"
+            elif kind == "channel_pad" and (channel_padding(n) is None or len(tensors) != 1):
+                bad = "only zero padding of channels, F.pad(x, (0, 0, 0, 0, a, b)), is supported for"
             if bad:
                 raise ConfigError(f"{bad} {describe(n, self.modules)} in {type(self.model).__name__}; "
                                   f"supported: {SUPPORTED}")

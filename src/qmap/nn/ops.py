@@ -7,12 +7,16 @@ Every node of a normalised graph has one *kind*:
     fused         bn (BatchNorm1d/2d: folded into the layer before it)
     activations   relu, relu6, hardswish, hardsigmoid, gelu, silu, sigmoid
     pooling       maxpool, avgpool, adaptive_avgpool (module, functional, ``x.mean((2, 3), keepdim=True)``)
-    shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``)
+    shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``),
+                  channel_pad (``F.pad(x, (0, 0, 0, 0, a, b))``: a and b zero channels before / after)
     merges        add (``+``, ``torch.add``), mul (elementwise, e.g. a squeeze-excite gate), cat (channels)
     custom        a module that states its own integer form (``integer_op``, e.g. OMR's shift)
 
 Module and functional forms of an op get the same kind; dropout, identity, ``.contiguous()`` and the
-``size``/``shape`` arithmetic of a view vanish. Activations written out by hand become the op they compute
+``size``/``shape`` arithmetic of a view vanish. Two more spellings are rewritten: a strided spatial slice
+``x[:, :, ::s, ::s]`` is ``F.max_pool2d(x, 1, s)`` (a 1×1 window with stride s picks the same elements) and
+``F.avg_pool2d(x, x.size()[3])`` (kernel = the map's own width) a global average pool, which it is on a square
+map (checked when shapes are recorded). Activations written out by hand become the op they compute
 (:func:`_fold_idioms`): ``relu6(x + 3) / 6`` → hardsigmoid(x), ``x * relu6(x + 3) / 6`` and
 ``x * hardsigmoid(x)`` → hardswish(x), ``x * sigmoid(x)`` → silu(x) (``/ 6`` also as ``* (1/6)``, ``relu6`` also
 as ``nn.ReLU6`` or ``hardtanh(·, 0, 6)``). Anything else is unsupported.
@@ -47,7 +51,7 @@ _FUNCTION_KINDS = {
     F.hardsigmoid: "hardsigmoid", F.gelu: "gelu", F.silu: "silu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
     F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
     torch.flatten: "flatten", operator.add: "add", torch.add: "add", operator.mul: "mul", torch.mul: "mul",
-    torch.cat: "cat"}
+    torch.cat: "cat", F.pad: "channel_pad"}
 # call_method → the function of the same meaning (x.relu() ≡ torch.relu(x) ...)
 _METHODS = {"relu": torch.relu, "relu_": torch.relu, "sigmoid": torch.sigmoid, "flatten": torch.flatten,
             "add": torch.add, "mul": torch.mul}
@@ -56,8 +60,9 @@ _NO_OP_METHODS = ("contiguous",)
 
 SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused), ReLU, ReLU6, Hardswish, "
              "Hardsigmoid, GELU, SiLU, Sigmoid (also hand-written: x * relu6(x + 3) / 6, x * sigmoid(x)), "
-             "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W, flatten / view / reshape to (N, -1), "
-             "residual + / torch.add, torch.cat on channels, elementwise * (gates), Dropout / Identity")
+             "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W / avg_pool2d(x, x.size(3)), strided slice "
+             "x[:, :, ::s, ::s], flatten / view / reshape to (N, -1), residual + / torch.add, torch.cat on channels, "
+             "F.pad of zero channels, elementwise * (gates), Dropout / Identity")
 
 
 class GraphTracer(fx.Tracer):
@@ -156,6 +161,56 @@ def _is_spatial_mean(node: fx.Node) -> bool:
     return spatial and node.args[2:] in ((), (True,), (False,))
 
 
+def _is_spatial_size(arg, of: fx.Node) -> bool:
+    """``of.size(2|3)``, ``of.size()[2|3]``, ``of.shape[2|3]`` (also −1 / −2)."""
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_method" and arg.target == "size" and arg.args[:1] == (of,) and len(arg.args) == 2:
+        return arg.args[1] in (2, 3, -1, -2)
+    if arg.op == "call_function" and arg.target is operator.getitem and arg.args[1] in (2, 3, -1, -2):
+        src = arg.args[0]
+        return isinstance(src, fx.Node) and src.args[:1] == (of,) and (
+            (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
+            or (src.op == "call_method" and src.target == "size" and len(src.args) == 1))
+    return False
+
+
+def _is_self_sized_avg_pool(node: fx.Node) -> bool:
+    """``F.avg_pool2d(x, x.size()[3])``: a window as large as the map (stride defaults to the window)."""
+    return (node.op == "call_function" and node.target is F.avg_pool2d and len(node.args) == 2 and not node.kwargs
+            and _is_spatial_size(node.args[1], node.args[0]))
+
+
+def _slice_stride(node: fx.Node) -> tuple[int, int] | None:
+    """(s_h, s_w) for ``x[:, :, ::s_h, ::s_w]`` / ``x[..., ::s_h, ::s_w]`` (whole range, positive steps), else None."""
+    if node.op != "call_function" or node.target is not operator.getitem or not isinstance(node.args[0], fx.Node):
+        return None
+    index = node.args[1]
+    if not isinstance(index, tuple) or not all(isinstance(i, slice) or i is Ellipsis for i in index):
+        return None
+    if index[:1] == (Ellipsis,):
+        index = (slice(None),) * 2 + index[1:]
+    if len(index) != 4 or any(i != slice(None) for i in index[:2]):
+        return None
+    steps = []
+    for i in index[2:]:
+        if i.start not in (None, 0) or i.stop is not None or not (i.step is None or isinstance(i.step, int)):
+            return None
+        steps.append(i.step or 1)
+    return tuple(steps) if min(steps) >= 1 else None
+
+
+def channel_padding(node: fx.Node) -> tuple[int, int] | None:
+    """(a, b) for ``F.pad(x, (0, 0, 0, 0, a, b))`` with zeros (mode constant, value 0), else None."""
+    args = dict(zip(("input", "pad", "mode", "value"), node.args)) | dict(node.kwargs)
+    pad = args.get("pad")
+    if (not isinstance(pad, (tuple, list)) or len(pad) != 6 or any(pad[:4]) or args.get("mode", "constant")
+            != "constant" or args.get("value") not in (None, 0, 0.0)
+            or not all(isinstance(p, int) and p >= 0 for p in pad)):
+        return None
+    return pad[4], pad[5]
+
+
 def _is_number(a, value: float) -> bool:
     return isinstance(a, (int, float)) and not isinstance(a, bool) and abs(a - value) < 1e-12
 
@@ -252,6 +307,11 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
         with graph.inserting_after(node):
             if _is_flatten_view(node):
                 new = graph.call_function(torch.flatten, (node.args[0], 1))
+            elif _is_self_sized_avg_pool(node):
+                new = graph.call_function(F.adaptive_avg_pool2d, (node.args[0], 1))
+                new.meta["square_map"] = True  # the rewrite's premise, checked against the recorded shapes
+            elif (stride := _slice_stride(node)) is not None:
+                new = graph.call_function(F.max_pool2d, (node.args[0], 1, stride))
             elif _is_spatial_mean(node):
                 keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
                 new = graph.call_function(F.adaptive_avg_pool2d, (node.args[0], 1))

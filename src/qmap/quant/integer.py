@@ -59,7 +59,7 @@ from torch import nn
 
 from ..errors import ConfigError, HardwareError
 from ..nn import ModelGraph
-from ..nn.ops import LAYERS, TABLE_ACTIVATIONS, as_module, describe
+from ..nn.ops import LAYERS, TABLE_ACTIVATIONS, as_module, channel_padding, describe
 from .chain import AvgPool, Clamp, Flatten, MaxPool, Op, Relu, ShiftCopy, Table
 from .intconv import abs_max, exact_bilinear
 from .qmodules import QuantConv2d, quant_layers
@@ -557,6 +557,15 @@ class _Lowering:
         self.values[node.name] = out
         self.steps.append(IntStep(node.name, run, [src.name]))
 
+    def _channel_pad(self, node) -> None:
+        """Zero channels before / after: the integers are padded with 0 — zero in any step; the new channels take
+        the finest step already there (no wider range of steps for a merge to span)."""
+        src = node.all_input_nodes[0]
+        v, (a, b) = self.values[src.name], channel_padding(node)
+        step = v.step if v.step.numel() == 1 else F.pad(v.step, (a, b), value=float(v.step.min()))
+        self.values[node.name] = _Value(step, v.bits, v.codes_of, v.extra)
+        self.steps.append(IntStep(node.name, lambda t: F.pad(t, (0, 0, 0, 0, a, b)), [src.name]))
+
     def _to_codes(self, v: _Value, q: Quantizer, headroom: int = 0) -> Requantizer:
         """The requantizer of value ``v`` into the codes of the per-tensor quantizer ``q``, clamped to
         [qmin, qmax + headroom] (headroom: codes an OMR shift splits next)."""
@@ -587,6 +596,8 @@ class _Lowering:
                 self._merge(node)
             elif kind in TABLE_ACTIVATIONS:
                 self._table(node)
+            elif kind == "channel_pad":
+                self._channel_pad(node)
             elif kind == "bn":
                 self.fail(node, "unfused BatchNorm (quantize_model fuses it)")
             else:
