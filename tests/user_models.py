@@ -211,8 +211,43 @@ class OptionAResNet(nn.Module):
         return self.linear(out.view(out.size(0), -1))
 
 
+class PreActBlock(nn.Module):
+    """Pre-activation residual block (BN → ReLU → conv): its BatchNorms follow no layer, so they stay unfused."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        out += shortcut
+        return out
+
+
+class PreActResNet(nn.Module):
+    """A pre-activation ResNet (as in WideResNet / PreActResNet ports): BN → ReLU before every conv, a final
+    BN → ReLU → pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.layers = nn.Sequential(PreActBlock(8, 8), PreActBlock(8, 16, stride=2))
+        self.bn = nn.BatchNorm2d(16)
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn(self.layers(self.conv1(x))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
-               "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet}
+               "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet,
+               "preact_resnet": PreActResNet}
 INPUT = (3, 16, 16)
 
 

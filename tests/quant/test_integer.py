@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from qhelpers import calibrated, images, small_model
 from torch import nn
 
@@ -214,3 +215,41 @@ def test_bias_fraction_survives_relu_and_average_pool(se, a_bits):
             if row[kind] is not None and row is not report["layers"][-1]:
                 assert row[kind]["max_lsb"] <= 1 and row[kind]["mismatch_fraction"] <= 1e-2, row
     assert report["top1_agreement"] >= 31 / 32
+
+
+class _PreAct(nn.Module):
+    """conv → (residual +) → BatchNorm → ReLU → conv: the BN follows a merge, not a layer, so it stays."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv1 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.side = nn.Conv2d(8, 8, 1)
+        self.bn, self.conv2 = nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        y = self.conv2(F.relu(self.bn(self.conv1(x) + self.side(x))))
+        return self.head(F.adaptive_avg_pool2d(F.relu(y), 1).flatten(1))
+
+
+@pytest.mark.parametrize("a_bits", [4, 8])
+def test_standalone_batch_norm_is_an_exact_integer_affine(a_bits):
+    """A BN with negative, zero and positive scales: the layer after it sees the fake-quant codes (isolated and
+    end to end), i.e. sign(a)·2^k·t + round(c·2^k/(|a|·s)) reproduces a·x + c up to 2^-11 of its step."""
+    torch.manual_seed(0)
+    model = _PreAct().eval()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([1.5, -0.7, 0.0, 0.3, 2.0, -1.2, 0.9, 0.05]))
+        model.bn.bias.uniform_(-0.5, 0.5)
+        model.bn.running_mean.uniform_(-0.3, 0.3)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    qmodel = calibrated(model, QuantConfig(w_bits=4, a_bits=a_bits, first_last_bits=8, w_observer="mse",
+                                           a_observer="mse"), images(64, seed=1))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in qmodel.modules())
+    imodel, x = to_integer_model(qmodel), images(32, seed=2)
+    codes, _ = fake_quant_inputs(qmodel, x)
+    traces = {t.name: t for t in imodel.run(x, return_intermediates=True).layers}
+    diff = (traces["conv2"].x_int.to(torch.int64) - codes["conv2"].to(torch.int64)).abs()  # after merge, BN, ReLU
+    assert int(diff.max()) <= 1 and float((diff > 0).double().mean()) <= 1e-3
+    assert compare_with_fake_quant(qmodel, imodel, x)["top1_agreement"] >= 31 / 32

@@ -60,6 +60,7 @@ _POOL = {
     nn.AvgPool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
     nn.AdaptiveAvgPool2d: ("output_size",), nn.AdaptiveMaxPool2d: ("output_size",),
     nn.BatchNorm2d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
+    nn.BatchNorm1d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
     nn.ReLU: ("inplace",), nn.ReLU6: ("inplace",), nn.GELU: ("approximate",), nn.Dropout: ("p",),
     nn.Flatten: ("start_dim", "end_dim"), nn.Hardswish: (), nn.Hardsigmoid: (), nn.Sigmoid: (), nn.SiLU: (),
     nn.Identity: (), nn.Sequential: (),

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..nn.fuse import bn_affine
 from ..nn.ops import channel_padding
 from ..quant import QuantConv2d, Quantizer, QuantLinear
 from ..quant.shift import OutlierShift
@@ -264,6 +265,15 @@ def cat(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     return g.node("Concat", inputs, base, axis=1)
 
 
+def batch_norm(g: GraphBuilder, m: nn.BatchNorm2d, inputs: list[str], node, base: str) -> str:
+    """A BatchNorm left standing (not fused: it does not follow a layer) as its eval-mode affine a·x + c —
+    Mul + Add with per-channel constants (``BatchNormalization`` would compute the same in float)."""
+    a, c = bn_affine(m)
+    shape = (1, -1, *([1] * (len(_input_shape(node)) - 2)))
+    y = g.node("Mul", [inputs[0], g.tensor(f"{base}.scale", a.float().reshape(shape))], f"{base}.scaled")
+    return g.node("Add", [y, g.tensor(f"{base}.shift", c.float().reshape(shape))], base)
+
+
 def channel_pad(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     """F.pad(x, (0, 0, 0, 0, a, b)): ONNX Pad with pads [0, a, 0, 0, 0, b, 0, 0] (begins, then ends, NCHW)."""
     a, b = channel_padding(node)
@@ -288,6 +298,7 @@ MODULE_HANDLERS = {
     nn.ReLU: relu, nn.ReLU6: relu6, nn.Hardswish: hardswish, nn.Hardsigmoid: hardsigmoid, nn.GELU: gelu,
     nn.SiLU: silu, nn.Sigmoid: sigmoid, nn.MaxPool2d: max_pool, nn.AvgPool2d: avg_pool,
     nn.AdaptiveAvgPool2d: adaptive_avg_pool, nn.Flatten: flatten, OutlierShift: outlier_shift,
+    nn.BatchNorm2d: batch_norm, nn.BatchNorm1d: batch_norm,
 }
 FUNCTION_HANDLERS = {operator.add: add, torch.add: add, operator.mul: mul, torch.mul: mul, torch.cat: cat,
                      F.pad: channel_pad}

@@ -7,7 +7,10 @@ For a conv ``z = W*x + b`` followed by ``y = γ(z − μ)/√(σ²+ε) + β`` (e
 
 ``fuse_bn(model)`` returns a copy in which each fused conv/linear carries (W_f, b_f) and its BN is replaced
 by ``nn.Identity`` *in place*, so module names (``features.27`` ...) are unchanged by fusion. The pairs come
-from the :class:`~qmap.nn.ModelGraph`: a BatchNorm whose only input is a layer whose output only it uses.
+from the :class:`~qmap.nn.ModelGraph`: a BatchNorm whose only input is a layer whose output only it uses. Any
+other BatchNorm (a pre-activation net's BN → ReLU → conv, a BN after a residual add) stays: a per-channel
+affine y = a·x + c (:func:`bn_affine`) that runs in float in the fake-quant model and as an exact integer affine
+in the integer model.
 """
 
 from __future__ import annotations
@@ -17,23 +20,30 @@ import copy
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .graph import set_module
 from .model_graph import ModelGraph
+
+
+@torch.no_grad()
+def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, c)`` (float64, per channel) with ``bn(x) = a·x + c`` in eval mode: a = γ/√(σ²+ε), c = β − a·μ."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ConfigError(f"a BatchNorm without running statistics has no eval-mode form: {bn}")
+    inv_std = torch.rsqrt(bn.running_var.double() + bn.eps)
+    a = bn.weight.double() * inv_std if bn.weight is not None else inv_std
+    c = (bn.bias.double() if bn.bias is not None else torch.zeros_like(a)) - a * bn.running_mean.double()
+    return a, c
 
 
 @torch.no_grad()
 def fuse_weights(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(W_f, b_f)`` for a layer with ``weight``/``bias`` followed by ``bn`` in eval mode."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("cannot fuse a BatchNorm without running statistics")
-    inv_std = torch.rsqrt(bn.running_var.double() + bn.eps)
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(inv_std)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(inv_std)
-    scale = gamma * inv_std
+    scale, shift = bn_affine(bn)
     b = bias.double() if bias is not None else torch.zeros_like(scale)
     w_f = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    b_f = beta + (b - bn.running_mean.double()) * scale
+    b_f = scale * b + shift
     return w_f.to(weight.dtype), b_f.to(weight.dtype)
 
 

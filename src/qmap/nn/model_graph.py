@@ -136,17 +136,11 @@ class ModelGraph:
         return self.kind.get(users[0]) if len(users) == 1 else None
 
     def bn_pairs(self) -> list[tuple[str, str]]:
-        """(layer, BatchNorm) module names to fuse; ConfigError for a BN that cannot be folded."""
-        pairs = []
-        for n in self.nodes:
-            if self.kind[n] != "bn":
-                continue
-            src = n.all_input_nodes[0]
-            if self.kind.get(src) not in LAYERS or len(src.users) != 1 or n.op != "call_module":
-                raise ConfigError(f"BatchNorm {n.target or n.name} does not directly follow a Conv2d/Linear whose "
-                                  "output only it uses: it cannot be fused")
-            pairs.append((src.target, n.target))
-        return pairs
+        """(layer, BatchNorm) module names to fuse: a BN whose only input is a layer whose output only it uses.
+        Any other BN stays a standalone per-channel affine (see :mod:`qmap.nn.fuse`)."""
+        return [(n.all_input_nodes[0].target, n.target) for n in self.nodes
+                if self.kind[n] == "bn" and self.kind.get(n.all_input_nodes[0]) in LAYERS
+                and len(n.all_input_nodes[0].users) == 1]
 
     def chains(self) -> tuple[list[Chain], list[str]]:
         """Every producer → consumer chain, and a note for each layer whose output reaches the next layer in

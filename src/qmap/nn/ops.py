@@ -4,7 +4,7 @@ onto it.
 Every node of a normalised graph has one *kind*:
 
     layers        conv (Conv2d, any groups), linear
-    fused         bn (BatchNorm1d/2d: folded into the layer before it)
+    fused         bn (BatchNorm1d/2d: folded into the layer before it, else a standalone per-channel affine)
     activations   relu, relu6, hardswish, hardsigmoid, gelu, silu, sigmoid
     pooling       maxpool, avgpool, adaptive_avgpool (module, functional, ``x.mean((2, 3), keepdim=True)``)
     shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``),
@@ -58,7 +58,7 @@ _METHODS = {"relu": torch.relu, "relu_": torch.relu, "sigmoid": torch.sigmoid, "
 _NO_OP_FUNCTIONS = (F.dropout, F.dropout2d, torch.dropout)
 _NO_OP_METHODS = ("contiguous",)
 
-SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused), ReLU, ReLU6, Hardswish, "
+SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or standalone), ReLU, ReLU6, Hardswish, "
              "Hardsigmoid, GELU, SiLU, Sigmoid (also hand-written: x * relu6(x + 3) / 6, x * sigmoid(x)), "
              "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W / avg_pool2d(x, x.size(3)), strided slice "
              "x[:, :, ::s, ::s], flatten / view / reshape to (N, -1), residual + / torch.add, torch.cat on channels, "

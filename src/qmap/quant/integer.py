@@ -59,6 +59,7 @@ from torch import nn
 
 from ..errors import ConfigError, HardwareError
 from ..nn import ModelGraph
+from ..nn.fuse import bn_affine
 from ..nn.ops import LAYERS, TABLE_ACTIVATIONS, as_module, channel_padding, describe
 from .chain import AvgPool, Clamp, Flatten, MaxPool, Op, Relu, ShiftCopy, Table
 from .intconv import abs_max, exact_bilinear
@@ -557,6 +558,27 @@ class _Lowering:
         self.values[node.name] = out
         self.steps.append(IntStep(node.name, run, [src.name]))
 
+    def _batch_norm(self, node) -> None:
+        """A BatchNorm left standing (not after a layer): y = a·x + c per channel on the value t·s, exactly on
+        the finer unit — t' = sign(a)·2^k·t + round(c·2^k / (|a|·s)), step |a|·s / 2^k (a channel with a = 0 is
+        the constant c on step s / 2^k)."""
+        src = node.all_input_nodes[0]
+        v, k = self.values[src.name], ACC_FRACTION_BITS
+        a, c = bn_affine(self.graph.modules[node.target])
+        a, c = a.cpu(), c.cpu()
+        step = torch.where(a != 0, a.abs(), 1.0) * v.step.expand_as(a) / 2**k
+        mult = (torch.sign(a) * 2**k).to(torch.int64)
+        off = torch.round(c / step).to(torch.int64)
+        bits = max(v.bits + k, int(off.abs().max()).bit_length()) + 1
+        if bits > 62:
+            self.fail(node, f"its integer affine needs {bits} bits")
+
+        def op(t, mult=mult, off=off):
+            shape = (1, -1, *([1] * (t.dim() - 2)))
+            return t.to(torch.int64) * mult.to(t.device).reshape(shape) + off.to(t.device).reshape(shape)
+        self.values[node.name] = _Value(step, bits, extra=k)
+        self.steps.append(IntStep(node.name, op, [src.name]))
+
     def _channel_pad(self, node) -> None:
         """Zero channels before / after: the integers are padded with 0 — zero in any step; the new channels take
         the finest step already there (no wider range of steps for a merge to span)."""
@@ -599,7 +621,7 @@ class _Lowering:
             elif kind == "channel_pad":
                 self._channel_pad(node)
             elif kind == "bn":
-                self.fail(node, "unfused BatchNorm (quantize_model fuses it)")
+                self._batch_norm(node)
             else:
                 self._channelwise(node)
         out_node = g.output.args[0]
