@@ -70,3 +70,13 @@ def test_user_factory_by_name_and_plain_state_dict(tmp_path):
         build_model("user_models:Nope")
     with pytest.raises(ConfigError, match="cannot import 'no_such_pkg.mod'"):
         build_model("no_such_pkg.mod:f")
+
+
+def test_calibration_images_the_model_cannot_take_are_one_clear_error(capfd):
+    """Checked on one image before any work: a wrong channel count, and a non-square map under
+    ``F.avg_pool2d(x, x.size()[3])`` (its rewrite to a global pool holds only on square maps); no traceback."""
+    with pytest.raises(ConfigError, match=r"cannot run on an input of shape \(1, 4, 16, 16\): RuntimeError"):
+        qmap.quantize(build("residual"), torch.randn(4, 4, 16, 16), progress=False)
+    with pytest.raises(ConfigError, match="only on square maps"):
+        qmap.quantize(build("option_a_resnet"), torch.randn(4, 3, 16, 24), progress=False)
+    assert "Traceback" not in capfd.readouterr().err

@@ -63,8 +63,10 @@ def quantize(model: nn.Module, calib: torch.Tensor | Iterable, method: str = "rt
     options = method_options(apply)
     if options is not None:
         reject_unknown_keys(kwargs, qfields | options, f"option(s) for method {method!r}")
-    ModelGraph(model)  # unsupported operations: one clear error before any work
     images = calibration_tensor(calib)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    # unsupported operations, or a model that cannot run on the calibration images: one clear error before any work
+    ModelGraph(model.eval(), images[:1].to(device))
     q_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in qfields}
     if qconfig is None:
         qconfig = QuantConfig(**q_kwargs)

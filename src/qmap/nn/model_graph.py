@@ -80,6 +80,12 @@ class ModelGraph:
         self.layers = self._layers()
         if example is not None:
             with torch.no_grad():
+                try:  # a plain forward first: ShapeProp prints a traceback for a failing node
+                    self.gm(example)
+                except Exception as e:  # torch raises RuntimeError, ValueError, IndexError ... for a bad shape
+                    raise ConfigError(f"{type(model).__name__} cannot run on an input of shape "
+                                      f"{tuple(example.shape)}: {type(e).__name__}: "
+                                      f"{str(e).splitlines()[0] if str(e) else ''}") from None
                 ShapeProp(self.gm).propagate(example)
             for n in self.nodes:
                 if n.meta.get("square_map") and len(set(self.shape(n.args[0])[2:])) != 1:
