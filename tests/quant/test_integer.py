@@ -14,7 +14,7 @@ from qmap.quant.agreement import compare_with_fake_quant, fake_quant_inputs
 
 # Isolated (same input integers) mismatches come only from float32 round-off in the fake-quant model (and, for
 # layers whose accumulators pass a ReLU + average pool before requantization — tiny_cnn's last conv — the bias
-# kept to 2^-11 accumulator units): at most 1 LSB, on a small fraction of the outputs.
+# kept to 2^-17 accumulator units): at most 1 LSB, on a small fraction of the outputs.
 MINMAX = {"w_observer": "minmax", "a_observer": "minmax"}  # the observer does not matter here; minmax is fast
 ISOLATED_MAX_FRACTION = 1e-3
 
@@ -203,7 +203,7 @@ class _PoolHead(nn.Module):
 @pytest.mark.parametrize("se", [False, True])
 @pytest.mark.parametrize("a_bits", [4, 6])
 def test_bias_fraction_survives_relu_and_average_pool(se, a_bits):
-    """The layer after the pool sees the exact bias (to 2^-11 accumulator units). Fails with the fraction
+    """The layer after the pool sees the exact bias (to 2^-17 accumulator units). Fails with the fraction
     dropped (the lowering before the finer unit): the depthwise layer's isolated codes are then off by 1-2 LSB
     on several % of its outputs."""
     torch.manual_seed(0)
@@ -236,7 +236,7 @@ class _PreAct(nn.Module):
 @pytest.mark.parametrize("a_bits", [4, 8])
 def test_standalone_batch_norm_is_an_exact_integer_affine(a_bits):
     """A BN with negative, zero and positive scales: the layer after it sees the fake-quant codes (isolated and
-    end to end), i.e. sign(a)·2^k·t + round(c·2^k/(|a|·s)) reproduces a·x + c up to 2^-11 of its step."""
+    end to end), i.e. sign(a)·2^k·t + round(c·2^k/(|a|·s)) reproduces a·x + c up to 2^-17 of its step."""
     torch.manual_seed(0)
     model = _PreAct().eval()
     with torch.no_grad():

@@ -70,8 +70,16 @@ class AvgPool:
         return self.kernel[0] * self.kernel[1]
 
     def sum_pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Window sums of integer ``x`` (through float64, exact below 2^53): the average is sums / area."""
-        return F.avg_pool2d(x.double(), self.kernel, self.stride, divisor_override=1).to(x.dtype)
+        """Window sums of integer ``x``: the average is sums / area. Through float64, exact while the sums stay
+        below 2^53; wider values are summed as two halves x = hi·2^26 + lo (each half's sums exact)."""
+        def sums(t):
+            return F.avg_pool2d(t.double(), self.kernel, self.stride, divisor_override=1).to(torch.int64)
+
+        peak = max(-int(x.min()), int(x.max())) if x.numel() else 0
+        if peak * self.area < 2**53:
+            return sums(x).to(x.dtype)
+        x = x.to(torch.int64)
+        return (sums(x >> 26) << 26) + sums(x & ((1 << 26) - 1))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ channel, t·step, and
 - average pooling is a window sum, the step divides by the area; ReLU6 is a clamp at the code of 6;
 - a curved activation (GELU, Hardswish, SiLU, Hardsigmoid, Sigmoid) acts on the b-bit codes of the layer's
   output quantizer through a 2^b-entry table holding the fake-quant model's own result for each code: the next
-  layer's input code when a layer follows (through max-pool/flatten), else a 16-bit code spanning the table's
+  layer's input code when a layer follows (through max-pool/flatten), else a 24-bit code spanning the table's
   output range.
 
 Agreement with the fake-quant model: y equals ``to_int`` of the fake-quant model's next-layer input except
@@ -294,7 +294,8 @@ def _check_quantizer(q, what: str) -> None:
 
 
 MERGE_FRACTION_BITS = 16  # extra fractional bits of a residual add / concat
-ACC_FRACTION_BITS = 10    # k: fractional bits of the finer accumulator unit (bias exact to 2^-11 units)
+ACC_FRACTION_BITS = 16    # k: fractional bits of the finer accumulator unit (bias exact to 2^-17 units)
+TABLE_BITS = 24           # signed codes of a curved activation's table when no layer's codes follow
 
 
 def _split_ops(ops: list[Op], requant: bool) -> tuple[list[Op], list[Op], bool]:
@@ -318,6 +319,16 @@ def _mantissa(value_bits: int) -> int:
     if bits < 8:
         raise ConfigError(f"integer model: values of {value_bits} bits leave no room for a fixed-point multiplier")
     return bits
+
+
+def _requantizer(real, qmin: int, qmax: int, rounding: str, value_bits: int, pow2: bool,
+                 frac: torch.Tensor | None = None) -> Requantizer:
+    """A requantizer into codes with a 31-bit mantissa — the two-half product of :mod:`~qmap.quant.requant`
+    covers wide values whenever the shift is ≥ 32 (small outputs) — else the mantissa that fits 64 bits."""
+    rq = Requantizer.from_real(real, qmin, qmax, rounding, 31, pow2, frac)
+    if value_bits + 31 > 62 and (int(rq.shift.min()) < 32 or value_bits > 61):
+        rq = Requantizer.from_real(real, qmin, qmax, rounding, _mantissa(value_bits), pow2, frac)
+    return rq
 
 
 @dataclass
@@ -446,9 +457,8 @@ class _Lowering:
             spec = target.spec
             real = lay.value_step / lay.pool_area / float(target.scale.detach().double())
             wide = sum(op.shift for op in post if isinstance(op, ShiftCopy))  # OMR: codes up to qmax + X_clip
-            lay.requant = Requantizer.from_real(real, spec.qmin, spec.qmax + wide, spec.rounding,
-                                                mantissa_bits=_mantissa(value_bits), pow2=self.pow2,
-                                                frac=None if fine else bias / acc_step - bias_int)
+            lay.requant = _requantizer(real, spec.qmin, spec.qmax + wide, spec.rounding, value_bits, self.pow2,
+                                       frac=None if fine else bias / acc_step - bias_int)
             out = _Value(target.step.detach().double().reshape(1).cpu(), spec.bits + 1, target)
         else:
             out = _Value(step, value_bits, extra=ACC_FRACTION_BITS if fine else 0)
@@ -482,14 +492,11 @@ class _Lowering:
         srcs = node.all_input_nodes if kind != "cat" else list(node.args[0])
         vals = [self.values[n.name] for n in srcs]
         if kind == "mul":
-            # shed extra fractional bits (rounding right shifts) until the product leaves a 24-bit mantissa to
-            # the requantizer after it
-            over, shed = vals[0].bits + vals[1].bits - (62 - 24), []
-            for v in vals:
-                shed.append(min(v.extra, max(0, over)))
-                over -= shed[-1]
-            (a, b), (ra, rb) = [_Value(v.step * 2**r, v.bits - r) for v, r in zip(vals, shed)], shed
-            out = _Value(a.step * b.step, a.bits + b.bits)
+            # the product must fit 61 bits (a requantizer after it forms its own product in two halves)
+            over = vals[0].bits + vals[1].bits - 61
+            a, ra = _shed(vals[0], over)
+            b, rb = _shed(vals[1], over - ra)
+            out = _Value(a.step * b.step, a.bits + b.bits, extra=a.extra + b.extra)
             if out.bits > 62:
                 self.fail(node, f"the product of {a.bits}- and {b.bits}-bit integers overflows 64 bits")
 
@@ -534,9 +541,11 @@ class _Lowering:
             table = tq.to_int(y, headroom=wide).to(torch.int64).cpu()
             out = _Value(tq.step.detach().double().reshape(1).cpu(), tq.spec.bits + 1, tq)
         else:
-            fine = float(y.abs().max().double().clamp_min(1e-30)) / 2**15  # 16-bit signed codes over its range
+            # TABLE_BITS-bit signed codes over its range: relative error 2^-TABLE_BITS, near the fake-quant model's
+            # float32 (2^-24), so a gate (x · sigmoid) rarely rounds differently from it
+            fine = float(y.abs().max().double().clamp_min(1e-30)) / 2**(TABLE_BITS - 1)
             table = torch.round(y.double() / fine).to(torch.int64).cpu()
-            out = _Value(torch.tensor([fine], dtype=torch.float64), 17)
+            out = _Value(torch.tensor([fine], dtype=torch.float64), TABLE_BITS + 1)
         self.values[node.name] = out
         self.steps.append(IntStep(node.name, Table(table, q.spec.qmin), [src.name]))
 
@@ -548,9 +557,12 @@ class _Lowering:
             self._shift_from_value(node, v, op, q)
             return
         out = _Value(v.step, v.bits, v.codes_of, v.extra)
-        if isinstance(op, AvgPool):
+        if isinstance(op, AvgPool):  # window sums: log2(area) more bits, within 61
+            v, r = _shed(v, v.bits + math.ceil(math.log2(op.area)) - 61)
             out = _Value(v.step / op.area, v.bits + math.ceil(math.log2(op.area)), extra=v.extra)
-            run = op.sum_pool
+
+            def run(t, op=op, r=r):
+                return op.sum_pool(_round_shift(t.to(torch.int64), r))
         else:
             run = op
         if isinstance(op, Flatten):
@@ -592,8 +604,8 @@ class _Lowering:
         """The requantizer of value ``v`` into the codes of the per-tensor quantizer ``q``, clamped to
         [qmin, qmax + headroom] (headroom: codes an OMR shift splits next)."""
         spec = q.spec
-        return Requantizer.from_real(v.step / _per_tensor_step(q), spec.qmin, spec.qmax + headroom, spec.rounding,
-                                     _mantissa(v.bits), self.pow2)
+        return _requantizer(v.step / _per_tensor_step(q), spec.qmin, spec.qmax + headroom, spec.rounding, v.bits,
+                            self.pow2)
 
     def _shift_from_value(self, node, v: _Value, op: ShiftCopy, q) -> None:
         """An OMR shift on a value that is not yet in its consumer's codes (e.g. h-swish table → average pool →
@@ -628,6 +640,12 @@ class _Lowering:
         iq = first.input_quantizer
         return IntegerModel(self.steps, g.input.name, out_node.name, self.values[out_node.name].step,
                             float(iq.scale.detach().double()), (iq.spec.qmin, iq.spec.qmax), iq.spec.rounding)
+
+
+def _shed(v: _Value, bits: int) -> tuple[_Value, int]:
+    """``v`` with up to ``bits`` of its extra fractional bits dropped by a rounding right shift r: (value, r)."""
+    r = min(v.extra, max(0, bits))
+    return (v, 0) if r == 0 else (_Value(v.step * 2**r, v.bits - r, None, v.extra - r), r)
 
 
 def _round_shift(t: torch.Tensor, r: int) -> torch.Tensor:

@@ -8,6 +8,12 @@ so ``round(acc · M)`` becomes ``round_shift(acc · m, shift)``: one integer mul
 rounding right shift. The relative error of M is below 2^−B, so the integer result differs from the exact
 ``round(acc · M)`` only when ``acc · M`` lies within ``|acc| · M · 2^−B`` of a rounding boundary.
 
+A product that does not fit 63 bits (wide values — a gate's product, a finely stepped sum — times a 31-bit
+mantissa) is formed in two 31-bit halves, as a 32x64-bit multiply does in hardware: acc = a_hi·2^31 + a_lo,
+acc·m + offset = q·2^31 + r (0 ≤ r < 2^31), and ``round_shift`` of ``2q + [r ≠ 0]`` by ``shift − 30`` is
+exactly ``round_shift(acc·m + offset, shift)`` for every tie rule when ``shift ≥ 32`` (the sticky bit stands
+for r, and no rounding boundary lies strictly between 2q and 2q + 2).
+
 ``pow2`` mode rounds M to a power of two (m = 2^(B−1), so the multiply is a shift); it is exact when every step
 is a power of two (``QuantSpec.pow2``) and an approximation otherwise (``relative_error`` reports it).
 
@@ -27,7 +33,7 @@ import torch
 from ..errors import ConfigError
 
 ROUND_SHIFT_MODES = ("half_even", "half_away", "half_up")
-MAX_SHIFT = 62
+MAX_SHIFT = 92  # the two-half product's shift − 30 stays a valid int64 shift (≤ 62)
 EXACT_FLOAT64 = 2**53  # every integer of smaller magnitude is a float64
 
 
@@ -95,7 +101,7 @@ class Requantizer:
                     mant, k = mant >> 1, k - 1
             if k < 0:
                 raise ConfigError(f"requantization multiplier {m:.4g} is too large (needs a left shift)")
-            if k > MAX_SHIFT:  # |acc · m| < 2^62: the result is 0 (or ±1 at a tie) anyway
+            if k > MAX_SHIFT:  # |acc · m| < 2^92 (61-bit values): the result is 0 anyway
                 mant, k = 0, MAX_SHIFT
             mult.append(mant)
             shift.append(k)
@@ -126,10 +132,19 @@ class Requantizer:
     def rescale(self, acc: torch.Tensor) -> torch.Tensor:
         """``round_shift(acc · multiplier + offset, shift)`` as int64, unclamped (a change of step)."""
         m, k = self._per_channel(self.multiplier, acc), self._per_channel(self.shift, acc)
-        p = acc.to(torch.int64) * m
-        if self.offset is not None:
-            p += self._per_channel(self.offset, acc)
-        return round_shift(p, k, self.rounding)
+        acc = acc.to(torch.int64)
+        offset = self._per_channel(self.offset, acc) if self.offset is not None else 0
+        peak = max(-int(acc.min()), int(acc.max())) if acc.numel() else 0
+        if peak.bit_length() + int(self.multiplier.max()).bit_length() <= 62:  # |acc·m + offset| < 2^62:
+            plain = round_shift(acc * m + offset, k.clamp(max=62), self.rounding)  # a shift past 62 gives 0
+            return plain if int(self.shift.max()) <= 62 else torch.where(k > 62, 0, plain)
+        if int(self.shift.min()) < 32 or peak.bit_length() > 61:
+            raise ConfigError(f"requantization of {peak.bit_length()}-bit values with shift "
+                              f"{int(self.shift.min())} overflows 64-bit integers")
+        low = (1 << 31) - 1
+        b = (acc & low) * m + offset           # < 2^62
+        q = (acc >> 31) * m + (b >> 31)        # acc·m + offset = q·2^31 + (b & low)
+        return round_shift(2 * q + ((b & low) != 0).to(torch.int64), k - 30, self.rounding)
 
     def __call__(self, acc: torch.Tensor, lower: int | None = None) -> torch.Tensor:
         """Requantize int64 ``acc`` [N, C, ...]; ``lower`` raises the clamp floor (0 folds a ReLU)."""
