@@ -174,25 +174,19 @@ class LambdaLayer(nn.Module):
         return self.fn(x)
 
 
-class OptionABlock(nn.Module):
+class OptionABlock(BasicBlock):
     """The widely copied CIFAR ResNet block with the parameter-free "option A" shortcut: a strided slice and
-    zero channels, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))``, added in place (``out +=``)."""
+    zero channels, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))`` in a lambda module, added in place."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
+        super().__init__(c_in, c_out, stride)
         if stride != 1 or c_in != c_out:
             pad = (c_out - c_in) // 2
-            self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad), "constant", 0))
+            self.short = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad), "constant", 0))
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += self.shortcut(x)
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        out += self.short(x)
         return F.relu(out)
 
 
