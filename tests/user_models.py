@@ -106,6 +106,39 @@ class SEGate(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class SELayer(nn.Module):
+    """The squeeze-excite layer as most CIFAR repositories copy it: Linear FCs on ``pool(x).view(b, c)``, the
+    gate reshaped with ``.view(b, c, 1, 1)`` and broadcast with ``expand_as``."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(channels, channels // reduction, bias=False), nn.ReLU(inplace=True),
+                                nn.Linear(channels // reduction, channels, bias=False), nn.Sigmoid())
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = self.avg_pool(x).view(b, c)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+class SEResNet(nn.Module):
+    """A residual block with that SE layer before the shortcut add."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.se = SELayer(16)
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.se(self.bn2(self.conv2(x))) + x)
+        return self.linear(F.adaptive_avg_pool2d(out, (1, 1)).flatten(1))
+
+
 class Concat(nn.Module):
     """Two branches (3x3 and 1x1 + GELU) concatenated on channels, avg-pooled."""
 
@@ -241,7 +274,7 @@ class PreActResNet(nn.Module):
 
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
                "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet,
-               "preact_resnet": PreActResNet}
+               "preact_resnet": PreActResNet, "se_resnet": SEResNet}
 INPUT = (3, 16, 16)
 
 

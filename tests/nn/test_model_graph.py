@@ -149,3 +149,12 @@ def test_option_a_shortcut_and_self_sized_pool_read_as_ops():
     for bad in (dict(pad=(1, 1, 0, 0, 1, 1)), dict(value=1.0)):
         with pytest.raises(ConfigError, match="only zero padding of channels"):
             ModelGraph(Wide(**bad))
+
+
+def test_squeeze_excite_views_read_as_flatten_and_channels():
+    """``pool(x).view(b, c)`` is a flatten, ``fc(y).view(b, c, 1, 1)`` the unflatten to a 1x1 map and
+    ``y.expand_as(x)`` before the ``*`` vanishes (broadcasting)."""
+    g = ModelGraph(fuse_bn(build("se_resnet")), images(1))
+    kinds = [g.kind[n] for n in g.nodes]
+    assert kinds.count("flatten") == 2 and kinds.count("unflatten") == 1 and "mul" in kinds
+    assert all(n.target != "expand_as" for n in g.nodes)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..nn import ops
 from ..nn.fuse import bn_affine
 from ..nn.ops import channel_padding
 from ..quant import QuantConv2d, Quantizer, QuantLinear
@@ -274,6 +275,11 @@ def batch_norm(g: GraphBuilder, m: nn.BatchNorm2d, inputs: list[str], node, base
     return g.node("Add", [y, g.tensor(f"{base}.shift", c.float().reshape(shape))], base)
 
 
+def to_channels(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    """[N, C] → [N, C, 1, 1]: Reshape to [0, -1, 1, 1] (0 keeps the batch)."""
+    return g.node("Reshape", [inputs[0], g.tensor(f"{base}.shape", torch.tensor([0, -1, 1, 1]))], base)
+
+
 def channel_pad(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     """F.pad(x, (0, 0, 0, 0, a, b)): ONNX Pad with pads [0, a, 0, 0, 0, b, 0, 0] (begins, then ends, NCHW)."""
     a, b = channel_padding(node)
@@ -301,4 +307,4 @@ MODULE_HANDLERS = {
     nn.BatchNorm2d: batch_norm, nn.BatchNorm1d: batch_norm,
 }
 FUNCTION_HANDLERS = {operator.add: add, torch.add: add, operator.mul: mul, torch.mul: mul, torch.cat: cat,
-                     F.pad: channel_pad}
+                     F.pad: channel_pad, ops.to_channels: to_channels}

@@ -7,13 +7,16 @@ Every node of a normalised graph has one *kind*:
     fused         bn (BatchNorm1d/2d: folded into the layer before it, else a standalone per-channel affine)
     activations   relu, relu6, hardswish, hardsigmoid, gelu, silu, sigmoid
     pooling       maxpool, avgpool, adaptive_avgpool (module, functional, ``x.mean((2, 3), keepdim=True)``)
-    shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``),
+    shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``,
+                  ``x.view(b, c)`` with b the batch size), unflatten (``y.view(b, c, 1, 1)``: features back to
+                  channels of a 1×1 map, e.g. a squeeze-excite gate),
                   channel_pad (``F.pad(x, (0, 0, 0, 0, a, b))``: a and b zero channels before / after)
     merges        add (``+``, ``torch.add``), mul (elementwise, e.g. a squeeze-excite gate), cat (channels)
     custom        a module that states its own integer form (``integer_op``, e.g. OMR's shift)
 
 Module and functional forms of an op get the same kind; dropout, identity, ``.contiguous()`` and the
-``size``/``shape`` arithmetic of a view vanish. Two more spellings are rewritten: a strided spatial slice
+``size``/``shape`` arithmetic of a view vanish, and so does ``g.expand_as(x)`` feeding an elementwise ``*`` / ``+``
+(broadcasting does the same). Two more spellings are rewritten: a strided spatial slice
 ``x[:, :, ::s, ::s]`` is ``F.max_pool2d(x, 1, s)`` (a 1×1 window with stride s picks the same elements) and
 ``F.avg_pool2d(x, x.size()[3])`` (kernel = the map's own width) a global average pool, which it is on a square
 map (checked when shapes are recorded). Activations written out by hand become the op they compute
@@ -51,18 +54,19 @@ _FUNCTION_KINDS = {
     F.hardsigmoid: "hardsigmoid", F.gelu: "gelu", F.silu: "silu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
     F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
     torch.flatten: "flatten", operator.add: "add", torch.add: "add", operator.mul: "mul", torch.mul: "mul",
-    torch.cat: "cat", F.pad: "channel_pad"}
+    torch.cat: "cat", F.pad: "channel_pad"}  # + to_channels: "unflatten" (defined below)
 # call_method → the function of the same meaning (x.relu() ≡ torch.relu(x) ...)
 _METHODS = {"relu": torch.relu, "relu_": torch.relu, "sigmoid": torch.sigmoid, "flatten": torch.flatten,
             "add": torch.add, "mul": torch.mul}
 _NO_OP_FUNCTIONS = (F.dropout, F.dropout2d, torch.dropout)
 _NO_OP_METHODS = ("contiguous",)
 
-SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or standalone), ReLU, ReLU6, Hardswish, "
-             "Hardsigmoid, GELU, SiLU, Sigmoid (also hand-written: x * relu6(x + 3) / 6, x * sigmoid(x)), "
+SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or standalone), ReLU, ReLU6, "
+             "Hardswish, Hardsigmoid, GELU, SiLU, Sigmoid (also hand-written: x * relu6(x + 3) / 6, x * sigmoid(x)), "
              "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W / avg_pool2d(x, x.size(3)), strided slice "
-             "x[:, :, ::s, ::s], flatten / view / reshape to (N, -1), residual + / torch.add, torch.cat on channels, "
-             "F.pad of zero channels, elementwise * (gates), Dropout / Identity")
+             "x[:, :, ::s, ::s], flatten / view / reshape to (N, -1) or (b, c), view(b, c, 1, 1), residual + / "
+             "torch.add, torch.cat on channels, F.pad of zero channels, elementwise * (gates, expand_as), "
+             "Dropout / Identity")
 
 
 class GraphTracer(fx.Tracer):
@@ -142,13 +146,42 @@ def _view_shape(node: fx.Node) -> tuple:
     return tuple(shape)
 
 
-def _is_flatten_view(node: fx.Node) -> bool:
-    """view/reshape to (N, -1): ``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], -1)``, ``torch.reshape(...)``."""
+def _view_to(node: fx.Node) -> tuple | None:
+    """The target shape of a view/reshape whose first entry is the batch size, else None."""
     if not ((node.op == "call_method" and node.target in ("view", "reshape"))
             or (node.op == "call_function" and node.target is torch.reshape)):
-        return False
+        return None
     shape = _view_shape(node)
-    return len(shape) == 2 and shape[1] == -1 and _is_batch_size(shape[0])
+    return shape if shape and _is_batch_size(shape[0]) else None
+
+
+def _is_flatten_view(node: fx.Node) -> bool:
+    """view/reshape to (N, k): ``x.view(x.size(0), -1)``, ``x.reshape(x.shape[0], -1)``, ``x.view(b, c)`` — a
+    2-D view that keeps the batch is a flatten (the user's forward would fail if k were not the per-sample size)."""
+    shape = _view_to(node)
+    return shape is not None and len(shape) == 2
+
+
+def _is_channel_view(node: fx.Node) -> bool:
+    """view/reshape to (N, k, 1, 1): features back to channels of a 1×1 map."""
+    shape = _view_to(node)
+    return shape is not None and len(shape) == 4 and all(_is_number(s, 1) for s in shape[2:])
+
+
+def to_channels(x: torch.Tensor) -> torch.Tensor:
+    """[N, C] → [N, C, 1, 1] (the normalised form of ``y.view(b, c, 1, 1)``)."""
+    return x.reshape(x.shape[0], -1, 1, 1)
+
+
+_FUNCTION_KINDS[to_channels] = "unflatten"
+
+
+def _is_broadcast_expand(node: fx.Node) -> bool:
+    """``g.expand_as(x)`` whose users are all elementwise ``*`` / ``+`` (which broadcast g anyway)."""
+    return (node.op == "call_method" and node.target == "expand_as" and bool(node.users)
+            and all(u.op in ("call_function", "call_method") and u.target in (operator.mul, torch.mul, "mul",
+                                                                            operator.add, torch.add, "add")
+                    for u in node.users))
 
 
 def _is_spatial_mean(node: fx.Node) -> bool:
@@ -307,6 +340,12 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
         with graph.inserting_after(node):
             if _is_flatten_view(node):
                 new = graph.call_function(torch.flatten, (node.args[0], 1))
+            elif _is_channel_view(node):
+                new = graph.call_function(to_channels, (node.args[0],))
+            elif _is_broadcast_expand(node):
+                node.replace_all_uses_with(node.args[0])
+                graph.erase_node(node)
+                continue
             elif _is_self_sized_avg_pool(node):
                 new = graph.call_function(F.adaptive_avg_pool2d, (node.args[0], 1))
                 new.meta["square_map"] = True  # the rewrite's premise, checked against the recorded shapes

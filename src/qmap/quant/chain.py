@@ -92,6 +92,14 @@ class Flatten:
 
 
 @dataclass(frozen=True)
+class ToChannels:
+    """[N, C] → [N, C, 1, 1] (features back to channels, e.g. a squeeze-excite gate before its ``*``)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1, 1, 1)
+
+
+@dataclass(frozen=True)
 class ShiftCopy:
     """OMR's shift form on integer codes: the producer is requantized to the wide range [0, qmax + shift] and
     ``c ↦ cat(clip(c, 0, qmax), clip(c[:, index] − shift, 0, qmax))``, where ``shift`` = X_clip in code units
@@ -107,6 +115,6 @@ class ShiftCopy:
         return torch.cat([x.clamp(max=self.qmax), copies], dim=1)
 
 
-Op = Relu | Clamp | MaxPool | AvgPool | Flatten | ShiftCopy | Table
+Op = Relu | Clamp | MaxPool | AvgPool | Flatten | ToChannels | ShiftCopy | Table
 
 

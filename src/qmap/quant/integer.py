@@ -61,7 +61,7 @@ from ..errors import ConfigError, HardwareError
 from ..nn import ModelGraph
 from ..nn.fuse import bn_affine
 from ..nn.ops import LAYERS, TABLE_ACTIVATIONS, as_module, channel_padding, describe
-from .chain import AvgPool, Clamp, Flatten, MaxPool, Op, Relu, ShiftCopy, Table
+from .chain import AvgPool, Clamp, Flatten, MaxPool, Op, Relu, ShiftCopy, Table, ToChannels
 from .intconv import abs_max, exact_bilinear
 from .qmodules import QuantConv2d, quant_layers
 from .quantizer import Quantizer
@@ -296,6 +296,8 @@ def _check_quantizer(q, what: str) -> None:
 MERGE_FRACTION_BITS = 16  # extra fractional bits of a residual add / concat
 ACC_FRACTION_BITS = 16    # k: fractional bits of the finer accumulator unit (bias exact to 2^-17 units)
 TABLE_BITS = 24           # signed codes of a curved activation's table when no layer's codes follow
+TABLE_EXTRA_BITS = 8      # of which beyond the 16 bits a table value needs (may be shed, like k)
+MERGE_INPUT_BITS = 40     # a residual add / concat input wider than this sheds extra fraction bits first
 
 
 def _split_ops(ops: list[Op], requant: bool) -> tuple[list[Op], list[Op], bool]:
@@ -393,6 +395,8 @@ class _Lowering:
             return AvgPool((h // oh, w // ow), (h // oh, w // ow))
         if kind == "flatten":
             return Flatten(m.start_dim, m.end_dim)
+        if kind == "unflatten":
+            return ToChannels()
         if kind == "custom":
             return m.integer_op()
         return self.fail(node, "has no integer form here")
@@ -508,13 +512,15 @@ class _Lowering:
             # float add — on the finest step itself ResNet-20's integer model agreed with fake-quant on 97.7 %
             # of the test images. A fine input (a merge's sum, a layer's finer unit) already carries extra bits
             # (no compounding along a chain of residual adds).
+            # An input wider than MERGE_INPUT_BITS (a gate's product) first sheds extra fraction bits.
+            vals, sheds = zip(*(_shed(v, v.bits - MERGE_INPUT_BITS) for v in vals))
             common = min(float(v.step.min()) / (1 if v.extra else 2**MERGE_FRACTION_BITS) for v in vals)
             scales = [self._rescale(v, common) for v in vals]
             bits = max(v.bits + math.ceil(math.log2(float(v.step.max()) / common)) for v in vals)
             out = _Value(torch.tensor([common], dtype=torch.float64), bits + 1, extra=MERGE_FRACTION_BITS)
 
-            def op(*xs, scales=scales, cat=kind == "cat"):
-                parts = [f(x) for f, x in zip(scales, xs)]
+            def op(*xs, scales=scales, sheds=sheds, cat=kind == "cat"):
+                parts = [f(_round_shift(x.to(torch.int64), r)) for f, x, r in zip(scales, xs, sheds)]
                 return torch.cat(parts, 1) if cat else parts[0] + parts[1]
         self.values[node.name] = out
         self.steps.append(IntStep(node.name, op, [n.name for n in srcs]))
@@ -545,7 +551,7 @@ class _Lowering:
             # float32 (2^-24), so a gate (x · sigmoid) rarely rounds differently from it
             fine = float(y.abs().max().double().clamp_min(1e-30)) / 2**(TABLE_BITS - 1)
             table = torch.round(y.double() / fine).to(torch.int64).cpu()
-            out = _Value(torch.tensor([fine], dtype=torch.float64), TABLE_BITS + 1)
+            out = _Value(torch.tensor([fine], dtype=torch.float64), TABLE_BITS + 1, extra=TABLE_EXTRA_BITS)
         self.values[node.name] = out
         self.steps.append(IntStep(node.name, Table(table, q.spec.qmin), [src.name]))
 
