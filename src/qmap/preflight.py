@@ -97,8 +97,8 @@ def check_layers(cfg: RunConfig, model: nn.Module) -> None:
             raise ConfigError(f"hardware.target_layers: {name} is not a conv layer; conv layers: "
                               f"{', '.join(n for n in names if n in convs)}")
         if names.index(name) == 0:
-            raise ConfigError(f"hardware.target_layers: {name} is the first layer; its input (the normalised "
-                              f"image) is signed but the array takes unsigned activations: pick a layer after a ReLU")
+            raise ConfigError(f"hardware.target_layers: {name} is the first layer; its input is the normalised "
+                              f"image (first-layer codes, kept on the host): pick a later conv layer")
         if name in cfg.quant.skip:
             raise ConfigError(f"hardware.target_layers: {name} is in quant.skip (left in float)")
         w_bits, a_bits = cfg.quant.bits_for(name, names.index(name), len(names))

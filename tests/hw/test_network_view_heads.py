@@ -70,3 +70,17 @@ def test_vgg_head_flatten_keeps_the_chain():
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     assert array_plan(imodel, x)[0]
     assert network_view(imodel, x, ArraySpec(psum_bits=32))["summary"]["logits_match"] is True
+
+
+def test_offset_input_is_the_signed_conv_plus_a_constant():
+    """conv(pad(x + o, value=o), W) with padding 0 = conv(x, W, padding) + o·ΣW_o, at the borders too."""
+    from qmap.hw.check import offset_input
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-8, 8, (3, 7, 9), generator=gen)
+    w = torch.randint(-7, 8, (5, 3, 3, 3), generator=gen)
+    x_u, shift = offset_input(x.numpy(), w.numpy(), 4, padding=1)
+    assert x_u.min() >= 0 and x_u.max() <= 15
+    ref = torch.nn.functional.conv2d(x[None].double(), w.double(), padding=1)[0]
+    got = torch.nn.functional.conv2d(torch.from_numpy(x_u)[None].double(), w.double())[0]
+    assert torch.equal(got - torch.from_numpy(shift).double().reshape(-1, 1, 1), ref)

@@ -95,7 +95,7 @@ def test_compare_runs(tiny_setup, tmp_path, capsys):
 
 @pytest.mark.parametrize("setting, message", [
     ("hardware.target_layers=[features.99]", "the model has no layer 'features.99'"),
-    ("hardware.target_layers=[features.0]", "signed"),                  # the image input is signed
+    ("hardware.target_layers=[features.0]", "is the first layer"),     # the image stays on the host
     ("hardware.array.w_bits=2", "takes 2-bit weights"),                  # 4-bit weights on a 2-bit array
     ("hardware.images=[100000]", "outside the test set"),
 ])

@@ -217,3 +217,20 @@ def test_run_depthwise_se_and_gelu_models(user_setup, tmp_path, factory, network
         assert dw["groups"] == 8 and dw["utilisation"] <= 1 / 8 and dw["mismatches"] == 0
     else:
         assert "unsigned" in res["hardware"]["network_skipped"]
+
+
+def test_a_layer_after_gelu_is_checked_on_offset_codes(user_setup, tmp_path):
+    """A target conv whose input is signed GELU codes: the files hold x + 2^(b-1) (host-padded, padding 0) and the
+    offset partial sums; files, golden model and integer model agree exactly."""
+    ckpt, imgs = user_setup
+    import user_cli_net
+
+    torch.save(user_cli_net.gelu(num_classes=3).state_dict(), ckpt)
+    out = tmp_path / "gelu"
+    assert main(["run", *_model_flags(ckpt, imgs), "--model", "user_cli_net:gelu", "--out", str(out), "--quiet",
+                 "--set", "data.calib_size=12", "--set", "hardware.rtl=none",
+                 "--set", "hardware.target_layers=['2']", "--set", "hardware.array.psum_bits=24"]) == 0
+    row = json.loads((out / "results.json").read_text())["hardware"]["layers"][0]
+    assert row["input_offset"] == 8
+    assert row["files_vs_integer_mismatches"] == 0 and row["golden_vs_integer_mismatches"] == 0
+    assert row["golden_vs_files_psum_mismatches"] == 0

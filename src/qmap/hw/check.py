@@ -6,6 +6,14 @@ Inputs are plain integer tensors from :meth:`qmap.quant.integer.IntegerModel.run
 the layer's ``w_int``. The files follow the course testbench: ``out.txt`` = ReLU(Σ_kij psum), with no bias
 (the core has no bias input); the layer's integer bias (accumulator units) is recorded in the manifest's
 meta, and the requantizer adds it. So the comparison is with ReLU of the integer model's partial sums.
+
+The array takes unsigned activations. A target layer whose input codes are signed (after GELU, h-swish, a
+residual add without ReLU) is checked on offset codes x_u = x + 2^(b−1) ∈ [0, 2^b − 1] (:func:`offset_input`):
+the host pads x_u with the same offset and the array runs with padding 0, so every tap sees it and
+conv(x_u, W) = conv(x, W) + 2^(b−1)·ΣW_o at every position — a per-output-channel constant the host subtracts
+(or the SFU's bias absorbs). The files then hold x_u, padding 0 and the offset partial sums; the manifest's
+meta records the offset and the constants. (The whole-network view keeps signed-input layers on the host: their
+offset partial sums need wider psums than the unsigned layers'.)
 """
 
 from __future__ import annotations
@@ -64,6 +72,16 @@ def check_layer(x_int: np.ndarray, w_int: np.ndarray, psum: np.ndarray, spec: Ar
         row[f"rtl_{s}_cycles"] = r.get("cycles")
         row[f"rtl_{s}_cycles_equal_golden"] = r.get("cycles") == sim.cycles.total
     return row
+
+
+def offset_input(x_int: np.ndarray, w_int: np.ndarray, x_bits: int, padding: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Signed ``x_bits`` codes ``x_int[C, H, W]`` as the array's unsigned ones (module docstring):
+    ``(x + 2^(b−1) padded with 2^(b−1) on every side, the per-output-channel constant 2^(b−1)·ΣW_o)``; run the
+    array with padding 0."""
+    off = 1 << (x_bits - 1)
+    x_u = np.pad(x_int.astype(np.int64) + off, ((0, 0), (padding, padding), (padding, padding)), constant_values=off)
+    return x_u, off * w_int.astype(np.int64).reshape(w_int.shape[0], -1).sum(1)
 
 
 def check_layer_width(x_int: np.ndarray, w_int: np.ndarray, spec: ArraySpec, padding: int, stride: int,
