@@ -87,7 +87,7 @@ SET_CASES = [
     # i5: errors that used to surface after loading data and a full FP evaluation
     ("i5-target-missing", "hardware.target_layers=[features.99]", "features.99"),
     ("i5-target-linear", "hardware.target_layers=[classifier]", "not a conv layer"),
-    ("i5-target-first", "hardware.target_layers=[features.0]", "signed"),
+    ("i5-target-first", "hardware.target_layers=[features.0]", "is the first layer"),
     ("i5-images-5000", "hardware.images=[50000]", "hardware.images"),
     ("i5-rtl-modelsim", "hardware.rtl=modelsim", "hardware.rtl"),
     ("i5-first-last-100", "quant.first_last_bits=100", "quant.first_last_bits"),
