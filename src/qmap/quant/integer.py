@@ -41,6 +41,10 @@ channel, t·step, and
   layer's input code when a layer follows (through max-pool/flatten), else a 24-bit code spanning the table's
   output range.
 
+Requantizers into codes keep a 31-bit mantissa whatever the width of their input (a product past 63 bits is
+formed in two halves, :mod:`~qmap.quant.requant`); gates, pools and merges shed extra fraction bits by rounding
+shifts only where a bound passes 61 (40 for a merge's inputs).
+
 Agreement with the fake-quant model: y equals ``to_int`` of the fake-quant model's next-layer input except
 when ``(acc + f)·M`` lies within the fixed-point error of the multiplier (< 2^−mantissa relative), the float32
 round-off of the fake-quant model or (on the finer unit) area·2^−(k+1)·M of a rounding boundary; then the two
