@@ -272,9 +272,69 @@ class PreActResNet(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+class WideBlock(nn.Module):
+    """A WideResNet block as its popular port writes it: BN-ReLU first, functional dropout, ``torch.add``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, drop: float = 0.3):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.drop, self.same = drop, c_in == c_out
+        self.shortcut = None if self.same else nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        x = x if self.same else out
+        out = F.dropout(F.relu(self.bn2(self.conv1(out))), p=self.drop, training=self.training)
+        return torch.add(x if self.same else self.shortcut(x), self.conv2(out))
+
+
+class WideResNet(nn.Module):
+    """Head: BN-ReLU, ``F.avg_pool2d(out, 8)``, ``out.view(-1, self.channels)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.blocks = nn.Sequential(WideBlock(8, 8), WideBlock(8, 16, stride=2))
+        self.bn, self.channels, self.fc = nn.BatchNorm2d(16), 16, nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = F.avg_pool2d(F.relu(self.bn(self.blocks(self.conv1(x)))), 8)
+        return self.fc(out.view(-1, self.channels))
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, c_in: int, growth: int):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, 2 * growth, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(2 * growth), nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        out = self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
+        return torch.cat([out, x], 1)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC style: pre-activation layers concatenated, a transition conv followed by an average pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.dense = nn.Sequential(DenseLayer(8, 4), DenseLayer(12, 4))
+        self.trans_bn, self.trans = nn.BatchNorm2d(16), nn.Conv2d(16, 8, 1, bias=False)
+        self.bn, self.linear = nn.BatchNorm2d(8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        out = F.avg_pool2d(self.trans(F.relu(self.trans_bn(self.dense(self.conv1(x))))), 2)
+        out = F.avg_pool2d(F.relu(self.bn(out)), 8)
+        return self.linear(out.view(out.size(0), -1))
+
+
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
                "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet,
-               "preact_resnet": PreActResNet, "se_resnet": SEResNet}
+               "preact_resnet": PreActResNet, "se_resnet": SEResNet,
+               "wide_resnet": WideResNet, "densenet": DenseNet}
 INPUT = (3, 16, 16)
 
 

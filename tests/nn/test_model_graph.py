@@ -13,6 +13,8 @@ from qmap.errors import ConfigError
 from qmap.nn import ModelGraph, fuse_bn
 from qmap.quant import quantize_model
 
+PRE_ACTIVATION = ("preact_resnet", "wide_resnet", "densenet")  # BN → ReLU → conv: their BNs stay unfused
+
 
 @pytest.mark.parametrize("name", sorted(USER_MODELS))
 def test_units_compose_to_the_forward_and_fusion_is_exact(name):
@@ -20,7 +22,7 @@ def test_units_compose_to_the_forward_and_fusion_is_exact(name):
     x = images(4)
     fused = fuse_bn(model)
     assert not ModelGraph(fused).bn_pairs()  # every layer → BN pair folded; pre-activation BNs stay
-    assert any(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) == (name == "preact_resnet")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) == (name in PRE_ACTIVATION)
     ref = model(x)
     assert (fused(x) - ref).abs().max() <= 1e-5 * ref.abs().max()
     y = x
@@ -158,3 +160,21 @@ def test_squeeze_excite_views_read_as_flatten_and_channels():
     kinds = [g.kind[n] for n in g.nodes]
     assert kinds.count("flatten") == 2 and kinds.count("unflatten") == 1 and "mul" in kinds
     assert all(n.target != "expand_as" for n in g.nodes)
+
+
+def test_view_minus_one_is_a_flatten_only_per_sample():
+    """``out.view(-1, k)`` reads as a flatten when k is the per-sample size (WideResNet's head); on a map with
+    more features per sample it is refused with one line instead of silently changing the batch."""
+    g = ModelGraph(fuse_bn(build("wide_resnet")), images(1))
+    assert [g.kind[n] for n in g.nodes][-2:] == ["flatten", "linear"]
+
+    class Wrong(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(F.avg_pool2d(self.conv(x), 8).view(-1, 4))
+
+    with pytest.raises(ConfigError, match="where the model runs"):
+        ModelGraph(Wrong(), torch.zeros(1, 3, 16, 16))

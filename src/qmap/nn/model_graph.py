@@ -83,11 +83,20 @@ class ModelGraph:
                 try:  # a plain forward first: ShapeProp prints a traceback for a failing node
                     self.gm(example)
                 except Exception as e:  # torch raises RuntimeError, ValueError, IndexError ... for a bad shape
-                    raise ConfigError(f"{type(model).__name__} cannot run on an input of shape "
-                                      f"{tuple(example.shape)}: {type(e).__name__}: "
-                                      f"{str(e).splitlines()[0] if str(e) else ''}") from None
+                    why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    try:
+                        model(example)
+                    except Exception:
+                        raise ConfigError(f"{type(model).__name__} cannot run on an input of shape "
+                                          f"{tuple(example.shape)}: {why}") from None
+                    raise ConfigError(f"{type(model).__name__}: qmap's reading of the forward fails on an input of "
+                                      f"shape {tuple(example.shape)} where the model runs ({why}); a view / reshape "
+                                      f"read as a per-sample flatten may not be one") from None
                 ShapeProp(self.gm).propagate(example)
             for n in self.nodes:
+                if "flat_size" in n.meta and self.shape(n)[1] != n.meta["flat_size"]:
+                    raise ConfigError(f"{describe(n, self.modules)}: a view to (-1, {n.meta['flat_size']}) of a "
+                                      f"{tuple(self.shape(n.args[0]))} map is not a flatten per sample")
                 if n.meta.get("square_map") and len(set(self.shape(n.args[0])[2:])) != 1:
                     raise ConfigError(f"{describe(n, self.modules)}: avg_pool2d with the map's width as its window "
                                       f"is a global pool only on square maps, got {tuple(self.shape(n.args[0]))}")

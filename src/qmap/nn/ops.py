@@ -147,11 +147,14 @@ def _view_shape(node: fx.Node) -> tuple:
 
 
 def _view_to(node: fx.Node) -> tuple | None:
-    """The target shape of a view/reshape whose first entry is the batch size, else None."""
+    """The target shape of a view/reshape that keeps the batch — its first entry the batch size, or −1 before a
+    fixed per-sample size (``x.view(-1, self.channels)``) — else None."""
     if not ((node.op == "call_method" and node.target in ("view", "reshape"))
             or (node.op == "call_function" and node.target is torch.reshape)):
         return None
     shape = _view_shape(node)
+    if len(shape) == 2 and _is_number(shape[0], -1) and isinstance(shape[1], int) and shape[1] > 0:
+        return shape
     return shape if shape and _is_batch_size(shape[0]) else None
 
 
@@ -340,6 +343,8 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
         with graph.inserting_after(node):
             if _is_flatten_view(node):
                 new = graph.call_function(torch.flatten, (node.args[0], 1))
+                if isinstance(size := _view_shape(node)[1], int) and size > 0:
+                    new.meta["flat_size"] = size  # view(-1, k) / view(b, k): checked against the recorded shapes
             elif _is_channel_view(node):
                 new = graph.call_function(to_channels, (node.args[0],))
             elif _is_broadcast_expand(node):
