@@ -26,9 +26,11 @@ HAND = {  # activations written out by hand: the graph folds them into the op (q
     "swish_hand": lambda y: y * y.sigmoid()}
 POOLS = {"maxpool": nn.MaxPool2d(2), "avgpool": nn.AvgPool2d(2)}
 FLATTENS = ("flatten", "view", "reshape", "nn_flatten")
+EXTRA_ACTS = {"leaky_relu": lambda: nn.LeakyReLU(0.1), "elu": nn.ELU, "tanh": nn.Tanh,  # appended: the
+              "leaky_relu_f": lambda: (lambda y: F.leaky_relu(y, 0.2)), "tanh_f": lambda: torch.tanh}  # seeds stay
 OPS = [*ACTS, *(f"{a}_f" for a in FUNCS), *HAND, "depthwise", "linear", "maxpool", "maxpool_f", "avgpool", "avgpool_f",
        "adaptive", "adaptive_f", "mean", "add", "torch_add", "cat", "gate", *FLATTENS, "self_sized_avgpool",
-       "strided_slice", "channel_pad"]
+       "strided_slice", "channel_pad", *EXTRA_ACTS]
 
 
 class OpNet(nn.Module):
@@ -37,7 +39,7 @@ class OpNet(nn.Module):
         self.op = op
         self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(8)
-        self.act = ACTS.get(op, nn.ReLU)()
+        self.act = {**ACTS, **EXTRA_ACTS}.get(op, nn.ReLU)()
         self.conv = nn.Conv2d(8, 8, 3, padding=1, groups=8 if op == "depthwise" else 1)
         self.side = nn.Conv2d(8, 8, 1)
         self.pool = POOLS.get(op, nn.Identity())

@@ -63,7 +63,8 @@ _POOL = {
     nn.BatchNorm1d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
     nn.ReLU: ("inplace",), nn.ReLU6: ("inplace",), nn.GELU: ("approximate",), nn.Dropout: ("p",),
     nn.Flatten: ("start_dim", "end_dim"), nn.Hardswish: (), nn.Hardsigmoid: (), nn.Sigmoid: (), nn.SiLU: (),
-    nn.Identity: (), nn.Sequential: (),
+    nn.Identity: (), nn.Sequential: (), nn.LeakyReLU: ("negative_slope", "inplace"), nn.ELU: ("alpha", "inplace"),
+    nn.Tanh: (),
 }
 _FLOAT_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
                "padding_mode", "in_features", "out_features")

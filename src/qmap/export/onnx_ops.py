@@ -219,6 +219,18 @@ def sigmoid(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     return g.node("Sigmoid", inputs, base)
 
 
+def leaky_relu(g: GraphBuilder, m: nn.LeakyReLU, inputs: list[str], node, base: str) -> str:
+    return g.node("LeakyRelu", inputs, base, alpha=float(m.negative_slope))
+
+
+def elu(g: GraphBuilder, m: nn.ELU, inputs: list[str], node, base: str) -> str:
+    return g.node("Elu", inputs, base, alpha=float(m.alpha))
+
+
+def tanh(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    return g.node("Tanh", inputs, base)
+
+
 def silu(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     """x · sigmoid(x)."""
     return g.node("Mul", [inputs[0], g.node("Sigmoid", inputs, f"{base}.sigmoid")], base)
@@ -304,7 +316,7 @@ MODULE_HANDLERS = {
     nn.ReLU: relu, nn.ReLU6: relu6, nn.Hardswish: hardswish, nn.Hardsigmoid: hardsigmoid, nn.GELU: gelu,
     nn.SiLU: silu, nn.Sigmoid: sigmoid, nn.MaxPool2d: max_pool, nn.AvgPool2d: avg_pool,
     nn.AdaptiveAvgPool2d: adaptive_avg_pool, nn.Flatten: flatten, OutlierShift: outlier_shift,
-    nn.BatchNorm2d: batch_norm, nn.BatchNorm1d: batch_norm,
+    nn.BatchNorm2d: batch_norm, nn.BatchNorm1d: batch_norm, nn.LeakyReLU: leaky_relu, nn.ELU: elu, nn.Tanh: tanh,
 }
 FUNCTION_HANDLERS = {operator.add: add, torch.add: add, operator.mul: mul, torch.mul: mul, torch.cat: cat,
                      F.pad: channel_pad, ops.to_channels: to_channels}

@@ -5,7 +5,7 @@ Every node of a normalised graph has one *kind*:
 
     layers        conv (Conv2d, any groups), linear
     fused         bn (BatchNorm1d/2d: folded into the layer before it, else a standalone per-channel affine)
-    activations   relu, relu6, hardswish, hardsigmoid, gelu, silu, sigmoid
+    activations   relu, relu6, hardswish, hardsigmoid, gelu, silu, sigmoid, leaky_relu, elu, tanh
     pooling       maxpool, avgpool, adaptive_avgpool (module, functional, ``x.mean((2, 3), keepdim=True)``)
     shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``,
                   ``x.view(b, c)`` with b the batch size), unflatten (``y.view(b, c, 1, 1)``: features back to
@@ -35,17 +35,19 @@ from torch import fx, nn
 
 from ..errors import ConfigError
 
-ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "gelu", "silu", "sigmoid")
+ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "tanh")
 POOLS = ("maxpool", "avgpool", "adaptive_avgpool")
 LAYERS = ("conv", "linear")
 MERGES = ("add", "mul", "cat")
-TABLE_ACTIVATIONS = ("hardswish", "hardsigmoid", "gelu", "silu", "sigmoid")  # curved: integer form is a lookup table
+# curved (or, for leaky_relu, not zero below 0): the integer form is a lookup table over the layer's output codes
+TABLE_ACTIVATIONS = ("hardswish", "hardsigmoid", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "tanh")
 HOMOGENEOUS = ("relu", "maxpool", "avgpool", "adaptive_avgpool", "flatten")  # φ(α·z) = α·φ(z) for α > 0
 
 _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.Conv2d, "conv"), (nn.Linear, "linear"), (nn.BatchNorm2d, "bn"), (nn.BatchNorm1d, "bn"),
     (nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.Hardswish, "hardswish"), (nn.Hardsigmoid, "hardsigmoid"),
-    (nn.GELU, "gelu"), (nn.SiLU, "silu"), (nn.Sigmoid, "sigmoid"), (nn.MaxPool2d, "maxpool"),
+    (nn.GELU, "gelu"), (nn.SiLU, "silu"), (nn.Sigmoid, "sigmoid"), (nn.LeakyReLU, "leaky_relu"), (nn.ELU, "elu"),
+    (nn.Tanh, "tanh"), (nn.MaxPool2d, "maxpool"),
     (nn.AvgPool2d, "avgpool"), (nn.AdaptiveAvgPool2d, "adaptive_avgpool"), (nn.Flatten, "flatten"))
 _NO_OPS = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d)
 
@@ -54,19 +56,20 @@ _FUNCTION_KINDS = {
     F.hardsigmoid: "hardsigmoid", F.gelu: "gelu", F.silu: "silu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
     F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
     torch.flatten: "flatten", operator.add: "add", torch.add: "add", operator.mul: "mul", torch.mul: "mul",
-    torch.cat: "cat", F.pad: "channel_pad"}  # + to_channels: "unflatten" (defined below)
+    torch.cat: "cat", F.pad: "channel_pad", F.leaky_relu: "leaky_relu", F.elu: "elu", torch.tanh: "tanh",
+    F.tanh: "tanh"}  # + to_channels: "unflatten" (defined below)
 # call_method → the function of the same meaning (x.relu() ≡ torch.relu(x) ...)
 _METHODS = {"relu": torch.relu, "relu_": torch.relu, "sigmoid": torch.sigmoid, "flatten": torch.flatten,
-            "add": torch.add, "mul": torch.mul}
+            "add": torch.add, "mul": torch.mul, "tanh": torch.tanh}
 _NO_OP_FUNCTIONS = (F.dropout, F.dropout2d, torch.dropout)
 _NO_OP_METHODS = ("contiguous",)
 
 SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or standalone), ReLU, ReLU6, "
-             "Hardswish, Hardsigmoid, GELU, SiLU, Sigmoid (also hand-written: x * relu6(x + 3) / 6, x * sigmoid(x)), "
-             "MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W / avg_pool2d(x, x.size(3)), strided slice "
-             "x[:, :, ::s, ::s], flatten / view / reshape to (N, -1) or (b, c), view(b, c, 1, 1), residual + / "
-             "torch.add, torch.cat on channels, F.pad of zero channels, elementwise * (gates, expand_as), "
-             "Dropout / Identity")
+             "Hardswish, Hardsigmoid, GELU, SiLU, Sigmoid, LeakyReLU, ELU, Tanh (also hand-written: "
+             "x * relu6(x + 3) / 6, x * sigmoid(x)), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W / "
+             "avg_pool2d(x, x.size(3)), strided slice x[:, :, ::s, ::s], flatten / view / reshape to (N, -1) or "
+             "(b, c), view(b, c, 1, 1), residual + / torch.add, torch.cat on channels, F.pad of zero channels, "
+             "elementwise * (gates, expand_as), Dropout / Identity")
 
 
 class GraphTracer(fx.Tracer):
@@ -78,11 +81,13 @@ class GraphTracer(fx.Tracer):
 
 
 _MODULE_OF = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
-              "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "maxpool": nn.MaxPool2d,
+              "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU,
+              "tanh": nn.Tanh, "maxpool": nn.MaxPool2d,
               "avgpool": nn.AvgPool2d, "adaptive_avgpool": nn.AdaptiveAvgPool2d, "flatten": nn.Flatten}
 _ARG_NAMES = {"maxpool": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
               "avgpool": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
-              "adaptive_avgpool": ("output_size",), "gelu": ("approximate",), "flatten": ("start_dim", "end_dim")}
+              "adaptive_avgpool": ("output_size",), "gelu": ("approximate",), "flatten": ("start_dim", "end_dim"),
+              "leaky_relu": ("negative_slope",), "elu": ("alpha",)}
 
 
 def as_module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
