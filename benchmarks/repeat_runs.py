@@ -52,6 +52,8 @@ def run_once(config: Path, seed: int, method: str, data: str | None, work: Path,
         row["recon_error_after"] = sum(b["error_after"] for b in rep["blocks"])
     if rep.get("omr"):
         row["omr_extra_mac_fraction"] = rep["omr"]["fraction"]
+    hw = res.get("hardware") or {}
+    row["hardware"] = [{k: v for k, v in layer.items() if k != "folder"} for layer in hw.get("layers", [])]
     return row
 
 
@@ -77,10 +79,22 @@ def markdown(config: str, rows: list[dict], s: dict) -> str:
          "method s": f"{r['method_seconds']:.0f}" if r.get("method_seconds") else "—",
          "whole run s": f"{r['wall_seconds']:.0f}", "peak RSS MB": f"{r['peak_rss_mb']:.0f}"} for r in rows])
     q, w = s["top1_quantized"], s["wall_seconds"]
+    hw = [{"seed": r["seed"], "layer": h["layer"], "image": h["image"],
+           "input offset": h.get("input_offset", "—"),
+           "files / golden vs integer mismatches": f"{h['files_vs_integer_mismatches']} / "
+                                                   f"{h['golden_vs_integer_mismatches']}",
+           "golden cycles": h["golden_cycles"],
+           **{f"RTL {sim} mismatches (out / psum)": f"{h[f'rtl_{sim}_output_mismatches']} / "
+                                                    f"{h[f'rtl_{sim}_psum_mismatches']}"
+              for sim in ("icarus", "verilator") if f"rtl_{sim}_cycles" in h},
+           **{f"RTL {sim} cycles": h[f"rtl_{sim}_cycles"] for sim in ("icarus", "verilator")
+              if f"rtl_{sim}_cycles" in h}}
+          for r in rows for h in r.get("hardware", [])]
     return (f"`qmap run {config}` once per seed (seed, calibration sample and batch order all set to the seed).\n\n"
             f"{table}\n\nFP top-1 {s['top1_fp']:.2f} %. Quantized top-1 median {q['median']:.2f} % "
             f"(min {q['min']:.2f}, max {q['max']:.2f}); median gap to FP {s['median_gap_pp']:.2f} pp. "
-            f"Whole-run wall time median {w['median']:.0f} s (min {w['min']:.0f}, max {w['max']:.0f}).\n")
+            f"Whole-run wall time median {w['median']:.0f} s (min {w['min']:.0f}, max {w['max']:.0f}).\n"
+            + (f"\n## Target layers through files, golden model and RTL\n\n{markdown_table(hw)}\n" if hw else ""))
 
 
 def main(argv=None) -> int:
