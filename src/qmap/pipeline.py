@@ -214,7 +214,8 @@ class Run:
                 x_t, lay.w_int.numpy(), psum_t, spec,
                 self.out / "hw" / name / f"image{k}", padding=padding, stride=lay.stride[0], meta=meta,
                 simulators=simulators, build_root=self.out / "work" / "rtl"))
-            rows[-1].update(offset and {"input_offset": offset["input_offset"]})
+            if offset:
+                rows[-1]["input_offset"] = offset["input_offset"]
             rows[-1]["folder"] = str(Path(rows[-1]["folder"]).relative_to(self.out))
             self.stages.note(f"{name} image {k}: golden vs integer mismatches "
                              f"{rows[-1]['golden_vs_integer_mismatches']}, {rows[-1]['golden_cycles']} cycles"

@@ -130,18 +130,26 @@ def describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return f"{node.op} {getattr(node.target, '__name__', node.target)} (node {node.name})"
 
 
+def _size_of(arg) -> tuple[fx.Node, object] | None:
+    """``(t, d)`` for a size expression ``t.size(d)``, ``t.size(dim=d)``, ``t.size()[d]`` or ``t.shape[d]``."""
+    if not isinstance(arg, fx.Node) or not arg.args:
+        return None
+    if arg.op == "call_method" and arg.target == "size":
+        dim = arg.args[1] if len(arg.args) > 1 else arg.kwargs.get("dim")
+        return (arg.args[0], dim) if dim is not None else None
+    if arg.op == "call_function" and arg.target is operator.getitem:
+        src = arg.args[0]
+        if isinstance(src, fx.Node) and bool(src.args) and (
+                (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
+                or (src.op == "call_method" and src.target == "size" and len(src.args) == 1)):
+            return src.args[0], arg.args[1]
+    return None
+
+
 def _is_batch_size(arg) -> bool:
     """``t.size(0)``, ``t.shape[0]`` or ``t.size()[0]`` of any tensor t (every tensor shares the batch size)."""
-    if not isinstance(arg, fx.Node):
-        return False
-    if arg.op == "call_method" and arg.target == "size":
-        return arg.args[1:] == (0,) or arg.kwargs.get("dim") == 0
-    if arg.op == "call_function" and arg.target is operator.getitem and arg.args[1] == 0:
-        src = arg.args[0]
-        return isinstance(src, fx.Node) and bool(src.args) and (
-            (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
-            or (src.op == "call_method" and src.target == "size" and len(src.args) == 1))
-    return False
+    size = _size_of(arg)
+    return size is not None and size[1] == 0
 
 
 def _view_shape(node: fx.Node) -> tuple:
@@ -204,16 +212,8 @@ def _is_spatial_mean(node: fx.Node) -> bool:
 
 def _is_spatial_size(arg, of: fx.Node) -> bool:
     """``of.size(2|3)``, ``of.size()[2|3]``, ``of.shape[2|3]`` (also −1 / −2)."""
-    if not isinstance(arg, fx.Node):
-        return False
-    if arg.op == "call_method" and arg.target == "size" and arg.args[:1] == (of,) and len(arg.args) == 2:
-        return arg.args[1] in (2, 3, -1, -2)
-    if arg.op == "call_function" and arg.target is operator.getitem and arg.args[1] in (2, 3, -1, -2):
-        src = arg.args[0]
-        return isinstance(src, fx.Node) and src.args[:1] == (of,) and (
-            (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
-            or (src.op == "call_method" and src.target == "size" and len(src.args) == 1))
-    return False
+    size = _size_of(arg)
+    return size is not None and size[0] is of and size[1] in (2, 3, -1, -2)
 
 
 def _is_self_sized_avg_pool(node: fx.Node) -> bool:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..nn.ops import to_channels
+from .intconv import abs_max
+
 
 @dataclass(frozen=True)
 class Relu:
@@ -75,8 +78,7 @@ class AvgPool:
         def sums(t):
             return F.avg_pool2d(t.double(), self.kernel, self.stride, divisor_override=1).to(torch.int64)
 
-        peak = max(-int(x.min()), int(x.max())) if x.numel() else 0
-        if peak * self.area < 2**53:
+        if abs_max(x) * self.area < 2**53:
             return sums(x).to(x.dtype)
         x = x.to(torch.int64)
         return (sums(x >> 26) << 26) + sums(x & ((1 << 26) - 1))
@@ -96,7 +98,7 @@ class ToChannels:
     """[N, C] → [N, C, 1, 1] (features back to channels, e.g. a squeeze-excite gate before its ``*``)."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], -1, 1, 1)
+        return to_channels(x)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ from .chain import AvgPool, Clamp, Flatten, MaxPool, Op, Relu, ShiftCopy, Table,
 from .intconv import abs_max, exact_bilinear
 from .qmodules import QuantConv2d, quant_layers
 from .quantizer import Quantizer
-from .requant import Requantizer
+from .requant import Requantizer, round_shift
 from .rounding import ROUND_FNS
 from .shift import OutlierShift
 
@@ -425,6 +425,7 @@ class _Lowering:
         acc_step = x_step * w_step
         bias = m.bias.detach().double().cpu() if m.bias is not None else torch.zeros(out_ch, dtype=torch.float64)
         bias_int = torch.round(bias / acc_step).to(torch.int64)
+        frac = bias / acc_step - bias_int  # the bias fraction, accumulator units
         acc_bits = self.widths.get(name, self.default_bits)
         # the finer unit (module docstring) unless the accumulator goes straight to a requantizer or is the
         # model's output (int logits: the fraction, < 1/2 unit, is only an offset there)
@@ -448,8 +449,7 @@ class _Lowering:
                        w_bits=wq.spec.bits + (0 if wq.spec.symmetric else 1), x_bits=x_spec.bits,
                        acc_bits=acc_bits, pre_ops=pre, post_ops=post, relu_in_clamp=relu_in_clamp,
                        in_requant=in_requant, feeds=nxt.target if nxt is not None else None,
-                       bias_fraction=torch.round((bias / acc_step - bias_int) * 2**ACC_FRACTION_BITS).to(torch.int64)
-                       if fine else None)
+                       bias_fraction=torch.round(frac * 2**ACC_FRACTION_BITS).to(torch.int64) if fine else None)
         if isinstance(m, QuantConv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise ConfigError(f"integer model: layer {name} needs numeric zero padding")
@@ -466,7 +466,7 @@ class _Lowering:
             real = lay.value_step / lay.pool_area / float(target.scale.detach().double())
             wide = sum(op.shift for op in post if isinstance(op, ShiftCopy))  # OMR: codes up to qmax + X_clip
             lay.requant = _requantizer(real, spec.qmin, spec.qmax + wide, spec.rounding, value_bits, self.pow2,
-                                       frac=None if fine else bias / acc_step - bias_int)
+                                       frac=None if fine else frac)
             out = _Value(target.step.detach().double().reshape(1).cpu(), spec.bits + 1, target)
         else:
             out = _Value(step, value_bits, extra=ACC_FRACTION_BITS if fine else 0)
@@ -509,7 +509,7 @@ class _Lowering:
                 self.fail(node, f"the product of {a.bits}- and {b.bits}-bit integers overflows 64 bits")
 
             def op(x, y, ra=ra, rb=rb):
-                return _round_shift(x.to(torch.int64), ra) * _round_shift(y.to(torch.int64), rb)
+                return _round_shift(x, ra).to(torch.int64) * _round_shift(y, rb).to(torch.int64)
         else:
             # A common step 2^16 finer than the finest input: rescaling a coarser branch then rounds to 2^-16 of
             # an LSB, so the next requantization rounds (nearly always) the same sum as the fake-quant model's
@@ -524,7 +524,7 @@ class _Lowering:
             out = _Value(torch.tensor([common], dtype=torch.float64), bits + 1, extra=MERGE_FRACTION_BITS)
 
             def op(*xs, scales=scales, sheds=sheds, cat=kind == "cat"):
-                parts = [f(_round_shift(x.to(torch.int64), r)) for f, x, r in zip(scales, xs, sheds)]
+                parts = [f(_round_shift(x, r)) for f, x, r in zip(scales, xs, sheds)]
                 return torch.cat(parts, 1) if cat else parts[0] + parts[1]
         self.values[node.name] = out
         self.steps.append(IntStep(node.name, op, [n.name for n in srcs]))
@@ -572,7 +572,7 @@ class _Lowering:
             out = _Value(v.step / op.area, v.bits + math.ceil(math.log2(op.area)), extra=v.extra)
 
             def run(t, op=op, r=r):
-                return op.sum_pool(_round_shift(t.to(torch.int64), r))
+                return op.sum_pool(_round_shift(t, r))
         else:
             run = op
         if isinstance(op, Flatten):
@@ -659,8 +659,8 @@ def _shed(v: _Value, bits: int) -> tuple[_Value, int]:
 
 
 def _round_shift(t: torch.Tensor, r: int) -> torch.Tensor:
-    """round(t / 2^r) (halves up) of int64 ``t``."""
-    return (t + (1 << (r - 1))) >> r if r else t
+    """round(t / 2^r), halves up (:func:`~qmap.quant.requant.round_shift`), of integer ``t``; ``t`` when r = 0."""
+    return round_shift(t.to(torch.int64), torch.tensor(r), "half_up") if r else t
 
 
 def _pair(v) -> tuple[int, int]:

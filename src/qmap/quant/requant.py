@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from .intconv import abs_max
 
 ROUND_SHIFT_MODES = ("half_even", "half_away", "half_up")
 MAX_SHIFT = 92  # the two-half product's shift − 30 stays a valid int64 shift (≤ 62)
@@ -134,7 +135,7 @@ class Requantizer:
         m, k = self._per_channel(self.multiplier, acc), self._per_channel(self.shift, acc)
         acc = acc.to(torch.int64)
         offset = self._per_channel(self.offset, acc) if self.offset is not None else 0
-        peak = max(-int(acc.min()), int(acc.max())) if acc.numel() else 0
+        peak = abs_max(acc)
         if peak.bit_length() + int(self.multiplier.max()).bit_length() <= 62:  # |acc·m + offset| < 2^62:
             plain = round_shift(acc * m + offset, k.clamp(max=62), self.rounding)  # a shift past 62 gives 0
             return plain if int(self.shift.max()) <= 62 else torch.where(k > 62, 0, plain)
