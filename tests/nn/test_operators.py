@@ -27,7 +27,10 @@ HAND = {  # activations written out by hand: the graph folds them into the op (q
 POOLS = {"maxpool": nn.MaxPool2d(2), "avgpool": nn.AvgPool2d(2)}
 FLATTENS = ("flatten", "view", "reshape", "nn_flatten")
 EXTRA_ACTS = {"leaky_relu": lambda: nn.LeakyReLU(0.1), "elu": nn.ELU, "tanh": nn.Tanh,  # appended: the
-              "leaky_relu_f": lambda: (lambda y: F.leaky_relu(y, 0.2)), "tanh_f": lambda: torch.tanh}  # seeds stay
+              "leaky_relu_f": lambda: (lambda y: F.leaky_relu(y, 0.2)), "tanh_f": lambda: torch.tanh,  # seeds stay
+              "softplus": nn.Softplus, "softplus_beta_f": lambda: (lambda y: F.softplus(y, 2.0)), "mish": nn.Mish,
+              "mish_hand": lambda: (lambda y: y * torch.tanh(F.softplus(y))), "hardtanh": lambda: nn.Hardtanh(-1.5, 2),
+              "relu6_hardtanh_f": lambda: (lambda y: F.hardtanh(y, 0.0, 6.0))}
 OPS = [*ACTS, *(f"{a}_f" for a in FUNCS), *HAND, "depthwise", "linear", "maxpool", "maxpool_f", "avgpool", "avgpool_f",
        "adaptive", "adaptive_f", "mean", "add", "torch_add", "cat", "gate", *FLATTENS, "self_sized_avgpool",
        "strided_slice", "channel_pad", *EXTRA_ACTS]
@@ -122,7 +125,8 @@ def quantized():
 
 
 @pytest.mark.parametrize("op, kind", [("hswish_hand", "hardswish"), ("hswish_hsig_hand", "hardswish"),
-                                      ("hsigmoid_hand", "hardsigmoid"), ("swish_hand", "silu")])
+                                      ("hsigmoid_hand", "hardsigmoid"), ("swish_hand", "silu"),
+                                      ("mish_hand", "mish"), ("relu6_hardtanh_f", "relu6")])
 @torch.no_grad()
 def test_hand_written_activations_fold_to_the_op(op, kind):
     from qmap.nn import ModelGraph

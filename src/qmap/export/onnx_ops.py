@@ -199,11 +199,6 @@ def relu(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     return g.node("Relu", inputs[:1], base)
 
 
-def relu6(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
-    lo, hi = g.tensor(f"{base}.min", torch.tensor(0.0)), g.tensor(f"{base}.max", torch.tensor(6.0))
-    return g.node("Clip", [inputs[0], lo, hi], base)
-
-
 def hardswish(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     if g.opset < 14:
         raise ConfigError(f"{base}: Hardswish needs opset >= 14 (got {g.opset})")
@@ -229,6 +224,30 @@ def elu(g: GraphBuilder, m: nn.ELU, inputs: list[str], node, base: str) -> str:
 
 def tanh(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     return g.node("Tanh", inputs, base)
+
+
+def softplus(g: GraphBuilder, m: nn.Softplus, inputs: list[str], node, base: str) -> str:
+    """log(1 + e^(βx))/β: Softplus, with Mul/Div around it for β ≠ 1 (torch's linear branch above ``threshold``
+    differs from it by < e^−threshold)."""
+    if m.beta == 1:
+        return g.node("Softplus", inputs, base)
+    beta = g.tensor(f"{base}.beta", torch.tensor(float(m.beta)))
+    y = g.node("Softplus", [g.node("Mul", [inputs[0], beta], f"{base}.scaled")], f"{base}.softplus")
+    return g.node("Div", [y, beta], base)
+
+
+def mish(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    """x · tanh(softplus(x)): the Mish operator at opset ≥ 18, else written out."""
+    if g.opset >= 18:
+        return g.node("Mish", inputs, base)
+    t = g.node("Tanh", [g.node("Softplus", inputs, f"{base}.softplus")], f"{base}.tanh")
+    return g.node("Mul", [inputs[0], t], base)
+
+
+def hardtanh(g: GraphBuilder, m: nn.Hardtanh, inputs: list[str], node, base: str) -> str:
+    """clamp(x, min_val, max_val) (ReLU6: 0, 6) → Clip."""
+    lo = g.tensor(f"{base}.min", torch.tensor(float(m.min_val)))
+    return g.node("Clip", [inputs[0], lo, g.tensor(f"{base}.max", torch.tensor(float(m.max_val)))], base)
 
 
 def silu(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
@@ -313,10 +332,11 @@ def outlier_shift(g: GraphBuilder, m: OutlierShift, inputs: list[str], node, bas
 # equal (qmap.nn.ops.as_module); the model graph has already dropped identities and dropouts.
 MODULE_HANDLERS = {
     nn.Conv2d: conv, QuantConv2d: conv, nn.Linear: linear, QuantLinear: linear, Quantizer: quantizer,
-    nn.ReLU: relu, nn.ReLU6: relu6, nn.Hardswish: hardswish, nn.Hardsigmoid: hardsigmoid, nn.GELU: gelu,
+    nn.ReLU: relu, nn.ReLU6: hardtanh, nn.Hardswish: hardswish, nn.Hardsigmoid: hardsigmoid, nn.GELU: gelu,
     nn.SiLU: silu, nn.Sigmoid: sigmoid, nn.MaxPool2d: max_pool, nn.AvgPool2d: avg_pool,
     nn.AdaptiveAvgPool2d: adaptive_avg_pool, nn.Flatten: flatten, OutlierShift: outlier_shift,
     nn.BatchNorm2d: batch_norm, nn.BatchNorm1d: batch_norm, nn.LeakyReLU: leaky_relu, nn.ELU: elu, nn.Tanh: tanh,
+    nn.Softplus: softplus, nn.Mish: mish, nn.Hardtanh: hardtanh,
 }
 FUNCTION_HANDLERS = {operator.add: add, torch.add: add, operator.mul: mul, torch.mul: mul, torch.cat: cat,
                      F.pad: channel_pad, ops.to_channels: to_channels}

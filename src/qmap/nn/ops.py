@@ -5,7 +5,8 @@ Every node of a normalised graph has one *kind*:
 
     layers        conv (Conv2d, any groups), linear
     fused         bn (BatchNorm1d/2d: folded into the layer before it, else a standalone per-channel affine)
-    activations   relu, relu6, hardswish, hardsigmoid, gelu, silu, sigmoid, leaky_relu, elu, tanh
+    activations   relu, relu6, hardswish, hardsigmoid, gelu, silu, sigmoid, leaky_relu, elu, tanh, softplus,
+                  mish, hardtanh
     pooling       maxpool, avgpool, adaptive_avgpool (module, functional, ``x.mean((2, 3), keepdim=True)``)
     shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``,
                   ``x.view(b, c)`` with b the batch size), unflatten (``y.view(b, c, 1, 1)``: features back to
@@ -21,8 +22,9 @@ Module and functional forms of an op get the same kind; dropout, identity, ``.co
 ``F.avg_pool2d(x, x.size()[3])`` (kernel = the map's own width) a global average pool, which it is on a square
 map (checked when shapes are recorded). Activations written out by hand become the op they compute
 (:func:`_fold_idioms`): ``relu6(x + 3) / 6`` → hardsigmoid(x), ``x * relu6(x + 3) / 6`` and
-``x * hardsigmoid(x)`` → hardswish(x), ``x * sigmoid(x)`` → silu(x) (``/ 6`` also as ``* (1/6)``, ``relu6`` also
-as ``nn.ReLU6`` or ``hardtanh(·, 0, 6)``). Anything else is unsupported.
+``x * hardsigmoid(x)`` → hardswish(x), ``x * sigmoid(x)`` → silu(x), ``x * tanh(softplus(x))`` → mish(x),
+``hardtanh(x, 0, 6)`` → relu6(x) (``/ 6`` also as ``* (1/6)``, ``relu6`` also as ``nn.ReLU6`` or
+``hardtanh(·, 0, 6)``). Anything else is unsupported.
 """
 
 from __future__ import annotations
@@ -35,19 +37,22 @@ from torch import fx, nn
 
 from ..errors import ConfigError
 
-ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "tanh")
+ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "tanh",
+               "softplus", "mish", "hardtanh")
 POOLS = ("maxpool", "avgpool", "adaptive_avgpool")
 LAYERS = ("conv", "linear")
 MERGES = ("add", "mul", "cat")
 # curved (or, for leaky_relu, not zero below 0): the integer form is a lookup table over the layer's output codes
-TABLE_ACTIVATIONS = ("hardswish", "hardsigmoid", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "tanh")
+TABLE_ACTIVATIONS = ("hardswish", "hardsigmoid", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "tanh", "softplus",
+                     "mish", "hardtanh")
 HOMOGENEOUS = ("relu", "maxpool", "avgpool", "adaptive_avgpool", "flatten")  # φ(α·z) = α·φ(z) for α > 0
 
 _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.Conv2d, "conv"), (nn.Linear, "linear"), (nn.BatchNorm2d, "bn"), (nn.BatchNorm1d, "bn"),
     (nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.Hardswish, "hardswish"), (nn.Hardsigmoid, "hardsigmoid"),
     (nn.GELU, "gelu"), (nn.SiLU, "silu"), (nn.Sigmoid, "sigmoid"), (nn.LeakyReLU, "leaky_relu"), (nn.ELU, "elu"),
-    (nn.Tanh, "tanh"), (nn.MaxPool2d, "maxpool"),
+    (nn.Tanh, "tanh"), (nn.Softplus, "softplus"), (nn.Mish, "mish"), (nn.Hardtanh, "hardtanh"),  # ReLU6 first
+    (nn.MaxPool2d, "maxpool"),
     (nn.AvgPool2d, "avgpool"), (nn.AdaptiveAvgPool2d, "adaptive_avgpool"), (nn.Flatten, "flatten"))
 _NO_OPS = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d)
 
@@ -57,7 +62,8 @@ _FUNCTION_KINDS = {
     F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
     torch.flatten: "flatten", operator.add: "add", torch.add: "add", operator.mul: "mul", torch.mul: "mul",
     torch.cat: "cat", F.pad: "channel_pad", F.leaky_relu: "leaky_relu", F.elu: "elu", torch.tanh: "tanh",
-    F.tanh: "tanh"}  # + to_channels: "unflatten" (defined below)
+    F.tanh: "tanh", F.softplus: "softplus", F.mish: "mish", F.hardtanh: "hardtanh",
+}  # + to_channels: "unflatten" (defined below)
 # call_method → the function of the same meaning (x.relu() ≡ torch.relu(x) ...)
 _METHODS = {"relu": torch.relu, "relu_": torch.relu, "sigmoid": torch.sigmoid, "flatten": torch.flatten,
             "add": torch.add, "mul": torch.mul, "tanh": torch.tanh}
@@ -65,8 +71,8 @@ _NO_OP_FUNCTIONS = (F.dropout, F.dropout2d, torch.dropout)
 _NO_OP_METHODS = ("contiguous",)
 
 SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or standalone), ReLU, ReLU6, "
-             "Hardswish, Hardsigmoid, GELU, SiLU, Sigmoid, LeakyReLU, ELU, Tanh (also hand-written: "
-             "x * relu6(x + 3) / 6, x * sigmoid(x)), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W / "
+             "Hardswish, Hardsigmoid, GELU, SiLU, Sigmoid, LeakyReLU, ELU, Tanh, Softplus, Mish, Hardtanh (also "
+             "hand-written: x * relu6(x + 3) / 6, x * sigmoid(x), x * tanh(softplus(x))), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W / "
              "avg_pool2d(x, x.size(3)), strided slice x[:, :, ::s, ::s], flatten / view / reshape to (N, -1) or "
              "(b, c), view(b, c, 1, 1), residual + / torch.add, torch.cat on channels, F.pad of zero channels, "
              "elementwise * (gates, expand_as), Dropout / Identity")
@@ -82,12 +88,14 @@ class GraphTracer(fx.Tracer):
 
 _MODULE_OF = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
               "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU,
-              "tanh": nn.Tanh, "maxpool": nn.MaxPool2d,
+              "tanh": nn.Tanh, "softplus": nn.Softplus, "mish": nn.Mish, "hardtanh": nn.Hardtanh,
+              "maxpool": nn.MaxPool2d,
               "avgpool": nn.AvgPool2d, "adaptive_avgpool": nn.AdaptiveAvgPool2d, "flatten": nn.Flatten}
 _ARG_NAMES = {"maxpool": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
               "avgpool": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
               "adaptive_avgpool": ("output_size",), "gelu": ("approximate",), "flatten": ("start_dim", "end_dim"),
-              "leaky_relu": ("negative_slope",), "elu": ("alpha",)}
+              "leaky_relu": ("negative_slope",), "elu": ("alpha",), "softplus": ("beta", "threshold"),
+              "hardtanh": ("min_val", "max_val")}
 
 
 def as_module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
@@ -306,7 +314,8 @@ def _times_own(node, inner) -> fx.Node | None:
 
 
 def _fold_idioms(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
-    """Replace hand-written h-swish / hard-sigmoid / SiLU (see the module docstring) by the functional op; the
+    """Replace hand-written h-swish / hard-sigmoid / SiLU / Mish and ``hardtanh(x, 0, 6)`` (see the module
+    docstring) by the functional op; the
     pieces left without users are removed by the caller's dead-code pass."""
     def input_of(kind: str):
         return lambda n: n.args[0] if isinstance(n, fx.Node) and node_kind(n, modules) == kind else None
@@ -318,10 +327,15 @@ def _fold_idioms(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
         product = _over_six(n)
         return product and _times_own(product, lambda f: _hard_sigmoid_input(f, modules))
 
+    def plain_softplus(n):  # softplus(x) with β = 1 (Mish's)
+        return n.args[0] if input_of("softplus")(n) is not None and len(n.args) == 1 and not n.kwargs else None
+
     rules = ((F.hardswish, hard_swish_over_six),  # in order: x * hardsigmoid(x) reads the hard-sigmoids folded
              (F.hardsigmoid, hard_sigmoid),           # by the rule before it
              (F.hardswish, lambda n: _times_own(n, input_of("hardsigmoid"))),
-             (F.silu, lambda n: _times_own(n, input_of("sigmoid"))))
+             (F.silu, lambda n: _times_own(n, input_of("sigmoid"))),
+             (F.mish, lambda n: _times_own(n, lambda f: plain_softplus(input_of("tanh")(f)))),
+             (F.relu6, lambda n: _relu6_input(n, modules) if n.target is F.hardtanh else None))
     for op, match in rules:
         for node in list(graph.nodes):
             if node.op != "call_function" or (x := match(node)) is None:
