@@ -331,10 +331,82 @@ class DenseNet(nn.Module):
         return self.linear(out.view(out.size(0), -1))
 
 
+def channel_shuffle(x, groups: int):
+    """ShuffleNet's shuffle as its repositories write it."""
+    batchsize, num_channels, height, width = x.data.size()
+    x = x.view(batchsize, groups, num_channels // groups, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batchsize, -1, height, width)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 units: channel split (``chunk``) or a strided two-branch unit, concat, channel shuffle."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.stride, half = stride, c_out // 2
+        branch_in = c_in if stride > 1 else half
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(branch_in, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True))
+        if stride > 1:
+            self.branch1 = nn.Sequential(nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
+                                         nn.BatchNorm2d(c_in), nn.Conv2d(c_in, half, 1, bias=False),
+                                         nn.BatchNorm2d(half), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNet(nn.Module):
+    """A ShuffleNetV2-style user net: split / shuffle units, a ``torch.split`` side path, ``x.mean([2, 3])``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+        self.stages = nn.Sequential(ShuffleUnit(8, 16, 2), ShuffleUnit(16, 16, 1))
+        self.conv5 = nn.Conv2d(12, 16, 1)
+        self.fc = nn.Linear(20, 10)
+
+    def forward(self, x):
+        x = self.stages(self.conv1(x))
+        a, b = torch.split(x, [4, 12], dim=1)
+        x = torch.cat([a, F.relu(self.conv5(b))], 1)
+        return self.fc(x.mean([2, 3]))
+
+
+class GhostHead(nn.Module):
+    """Odds and ends of hand-written nets: a Ghost module (cheap depthwise features, ``cat(...)[:, :k]``), a
+    residual branch scaled by a number (``x + 0.5 * mish(conv(x))``), ``/ 2``, a conv classifier squeezed to
+    [N, 10] and a ``log_softmax`` output."""
+
+    def __init__(self):
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(3, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True))
+        self.cheap = nn.Sequential(nn.Conv2d(6, 6, 3, 1, 1, groups=6, bias=False), nn.BatchNorm2d(6),
+                                   nn.ReLU(inplace=True))
+        self.conv = nn.Conv2d(10, 10, 3, padding=1)
+        self.act = nn.Mish()
+        self.classifier = nn.Conv2d(10, 10, 1)
+
+    def forward(self, x):
+        y = self.primary(x)
+        x = torch.cat([y, self.cheap(y)], dim=1)[:, :10, :, :]
+        x = (x + 0.5 * self.act(self.conv(x))) / 2
+        x = self.classifier(F.adaptive_avg_pool2d(x, 1)).squeeze(-1).squeeze(-1)
+        return F.log_softmax(x, dim=1)
+
+
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
                "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet,
                "preact_resnet": PreActResNet, "se_resnet": SEResNet,
-               "wide_resnet": WideResNet, "densenet": DenseNet}
+               "wide_resnet": WideResNet, "densenet": DenseNet, "shufflenet": ShuffleNet, "ghost_head": GhostHead}
 INPUT = (3, 16, 16)
 
 

@@ -69,6 +69,20 @@ def test_pairs_found_across_pool_flatten_and_linear():
     assert notes == []
 
 
+def test_scalar_arithmetic_between_a_pair_is_skipped_with_a_note():
+    """Channel surgery moves values across the activation only: a scalar affine (``2 * y − 1``) in the chain
+    would be applied to the migrated copies too, so the pair is skipped and said."""
+    class Scaled(Features):
+        def forward(self, x):
+            f = self.features
+            y = f[3](2 * f[2](f[1](f[0](x))) - 1)
+            return self.classifier(torch.flatten(f[5](f[4](y)), 1))
+
+    pairs, notes = find_pairs(Scaled())
+    assert [p.key for p in pairs] == ["features.3->classifier.0", "classifier.0->classifier.2"]
+    assert notes == ["features.0->features.3: skipped, scalar arithmetic in between"]
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("weights", [False, True])
 @pytest.mark.parametrize("form", ["bias", "shift"])

@@ -91,9 +91,9 @@ def test_residual_is_one_unit_and_unsupported_ops_are_refused():
 
     class Softmaxed(Branchy):
         def forward(self, x):
-            return torch.softmax(self.a(x), 1)
+            return self.c(torch.softmax(self.a(x), 1))
 
-    with pytest.raises(ConfigError, match="unsupported operation .*softmax.*supported: Conv2d"):
+    with pytest.raises(ConfigError, match="as the forward's last op is supported for .*softmax.*supported: Conv2d"):
         sequential_units(Softmaxed())
     with pytest.raises(ConfigError, match="granularity"):
         make_blocks(sequential_units(tiny_cnn()), "row")

@@ -85,7 +85,7 @@ class _Leaky(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
-        self.act = nn.Softplus()
+        self.act = nn.PReLU()
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
@@ -97,6 +97,21 @@ class _Softmax(_Leaky):
         return self.fc(torch.softmax(self.conv(x), 1).mean((2, 3)))
 
 
+class _SoftmaxBatch(_Leaky):
+    def forward(self, x):
+        return F.log_softmax(self.fc(self.conv(x).mean((2, 3))), dim=0)
+
+
+class _ChunkBatch(_Leaky):
+    def forward(self, x):
+        return self.fc(self.conv(x).chunk(2)[0].mean((2, 3)))
+
+
+class _Reciprocal(_Leaky):
+    def forward(self, x):
+        return self.fc(1 / self.conv(x).mean((2, 3)))
+
+
 class _Branching(_Leaky):
     def forward(self, x):
         if x.sum() > 0:
@@ -105,8 +120,12 @@ class _Branching(_Leaky):
 
 
 @pytest.mark.parametrize("model, match", [
-    (_Leaky(), r"unsupported operation module act \(Softplus\) in _Leaky; supported: Conv2d"),
-    (_Softmax(), r"unsupported operation call_function softmax \(node softmax\)"),
+    (_Leaky(), r"unsupported operation module act \(PReLU\) in _Leaky; supported: Conv2d"),
+    (_Softmax(), r"only a softmax / log-softmax over the classes \(dim 1\) as the forward's last op is supported "
+                 r"for call_function softmax \(node softmax\)"),
+    (_SoftmaxBatch(), r"over the classes \(dim 1\) .* log_softmax"),
+    (_ChunkBatch(), r"unsupported operation method \.chunk\(\) \(node chunk\)"),
+    (_Reciprocal(), r"unsupported operation call_function truediv"),
     (_Branching(), r"cannot trace _Branching with torch.fx"),
 ])
 def test_unsupported_operation_is_one_line_before_any_work(model, match):
@@ -160,6 +179,34 @@ def test_squeeze_excite_views_read_as_flatten_and_channels():
     kinds = [g.kind[n] for n in g.nodes]
     assert kinds.count("flatten") == 2 and kinds.count("unflatten") == 1 and "mul" in kinds
     assert all(n.target != "expand_as" for n in g.nodes)
+
+
+def test_channel_pieces_shuffle_scalars_and_heads_read_as_ops():
+    """ShuffleNet's chunk / shuffle and a ``torch.split`` are channel gathers; a Ghost module's ``[:, :k]`` too;
+    ``0.5 * y`` and ``/ 2`` scalar affines; ``.squeeze(-1)`` of a 1x1 map a flatten; a trailing ``log_softmax``
+    the head, with ``logits_module`` returning the logits it is applied to."""
+    g = ModelGraph(fuse_bn(build("shufflenet")), images(1))
+    kinds = [g.kind[n] for n in g.nodes]
+    assert kinds.count("channel_gather") == 6 and g.head is None  # 2 shuffles, 2 chunk pieces, 2 split pieces
+    model = fuse_bn(build("ghost_head"))
+    g = ModelGraph(model, images(1))
+    kinds = [g.kind[n] for n in g.nodes]
+    assert kinds.count("channel_gather") == 1 and kinds.count("affine") == 2 and kinds[-1] == "log_softmax"
+    x = images(4)
+    with torch.no_grad():
+        logits = g.logits_module()(x)
+        assert torch.allclose(F.log_softmax(logits, 1), model(x), atol=1e-6) and torch.allclose(g.gm(x), model(x))
+
+    class Tall(nn.Module):  # squeeze of an N x C x 2 x 1 map is not a flatten
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(F.adaptive_avg_pool2d(self.conv(x), (2, 1)).squeeze(-1).flatten(1))
+
+    with pytest.raises(ConfigError, match="only when every dim after the channels is 1"):
+        ModelGraph(Tall(), torch.zeros(1, 3, 8, 8))
 
 
 def test_view_minus_one_is_a_flatten_only_per_sample():

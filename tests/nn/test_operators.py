@@ -33,7 +33,8 @@ EXTRA_ACTS = {"leaky_relu": lambda: nn.LeakyReLU(0.1), "elu": nn.ELU, "tanh": nn
               "relu6_hardtanh_f": lambda: (lambda y: F.hardtanh(y, 0.0, 6.0))}
 OPS = [*ACTS, *(f"{a}_f" for a in FUNCS), *HAND, "depthwise", "linear", "maxpool", "maxpool_f", "avgpool", "avgpool_f",
        "adaptive", "adaptive_f", "mean", "add", "torch_add", "cat", "gate", *FLATTENS, "self_sized_avgpool",
-       "strided_slice", "channel_pad", *EXTRA_ACTS]
+       "strided_slice", "channel_pad", *EXTRA_ACTS, "scalar_residual", "scalar_ops", "chunk_split", "shuffle",
+       "squeeze", "softmax", "log_softmax"]
 
 
 class OpNet(nn.Module):
@@ -52,6 +53,7 @@ class OpNet(nn.Module):
         size = 4 if op in ("maxpool", "maxpool_f", "avgpool", "avgpool_f") else 8
         self.fc = nn.Linear(channels * size * size if op in FLATTENS else channels, 10)
         self.fc2 = nn.Linear(10, 10)
+        self.log_softmax = nn.LogSoftmax(dim=1)
 
     def forward(self, x):
         op = self.op
@@ -73,6 +75,16 @@ class OpNet(nn.Module):
             z = z * F.hardsigmoid(self.side(z.mean((2, 3), keepdim=True)))
         elif op == "strided_slice":
             z = F.relu(z[:, :, ::2, ::2] + self.side(z)[..., ::2, ::2])
+        elif op == "scalar_residual":
+            z = F.relu(z + 0.5 * self.side(z))
+        elif op == "scalar_ops":  # affine pieces on a layer's input and output: −(…)/3 + 1, 2·z − 0.25
+            z = -F.relu(self.side(z * 2 - 0.25)) / 3 + 1
+        elif op == "chunk_split":
+            z = torch.cat([z.chunk(2, dim=1)[1], torch.split(F.relu(self.side(z)), [4, 4], 1)[0]], 1)
+        elif op == "shuffle":  # ShuffleNet's channel shuffle of a concat, as written in its repositories
+            z = torch.cat([z[:, :4], F.relu(self.side(z))[:, 4:]], 1)
+            n, c, hh, ww = z.size()
+            z = torch.transpose(z.view(n, 2, c // 2, hh, ww), 1, 2).contiguous().view(n, -1, hh, ww)
         elif op == "channel_pad":  # the "option A" ResNet shortcut: zero channels added to a layer's output
             z = F.relu(F.pad(z, (0, 0, 0, 0, 3, 5), "constant", 0) + F.pad(self.side(z), (0, 0, 0, 0, 5, 3)))
         else:
@@ -91,9 +103,13 @@ class OpNet(nn.Module):
             h = z.mean((2, 3))
         elif op == "self_sized_avgpool":
             h = F.avg_pool2d(z, z.size()[3]).view(z.size(0), -1)
+        elif op == "squeeze":
+            h = self.gap(z).squeeze(3).squeeze(2)
         else:
             h = torch.flatten(self.gap(z), 1)
         out = self.fc(h)
+        if op in ("softmax", "log_softmax"):  # a head on the logits: qmap quantizes and lowers the logits
+            return F.softmax(out, dim=1) if op == "softmax" else self.log_softmax(out)
         return self.fc2(F.relu(out)) if op == "linear" else out
 
 

@@ -65,7 +65,7 @@ _POOL = {
     nn.Flatten: ("start_dim", "end_dim"), nn.Hardswish: (), nn.Hardsigmoid: (), nn.Sigmoid: (), nn.SiLU: (),
     nn.Identity: (), nn.Sequential: (), nn.LeakyReLU: ("negative_slope", "inplace"), nn.ELU: ("alpha", "inplace"),
     nn.Tanh: (), nn.Softplus: ("beta", "threshold"), nn.Mish: ("inplace",),
-    nn.Hardtanh: ("min_val", "max_val", "inplace"),
+    nn.Hardtanh: ("min_val", "max_val", "inplace"), nn.Softmax: ("dim",), nn.LogSoftmax: ("dim",),
 }
 _FLOAT_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
                "padding_mode", "in_features", "out_features")

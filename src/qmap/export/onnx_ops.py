@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn import ops
-from ..nn.fuse import bn_affine
+from ..nn.fuse import affine_of
 from ..nn.ops import channel_padding
 from ..quant import QuantConv2d, Quantizer, QuantLinear
 from ..quant.shift import OutlierShift
@@ -297,11 +297,12 @@ def cat(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     return g.node("Concat", inputs, base, axis=1)
 
 
-def batch_norm(g: GraphBuilder, m: nn.BatchNorm2d, inputs: list[str], node, base: str) -> str:
+def affine(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     """A BatchNorm left standing (not fused: it does not follow a layer) as its eval-mode affine a·x + c —
-    Mul + Add with per-channel constants (``BatchNormalization`` would compute the same in float)."""
-    a, c = bn_affine(m)
-    shape = (1, -1, *([1] * (len(_input_shape(node)) - 2)))
+    Mul + Add with per-channel constants (``BatchNormalization`` would compute the same in float) — and scalar
+    arithmetic (``x / 6``, ``0.2 * y``) as the same with scalars."""
+    a, c = affine_of(node, {node.target: m} if m is not None else {})
+    shape = (1, -1, *([1] * (len(_input_shape(node)) - 2))) if a.dim() else ()
     y = g.node("Mul", [inputs[0], g.tensor(f"{base}.scale", a.float().reshape(shape))], f"{base}.scaled")
     return g.node("Add", [y, g.tensor(f"{base}.shift", c.float().reshape(shape))], base)
 
@@ -315,6 +316,17 @@ def channel_pad(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
     """F.pad(x, (0, 0, 0, 0, a, b)): ONNX Pad with pads [0, a, 0, 0, 0, b, 0, 0] (begins, then ends, NCHW)."""
     a, b = channel_padding(node)
     return g.node("Pad", [inputs[0], g.tensor(f"{base}.pads", torch.tensor([0, a, 0, 0, 0, b, 0, 0]))], base)
+
+
+def channel_gather(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
+    """A static choice of channels (chunk / split / slice / channel shuffle) → Gather(axis=1) of their indices."""
+    index = ops.gathered_channels(node, _input_shape(node)[1])
+    return g.node("Gather", [inputs[0], g.tensor(f"{base}.index", index)], base, axis=1)
+
+
+def softmax(g: GraphBuilder, m: nn.Softmax | nn.LogSoftmax, inputs: list[str], node, base: str) -> str:
+    """The trailing softmax / log-softmax over the classes → Softmax / LogSoftmax(axis=1)."""
+    return g.node("LogSoftmax" if isinstance(m, nn.LogSoftmax) else "Softmax", inputs, base, axis=1)
 
 
 def outlier_shift(g: GraphBuilder, m: OutlierShift, inputs: list[str], node, base: str) -> str:
@@ -335,8 +347,9 @@ MODULE_HANDLERS = {
     nn.ReLU: relu, nn.ReLU6: hardtanh, nn.Hardswish: hardswish, nn.Hardsigmoid: hardsigmoid, nn.GELU: gelu,
     nn.SiLU: silu, nn.Sigmoid: sigmoid, nn.MaxPool2d: max_pool, nn.AvgPool2d: avg_pool,
     nn.AdaptiveAvgPool2d: adaptive_avg_pool, nn.Flatten: flatten, OutlierShift: outlier_shift,
-    nn.BatchNorm2d: batch_norm, nn.BatchNorm1d: batch_norm, nn.LeakyReLU: leaky_relu, nn.ELU: elu, nn.Tanh: tanh,
-    nn.Softplus: softplus, nn.Mish: mish, nn.Hardtanh: hardtanh,
+    nn.BatchNorm2d: affine, nn.BatchNorm1d: affine, nn.LeakyReLU: leaky_relu, nn.ELU: elu, nn.Tanh: tanh,
+    nn.Softplus: softplus, nn.Mish: mish, nn.Hardtanh: hardtanh, nn.Softmax: softmax, nn.LogSoftmax: softmax,
 }
 FUNCTION_HANDLERS = {operator.add: add, torch.add: add, operator.mul: mul, torch.mul: mul, torch.cat: cat,
-                     F.pad: channel_pad, ops.to_channels: to_channels}
+                     F.pad: channel_pad, ops.to_channels: to_channels,
+                     ops.scalar_op: affine, ops.channel_piece: channel_gather, ops.channel_shuffle: channel_gather}

@@ -44,6 +44,7 @@ def find_pairs(model: nn.Module, grouped_producer: bool = False) -> tuple[list[C
     for c in chains:
         producer, consumer = model.get_submodule(c.producer), model.get_submodule(c.consumer)
         why = ("an unfused BatchNorm in between" if "bn" in c.kinds else
+               "scalar arithmetic in between" if "affine" in c.kinds else
                "more than one activation in between" if sum(k in ACTIVATIONS for k in c.kinds) > 1 else
                "Linear feeding a Conv2d" if isinstance(producer, nn.Linear) and isinstance(consumer, nn.Conv2d) else
                "grouped (depthwise) producer" if _grouped(producer) and not grouped_producer else

@@ -10,7 +10,8 @@ by ``nn.Identity`` *in place*, so module names (``features.27`` ...) are unchang
 from the :class:`~qmap.nn.ModelGraph`: a BatchNorm whose only input is a layer whose output only it uses. Any
 other BatchNorm (a pre-activation net's BN → ReLU → conv, a BN after a residual add) stays: a per-channel
 affine y = a·x + c (:func:`bn_affine`) that runs in float in the fake-quant model and as an exact integer affine
-in the integer model.
+in the integer model. Scalar arithmetic on a tensor (``0.2 * y``, ``x / 6``) is the same affine with scalars
+(:func:`affine_of`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from ..errors import ConfigError
 from .graph import set_module
 from .model_graph import ModelGraph
+from .ops import scalar_affine
 
 
 @torch.no_grad()
@@ -34,6 +36,14 @@ def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.
     a = bn.weight.double() * inv_std if bn.weight is not None else inv_std
     c = (bn.bias.double() if bn.bias is not None else torch.zeros_like(a)) - a * bn.running_mean.double()
     return a, c
+
+
+def affine_of(node, modules: dict[str, nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, c)`` (float64) with the node's output = a·x + c: per channel for a standalone BatchNorm (kind ``bn``),
+    0-dim for scalar arithmetic (kind ``affine``, :func:`~qmap.nn.ops.scalar_op`)."""
+    if node.op == "call_module":
+        return bn_affine(modules[node.target])
+    return tuple(torch.tensor(v, dtype=torch.float64) for v in scalar_affine(*node.args[1:]))
 
 
 @torch.no_grad()

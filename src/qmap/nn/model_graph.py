@@ -2,6 +2,8 @@
 the questions every later stage asks of it.
 
 - ``layers``             Conv2d/Linear module names in **execution** order (``first``, ``last``);
+- ``logits``, ``head``   the node of the logits, and the trailing softmax / log-softmax on them (or None);
+                         ``logits_module()`` the forward without that head;
 - ``bn_pairs()``         (layer, BatchNorm) pairs to fuse: a BN whose only input is a layer used by it alone;
 - ``chains()``           producer → per-channel ops → consumer: layer l's output reaches layer l+1 only through
                          one-input, one-user, channel-wise ops (activations, pooling, flatten), so channel c of
@@ -29,9 +31,9 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import ConfigError
-from .ops import ACTIVATIONS, LAYERS, POOLS, SUPPORTED, channel_padding, describe, node_kind, trace
+from .ops import ACTIVATIONS, HEADS, LAYERS, POOLS, SUPPORTED, as_module, channel_padding, describe, node_kind, trace
 
-PER_CHANNEL = (*ACTIVATIONS, *POOLS, "flatten", "bn", "custom")
+PER_CHANNEL = (*ACTIVATIONS, *POOLS, "flatten", "bn", "affine", "custom")
 
 
 @dataclass
@@ -77,6 +79,9 @@ class ModelGraph:
         self.nodes = [n for n in nodes if n.op not in ("placeholder", "output")]
         self.kind = {n: node_kind(n, self.modules) for n in self.nodes}
         self._check()
+        tail = self.output.args[0]
+        self.head = tail if self.kind.get(tail) in HEADS else None  # a trailing softmax / log-softmax
+        self.logits = tail if self.head is None else self.head.all_input_nodes[0]
         self.layers = self._layers()
         if example is not None:
             with torch.no_grad():
@@ -97,6 +102,12 @@ class ModelGraph:
                 if "flat_size" in n.meta and self.shape(n)[1] != n.meta["flat_size"]:
                     raise ConfigError(f"{describe(n, self.modules)}: a view to (-1, {n.meta['flat_size']}) of a "
                                       f"{tuple(self.shape(n.args[0]))} map is not a flatten per sample")
+                if self.kind[n] in HEADS and len(self.shape(n)) != 2:
+                    raise ConfigError(f"{describe(n, self.modules)}: a softmax is supported on [N, classes] logits, "
+                                      f"got {tuple(self.shape(n))}")
+                if n.meta.get("squeeze") and any(d != 1 for d in self.shape(n.args[0])[2:]):
+                    raise ConfigError(f"{describe(n, self.modules)}: squeeze of a {tuple(self.shape(n.args[0]))} "
+                                      "map is read as a flatten only when every dim after the channels is 1")
                 if n.meta.get("square_map") and len(set(self.shape(n.args[0])[2:])) != 1:
                     raise ConfigError(f"{describe(n, self.modules)}: avg_pool2d with the map's width as its window "
                                       f"is a global pool only on square maps, got {tuple(self.shape(n.args[0]))}")
@@ -115,6 +126,10 @@ class ModelGraph:
                 bad = "only channel (dim=1) concatenation is supported for"
             elif kind == "channel_pad" and (channel_padding(n) is None or len(tensors) != 1):
                 bad = "only zero padding of channels, F.pad(x, (0, 0, 0, 0, a, b)), is supported for"
+            elif kind in HEADS and (n is not self.output.args[0] or len(tensors) != 1 or (
+                    n.op == "call_function" and (set(n.kwargs) - {"dim"} or len(n.args) > 2))
+                    or getattr(as_module(n, self.modules), "dim", None) not in (1, -1, None)):
+                bad = "only a softmax / log-softmax over the classes (dim 1) as the forward's last op is supported for"
             if bad:
                 raise ConfigError(f"{bad} {describe(n, self.modules)} in {type(self.model).__name__}; "
                                   f"supported: {SUPPORTED}")
@@ -204,6 +219,19 @@ class ModelGraph:
         why = [n for n in notes if n.startswith(f"{layer}:")]
         raise ConfigError(f"{layer} has no single next layer: "
                           f"{why[0].split(': ', 1)[1] if why else 'it is the last layer'}")
+
+    def logits_module(self) -> nn.Module:
+        """The forward up to the logits: the model itself, or (when it ends in a softmax / log-softmax) a
+        GraphModule sharing its modules that returns the head's input — what qmap quantizes, lowers and compares."""
+        if self.head is None:
+            return self.model
+        g, env = fx.Graph(), {}
+        g.graph_copy(self.gm.graph, env)
+        g.output(env[self.logits])
+        gm = fx.GraphModule(self.gm, g, class_name="Logits")
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        return gm
 
     # ------------------------------------------------------------------------------------------ units
     def _cuts(self) -> list[int]:

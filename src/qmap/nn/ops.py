@@ -5,14 +5,22 @@ Every node of a normalised graph has one *kind*:
 
     layers        conv (Conv2d, any groups), linear
     fused         bn (BatchNorm1d/2d: folded into the layer before it, else a standalone per-channel affine)
+    affine        scalar arithmetic on a tensor: ``x * c``, ``c * x``, ``x / c``, ``x + c``, ``x − c``, ``c − x``,
+                  ``−x`` for a number c (:func:`scalar_op`: a·x + b with scalars a, b)
     activations   relu, relu6, hardswish, hardsigmoid, gelu, silu, sigmoid, leaky_relu, elu, tanh, softplus,
                   mish, hardtanh
     pooling       maxpool, avgpool, adaptive_avgpool (module, functional, ``x.mean((2, 3), keepdim=True)``)
     shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``,
-                  ``x.view(b, c)`` with b the batch size), unflatten (``y.view(b, c, 1, 1)``: features back to
-                  channels of a 1×1 map, e.g. a squeeze-excite gate),
-                  channel_pad (``F.pad(x, (0, 0, 0, 0, a, b))``: a and b zero channels before / after)
+                  ``x.view(b, c)`` with b the batch size, ``x.squeeze()`` of a [N, C, 1, 1] map),
+                  unflatten (``y.view(b, c, 1, 1)``: features back to channels of a 1×1 map, e.g. a squeeze-excite
+                  gate),
+                  channel_pad (``F.pad(x, (0, 0, 0, 0, a, b))``: a and b zero channels before / after),
+                  channel_gather (a static choice of channels: ``x.chunk(n, 1)[i]``, ``torch.split(x, s, 1)[i]``,
+                  ``x[:, a:b]`` → :func:`channel_piece`; ShuffleNet's view / transpose / view →
+                  :func:`channel_shuffle`)
     merges        add (``+``, ``torch.add``), mul (elementwise, e.g. a squeeze-excite gate), cat (channels)
+    heads         softmax, log_softmax over the classes of the logits, as the forward's last op (a monotone map:
+                  qmap quantizes and lowers the logits, :meth:`~qmap.nn.ModelGraph.logits_module`)
     custom        a module that states its own integer form (``integer_op``, e.g. OMR's shift)
 
 Module and functional forms of an op get the same kind; dropout, identity, ``.contiguous()`` and the
@@ -42,6 +50,7 @@ ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "gelu", "silu", "sig
 POOLS = ("maxpool", "avgpool", "adaptive_avgpool")
 LAYERS = ("conv", "linear")
 MERGES = ("add", "mul", "cat")
+HEADS = ("softmax", "log_softmax")  # allowed only on the logits, as the forward's last op
 # curved (or, for leaky_relu, not zero below 0): the integer form is a lookup table over the layer's output codes
 TABLE_ACTIVATIONS = ("hardswish", "hardsigmoid", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "tanh", "softplus",
                      "mish", "hardtanh")
@@ -52,7 +61,7 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.Hardswish, "hardswish"), (nn.Hardsigmoid, "hardsigmoid"),
     (nn.GELU, "gelu"), (nn.SiLU, "silu"), (nn.Sigmoid, "sigmoid"), (nn.LeakyReLU, "leaky_relu"), (nn.ELU, "elu"),
     (nn.Tanh, "tanh"), (nn.Softplus, "softplus"), (nn.Mish, "mish"), (nn.Hardtanh, "hardtanh"),  # ReLU6 first
-    (nn.MaxPool2d, "maxpool"),
+    (nn.MaxPool2d, "maxpool"), (nn.Softmax, "softmax"), (nn.LogSoftmax, "log_softmax"),
     (nn.AvgPool2d, "avgpool"), (nn.AdaptiveAvgPool2d, "adaptive_avgpool"), (nn.Flatten, "flatten"))
 _NO_OPS = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d)
 
@@ -62,20 +71,26 @@ _FUNCTION_KINDS = {
     F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
     torch.flatten: "flatten", operator.add: "add", torch.add: "add", operator.mul: "mul", torch.mul: "mul",
     torch.cat: "cat", F.pad: "channel_pad", F.leaky_relu: "leaky_relu", F.elu: "elu", torch.tanh: "tanh",
-    F.tanh: "tanh", F.softplus: "softplus", F.mish: "mish", F.hardtanh: "hardtanh",
+    F.tanh: "tanh", F.softplus: "softplus", F.mish: "mish", F.hardtanh: "hardtanh", F.softmax: "softmax",
+    torch.softmax: "softmax", F.log_softmax: "log_softmax", torch.log_softmax: "log_softmax",
 }  # + to_channels: "unflatten" (defined below)
 # call_method → the function of the same meaning (x.relu() ≡ torch.relu(x) ...)
 _METHODS = {"relu": torch.relu, "relu_": torch.relu, "sigmoid": torch.sigmoid, "flatten": torch.flatten,
-            "add": torch.add, "mul": torch.mul, "tanh": torch.tanh}
+            "add": torch.add, "mul": torch.mul, "tanh": torch.tanh, "div": torch.div, "sub": torch.sub,
+            "neg": torch.neg, "softmax": torch.softmax, "log_softmax": torch.log_softmax}
 _NO_OP_FUNCTIONS = (F.dropout, F.dropout2d, torch.dropout)
 _NO_OP_METHODS = ("contiguous",)
+_DEFAULT_KWARGS = {"_stacklevel": 3, "dtype": None}  # what torch's functional wrappers add (softmax), dropped
 
 SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or standalone), ReLU, ReLU6, "
              "Hardswish, Hardsigmoid, GELU, SiLU, Sigmoid, LeakyReLU, ELU, Tanh, Softplus, Mish, Hardtanh (also "
-             "hand-written: x * relu6(x + 3) / 6, x * sigmoid(x), x * tanh(softplus(x))), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d / mean over H,W / "
-             "avg_pool2d(x, x.size(3)), strided slice x[:, :, ::s, ::s], flatten / view / reshape to (N, -1) or "
-             "(b, c), view(b, c, 1, 1), residual + / torch.add, torch.cat on channels, F.pad of zero channels, "
-             "elementwise * (gates, expand_as), Dropout / Identity")
+             "hand-written: x * relu6(x + 3) / 6, x * sigmoid(x), x * tanh(softplus(x))), MaxPool2d, AvgPool2d, "
+             "AdaptiveAvgPool2d / mean over H,W / avg_pool2d(x, x.size(3)), strided slice x[:, :, ::s, ::s], "
+             "flatten / view / reshape to (N, -1) or (b, c), squeeze of a 1x1 map, view(b, c, 1, 1), residual + / "
+             "torch.add, torch.cat on channels, F.pad of zero channels, channel pieces (chunk / split / x[:, a:b] "
+             "on dim 1), channel shuffle (view / transpose / view), x * c, x / c, x + c, x - c with a number c, "
+             "elementwise * (gates, expand_as), softmax / log_softmax on the logits as the last op, "
+             "Dropout / Identity")
 
 
 class GraphTracer(fx.Tracer):
@@ -89,13 +104,13 @@ class GraphTracer(fx.Tracer):
 _MODULE_OF = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
               "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU,
               "tanh": nn.Tanh, "softplus": nn.Softplus, "mish": nn.Mish, "hardtanh": nn.Hardtanh,
-              "maxpool": nn.MaxPool2d,
+              "maxpool": nn.MaxPool2d, "softmax": nn.Softmax, "log_softmax": nn.LogSoftmax,
               "avgpool": nn.AvgPool2d, "adaptive_avgpool": nn.AdaptiveAvgPool2d, "flatten": nn.Flatten}
 _ARG_NAMES = {"maxpool": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
               "avgpool": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
               "adaptive_avgpool": ("output_size",), "gelu": ("approximate",), "flatten": ("start_dim", "end_dim"),
               "leaky_relu": ("negative_slope",), "elu": ("alpha",), "softplus": ("beta", "threshold"),
-              "hardtanh": ("min_val", "max_val")}
+              "hardtanh": ("min_val", "max_val"), "softmax": ("dim",), "log_softmax": ("dim",)}
 
 
 def as_module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
@@ -154,6 +169,13 @@ def _size_of(arg) -> tuple[fx.Node, object] | None:
     return None
 
 
+def _data_of(node):
+    """t for ``t.data`` (old code reads sizes off it), else ``node``."""
+    if isinstance(node, fx.Node) and node.op == "call_function" and node.target is getattr and node.args[1] == "data":
+        return node.args[0]
+    return node
+
+
 def _is_batch_size(arg) -> bool:
     """``t.size(0)``, ``t.shape[0]`` or ``t.size()[0]`` of any tensor t (every tensor shares the batch size)."""
     size = _size_of(arg)
@@ -199,6 +221,136 @@ def to_channels(x: torch.Tensor) -> torch.Tensor:
 
 _FUNCTION_KINDS[to_channels] = "unflatten"
 
+def channel_piece(x: torch.Tensor, how: str, arg, i: int) -> torch.Tensor:
+    """Piece i of ``x``'s channels: ``x.chunk(arg, 1)[i]`` (how = chunk), ``x.split(arg, 1)[i]`` (split) or
+    ``x[:, slice(*arg)]`` (slice) — the normalised form of those spellings."""
+    if how == "slice":
+        return x[:, slice(*arg)]
+    return (torch.chunk if how == "chunk" else torch.split)(x, arg, 1)[i]
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's shuffle: channel g·(C/groups) + j moves to j·groups + g — the normalised form of
+    ``x.view(n, groups, C // groups, h, w).transpose(1, 2).view(n, -1, h, w)``."""
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def gathered_channels(node: fx.Node, channels: int) -> torch.Tensor:
+    """The input channel behind each output channel of a ``channel_gather`` node (int64), found by running its
+    function on the channel indices themselves."""
+    index = torch.arange(channels).reshape(1, channels, 1, 1)
+    return node.target(index, *node.args[1:]).reshape(-1)
+
+
+_FUNCTION_KINDS[channel_piece] = _FUNCTION_KINDS[channel_shuffle] = "channel_gather"
+
+
+def _dim_is_channels(node: fx.Node, position: int) -> bool:
+    dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", 0)
+    return dim in (1, -3) and set(node.kwargs) <= {"dim"}
+
+
+def _channel_piece_args(node: fx.Node) -> tuple | None:
+    """(x, how, arg, i) for piece i of ``x.chunk(n, 1)``, ``torch.split(x, s, dim=1)`` … or for ``x[:, a:b]``."""
+    if node.op != "call_function" or node.target is not operator.getitem or not isinstance(node.args[0], fx.Node):
+        return None
+    src, index = node.args
+    if isinstance(index, int):
+        for how in ("chunk", "split"):
+            if ((src.op == "call_method" and src.target == how) or (src.op == "call_function"
+                                                                     and src.target is getattr(torch, how))) \
+                    and _dim_is_channels(src, 2) and len(src.args) >= 2 and not isinstance(src.args[1], fx.Node):
+                return src.args[0], how, src.args[1], index
+        return None
+    if not isinstance(index, tuple) or len(index) < 2 or index[0] != slice(None) or not isinstance(index[1], slice):
+        return None
+    rest = [i for i in index[2:] if i is not Ellipsis]
+    bounds = (index[1].start, index[1].stop, index[1].step)
+    if any(i != slice(None) for i in rest) or index[1] == slice(None) or \
+            not all(b is None or isinstance(b, int) for b in bounds):
+        return None
+    return src, "slice", bounds, 0
+
+
+def _shuffle_groups(node: fx.Node) -> tuple[fx.Node, int] | None:
+    """(x, groups) for ``view(n, −1, h, w)`` / ``reshape`` / ``flatten(1, 2)`` of ``transpose(1, 2)`` /
+    ``permute(0, 2, 1, 3, 4)`` of ``x.view(n, groups, C // groups, h, w)`` (h, w: x's own sizes)."""
+    if node.op == "call_method" and node.target == "flatten" and tuple(node.args[1:]) == (1, 2):
+        swapped = node.args[0]
+    elif _view_to(node) is not None and len(_view_shape(node)) == 4:
+        swapped = node.args[0]
+    else:
+        return None
+    if not isinstance(swapped, fx.Node) or len(swapped.users) != 1:
+        return None
+    if not ((swapped.target in ("transpose", torch.transpose) and tuple(swapped.args[1:]) in ((1, 2), (2, 1)))
+            or (swapped.target == "permute" and tuple(_view_shape(swapped)) == (0, 2, 1, 3, 4))):
+        return None
+    split = swapped.args[0]
+    if not isinstance(split, fx.Node) or len(split.users) != 1 or (shape := _view_to(split)) is None:
+        return None
+    x = split.args[0]
+
+    def height_width(h, w) -> bool:
+        return _is_spatial_size(h, x, (2, -2)) and _is_spatial_size(w, x, (3, -1))
+    if len(shape) != 5 or not isinstance(shape[1], int) or isinstance(shape[1], bool) or shape[1] < 1 or \
+            not height_width(*shape[3:]):
+        return None
+    if len(_view_shape(node)) == 4 and not height_width(*_view_shape(node)[2:]):
+        return None
+    return x, shape[1]
+
+
+_SCALAR_OPS = {"mul": operator.mul, "div": operator.truediv, "add": operator.add, "sub": operator.sub,
+               "rsub": lambda x, c: c - x}
+
+
+def scalar_op(x: torch.Tensor, op: str, c: float) -> torch.Tensor:
+    """``x * c``, ``x / c``, ``x + c``, ``x − c`` or ``c − x`` (``op`` mul, div, add, sub, rsub) for a number c,
+    computed as written (the normalised form of scalar arithmetic on a tensor; ``−x`` is ``x * −1``)."""
+    return _SCALAR_OPS[op](x, c)
+
+
+def scalar_affine(op: str, c: float) -> tuple[float, float]:
+    """(a, b) with ``scalar_op(x, op, c)`` = a·x + b."""
+    return {"mul": (c, 0.0), "div": (1 / c, 0.0), "add": (1.0, c), "sub": (1.0, -c), "rsub": (-1.0, c)}[op]
+
+
+_FUNCTION_KINDS[scalar_op] = "affine"
+_ARITHMETIC = {operator.mul: "mul", torch.mul: "mul", operator.truediv: "div", torch.div: "div",
+               operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub"}
+
+
+def _is_size_value(arg) -> bool:
+    """Whether ``arg`` is a number computed from tensor sizes (``x.size(1) // g``), not a tensor."""
+    if not isinstance(arg, fx.Node):
+        return False
+    if (arg.op == "call_method" and arg.target == "size") or (arg.op == "call_function" and arg.target is getattr):
+        return True
+    return arg.op == "call_function" and (arg.target is operator.getitem or arg.target in _ARITHMETIC
+                                          or arg.target is operator.floordiv) and any(
+        _is_size_value(a) for a in arg.args)
+
+
+def _scalar_form(node: fx.Node) -> tuple[fx.Node, str, float] | None:
+    """(x, op, c) when ``node`` is scalar arithmetic on a tensor x (see :func:`scalar_op`), else None."""
+    if node.op != "call_function" or node.kwargs:
+        return None
+    if node.target in (operator.neg, torch.neg) and len(node.args) == 1 and not _is_size_value(node.args[0]):
+        return node.args[0], "mul", -1.0
+    op = _ARITHMETIC.get(node.target)
+    if op is None or len(node.args) != 2:
+        return None
+    a, b = node.args
+    number = (int, float)
+    if isinstance(a, fx.Node) and isinstance(b, number) and not isinstance(b, bool) and not _is_size_value(a):
+        return (a, op, float(b)) if not (op == "div" and b == 0) else None
+    if isinstance(b, fx.Node) and isinstance(a, number) and not isinstance(a, bool) and not _is_size_value(b) \
+            and op != "div":
+        return b, "rsub" if op == "sub" else op, float(a)
+    return None
+
 
 def _is_broadcast_expand(node: fx.Node) -> bool:
     """``g.expand_as(x)`` whose users are all elementwise ``*`` / ``+`` (which broadcast g anyway)."""
@@ -206,6 +358,17 @@ def _is_broadcast_expand(node: fx.Node) -> bool:
             and all(u.op in ("call_function", "call_method") and u.target in (operator.mul, torch.mul, "mul",
                                                                             operator.add, torch.add, "add")
                     for u in node.users))
+
+
+def _is_spatial_squeeze(node: fx.Node) -> bool:
+    """``x.squeeze()``, ``x.squeeze(-1)``, ``torch.squeeze(x, (2, 3))`` …: dropping size-1 spatial dims of a
+    [N, C, 1, 1] map is a flatten (checked against the recorded shapes; the batch dim is never dropped)."""
+    if not ((node.op == "call_method" and node.target == "squeeze")
+            or (node.op == "call_function" and node.target is torch.squeeze)):
+        return False
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = () if dims is None else tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    return all(d in (2, 3, -1, -2) for d in dims) and not node.args[2:]
 
 
 def _is_spatial_mean(node: fx.Node) -> bool:
@@ -218,10 +381,10 @@ def _is_spatial_mean(node: fx.Node) -> bool:
     return spatial and node.args[2:] in ((), (True,), (False,))
 
 
-def _is_spatial_size(arg, of: fx.Node) -> bool:
-    """``of.size(2|3)``, ``of.size()[2|3]``, ``of.shape[2|3]`` (also −1 / −2)."""
+def _is_spatial_size(arg, of: fx.Node, dims: tuple = (2, 3, -1, -2)) -> bool:
+    """``of.size(d)``, ``of.size()[d]``, ``of.shape[d]`` (also of ``of.data``) for d in ``dims``."""
     size = _size_of(arg)
-    return size is not None and size[0] is of and size[1] in (2, 3, -1, -2)
+    return size is not None and _data_of(size[0]) is of and size[1] in dims
 
 
 def _is_self_sized_avg_pool(node: fx.Node) -> bool:
@@ -313,6 +476,13 @@ def _times_own(node, inner) -> fx.Node | None:
     return None
 
 
+def _plain_kwargs(node: fx.Node) -> dict:
+    """The call's keyword arguments without ``inplace`` and the defaults torch's functional wrappers record
+    (softmax's ``_stacklevel``, ``dtype=None``)."""
+    return {k: v for k, v in node.kwargs.items()
+            if k != "inplace" and not (k in _DEFAULT_KWARGS and v == _DEFAULT_KWARGS[k])}
+
+
 def _fold_idioms(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
     """Replace hand-written h-swish / hard-sigmoid / SiLU / Mish and ``hardtanh(x, 0, 6)`` (see the module
     docstring) by the functional op; the
@@ -364,6 +534,13 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
                 new = graph.call_function(torch.flatten, (node.args[0], 1))
                 if isinstance(size := _view_shape(node)[1], int) and size > 0:
                     new.meta["flat_size"] = size  # view(-1, k) / view(b, k): checked against the recorded shapes
+            elif (piece := _channel_piece_args(node)) is not None:
+                new = graph.call_function(channel_piece, piece)
+            elif (shuffle := _shuffle_groups(node)) is not None:
+                new = graph.call_function(channel_shuffle, shuffle)
+            elif _is_spatial_squeeze(node):
+                new = graph.call_function(torch.flatten, (node.args[0], 1))
+                new.meta["squeeze"] = True  # the input's dims after C must all be 1: checked against the shapes
             elif _is_channel_view(node):
                 new = graph.call_function(to_channels, (node.args[0],))
             elif _is_broadcast_expand(node):
@@ -383,13 +560,19 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
                         new = graph.call_function(torch.flatten, (new, 1))
             elif node.op == "call_method" and target in _METHODS:
                 new = graph.call_function(_METHODS[target], node.args, node.kwargs)
-            elif node.op == "call_function" and target in _FUNCTION_KINDS and "inplace" in node.kwargs:
-                new = graph.call_function(target, node.args, {k: v for k, v in node.kwargs.items() if k != "inplace"})
+            elif node.op == "call_function" and target in _FUNCTION_KINDS and _plain_kwargs(node) != node.kwargs:
+                new = graph.call_function(target, node.args, _plain_kwargs(node))
         if new is not None:
             node.replace_all_uses_with(new)
             graph.erase_node(node)
     _fold_idioms(graph, modules)
     graph.eliminate_dead_code()
+    for node in list(graph.nodes):  # after the idioms: their "/ 6" and "+ 3" are scalar arithmetic too
+        if (form := _scalar_form(node)) is not None:
+            with graph.inserting_after(node):
+                new = graph.call_function(scalar_op, form)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
     gm.recompile()
     return gm
 

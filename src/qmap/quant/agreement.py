@@ -19,18 +19,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..nn import ModelGraph
 from .integer import IntegerModel
 from .qmodules import quant_layers
 
 
 @torch.no_grad()
 def fake_quant_inputs(qmodel: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """({layer: integer input codes of that layer in the fake-quant model}, fake-quant logits)."""
+    """({layer: integer input codes of that layer in the fake-quant model}, fake-quant logits — before a trailing
+    softmax / log-softmax, :meth:`~qmap.nn.ModelGraph.logits_module`)."""
     codes: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: codes.__setitem__(n, mod.input_quantizer.to_int(inp[0])))
              for n, m in quant_layers(qmodel)]
     try:
-        logits = qmodel(x)
+        logits = ModelGraph(qmodel).logits_module()(x)
     finally:
         for h in hooks:
             h.remove()

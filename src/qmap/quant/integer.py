@@ -63,8 +63,8 @@ from torch import nn
 
 from ..errors import ConfigError, HardwareError
 from ..nn import ModelGraph
-from ..nn.fuse import bn_affine
-from ..nn.ops import LAYERS, TABLE_ACTIVATIONS, as_module, channel_padding, describe
+from ..nn.fuse import affine_of
+from ..nn.ops import LAYERS, TABLE_ACTIVATIONS, as_module, channel_padding, describe, gathered_channels
 from .chain import AvgPool, Clamp, Flatten, MaxPool, Op, Relu, ShiftCopy, Table, ToChannels
 from .intconv import abs_max, exact_bilinear
 from .qmodules import QuantConv2d, quant_layers
@@ -155,6 +155,7 @@ class IntegerOutput:
     logits_int: torch.Tensor        # int64 accumulators of the last layer (after its ops)
     logits_scale: torch.Tensor      # float64 [classes]
     layers: list[LayerTrace] | None = None
+    output: torch.Tensor | None = None  # the model's output: the logits, or its trailing softmax / log-softmax
 
 
 @dataclass
@@ -171,8 +172,10 @@ class IntegerModel:
     the first layer (float image → integers) and the step of the final value (the logits' scale)."""
 
     def __init__(self, steps: list[IntStep], input_name: str, output_name: str, output_step: torch.Tensor,
-                 input_scale: float, input_range: tuple[int, int], input_rounding: str):
+                 input_scale: float, input_range: tuple[int, int], input_rounding: str,
+                 head: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.steps = steps
+        self.head = head  # the model's trailing softmax / log-softmax, applied in float to the logits
         self.input_name, self.output_name = input_name, output_name
         self.output_step = output_step
         self.input_scale = input_scale
@@ -236,7 +239,9 @@ class IntegerModel:
         v = env[self.output_name]
         scale = self.output_step.to(v.device)
         shaped = scale.reshape(1, -1, *([1] * (v.dim() - 2))) if scale.numel() > 1 else scale.reshape(())
-        return IntegerOutput(v.double() * shaped, v.to(torch.int64), scale, traces if return_intermediates else None)
+        logits = v.double() * shaped
+        return IntegerOutput(logits, v.to(torch.int64), scale, traces if return_intermediates else None,
+                             logits if self.head is None else self.head(logits))
 
     def _run_step(self, st: IntStep, args: list[torch.Tensor]) -> LayerTrace | torch.Tensor:
         if isinstance(st.op, IntLayer):
@@ -270,7 +275,7 @@ class IntegerModel:
         return rows
 
     def as_module(self) -> nn.Module:
-        """An ``nn.Module`` returning the float logits (for :func:`qmap.evaluate.evaluate`)."""
+        """An ``nn.Module`` returning the model's float output (for :func:`qmap.evaluate.evaluate`)."""
         return _IntegerModule(self)
 
 
@@ -286,7 +291,7 @@ class _IntegerModule(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.imodel.run(x).logits.float()
+        return self.imodel.run(x).output.float()
 
 
 def _check_quantizer(q, what: str) -> None:
@@ -580,25 +585,27 @@ class _Lowering:
         self.values[node.name] = out
         self.steps.append(IntStep(node.name, run, [src.name]))
 
-    def _batch_norm(self, node) -> None:
-        """A BatchNorm left standing (not after a layer): y = a·x + c per channel on the value t·s, exactly on
-        the finer unit — t' = sign(a)·2^k·t + round(c·2^k / (|a|·s)), step |a|·s / 2^k (a channel with a = 0 is
-        the constant c on step s / 2^k)."""
+    def _affine(self, node) -> None:
+        """A BatchNorm left standing (not after a layer) or scalar arithmetic: y = a·x + c (per channel, or one
+        a, c) on the value t·s, exactly — t' = sign(a)·2^k·t + round(c·2^k / (|a|·s)), step |a|·s / 2^k (a channel
+        with a = 0 is the constant c on step s / 2^k). A pure scale (c = 0) is exact with k = 0; an offset is
+        rounded on a unit at least 2^-k_acc finer than the inputs' precision (k = k_acc minus the fraction bits
+        the value already carries)."""
         src = node.all_input_nodes[0]
-        v, k = self.values[src.name], ACC_FRACTION_BITS
-        a, c = bn_affine(self.graph.modules[node.target])
-        a, c = a.cpu(), c.cpu()
+        v = self.values[src.name]
+        a, c = (t.cpu().expand_as(v.step) if t.dim() == 0 else t.cpu() for t in affine_of(node, self.graph.modules))
+        k = max(0, ACC_FRACTION_BITS - v.extra) if bool((c != 0).any()) else 0
         step = torch.where(a != 0, a.abs(), 1.0) * v.step.expand_as(a) / 2**k
         mult = (torch.sign(a) * 2**k).to(torch.int64)
         off = torch.round(c / step).to(torch.int64)
-        bits = max(v.bits + k, int(off.abs().max()).bit_length()) + 1
+        bits = v.bits if k == 0 and not bool((c != 0).any()) else max(v.bits + k, int(off.abs().max()).bit_length()) + 1
         if bits > 62:
             self.fail(node, f"its integer affine needs {bits} bits")
 
         def op(t, mult=mult, off=off):
             shape = (1, -1, *([1] * (t.dim() - 2)))
             return t.to(torch.int64) * mult.to(t.device).reshape(shape) + off.to(t.device).reshape(shape)
-        self.values[node.name] = _Value(step, bits, extra=k)
+        self.values[node.name] = _Value(step, bits, extra=v.extra + k)
         self.steps.append(IntStep(node.name, op, [src.name]))
 
     def _channel_pad(self, node) -> None:
@@ -609,6 +616,16 @@ class _Lowering:
         step = v.step if v.step.numel() == 1 else F.pad(v.step, (a, b), value=float(v.step.min()))
         self.values[node.name] = _Value(step, v.bits, v.codes_of, v.extra)
         self.steps.append(IntStep(node.name, lambda t: F.pad(t, (0, 0, 0, 0, a, b)), [src.name]))
+
+    def _gather(self, node) -> None:
+        """A static choice of channels (chunk / split / slice / ShuffleNet's shuffle): the same channels of the
+        integers and of their per-channel steps."""
+        src = node.all_input_nodes[0]
+        v = self.values[src.name]
+        index = gathered_channels(node, self.graph.shape(src)[1])
+        step = v.step if v.step.numel() == 1 else v.step[index]
+        self.values[node.name] = _Value(step, v.bits, v.codes_of, v.extra)
+        self.steps.append(IntStep(node.name, lambda t: t.index_select(1, index.to(t.device)), [src.name]))
 
     def _to_codes(self, v: _Value, q: Quantizer, headroom: int = 0) -> Requantizer:
         """The requantizer of value ``v`` into the codes of the per-tensor quantizer ``q``, clamped to
@@ -631,7 +648,7 @@ class _Lowering:
             raise ConfigError("integer model: the image must feed exactly one layer (the first)")
         first = g.modules[users[0].target]
         for node in g.nodes:
-            if node.name in self.done:
+            if node.name in self.done or node is g.head:
                 continue
             kind = g.kind[node]
             if kind in LAYERS:
@@ -642,14 +659,16 @@ class _Lowering:
                 self._table(node)
             elif kind == "channel_pad":
                 self._channel_pad(node)
-            elif kind == "bn":
-                self._batch_norm(node)
+            elif kind == "channel_gather":
+                self._gather(node)
+            elif kind in ("bn", "affine"):
+                self._affine(node)
             else:
                 self._channelwise(node)
-        out_node = g.output.args[0]
         iq = first.input_quantizer
-        return IntegerModel(self.steps, g.input.name, out_node.name, self.values[out_node.name].step,
-                            float(iq.scale.detach().double()), (iq.spec.qmin, iq.spec.qmax), iq.spec.rounding)
+        head = None if g.head is None else as_module(g.head, g.modules).double()
+        return IntegerModel(self.steps, g.input.name, g.logits.name, self.values[g.logits.name].step,
+                            float(iq.scale.detach().double()), (iq.spec.qmin, iq.spec.qmax), iq.spec.rounding, head)
 
 
 def _shed(v: _Value, bits: int) -> tuple[_Value, int]:
