@@ -382,15 +382,15 @@ class ShuffleNet(nn.Module):
 
 
 class GhostHead(nn.Module):
-    """Odds and ends of hand-written nets: a Ghost module (cheap depthwise features, ``cat(...)[:, :k]``), a
-    residual branch scaled by a number (``x + 0.5 * mish(conv(x))``), ``/ 2``, a conv classifier squeezed to
-    [N, 10] and a ``log_softmax`` output."""
+    """Odds and ends of hand-written nets: a Ghost module (cheap depthwise features with a per-channel PReLU,
+    ``cat(...)[:, :k]``), a residual branch scaled by a number (``x + 0.5 * mish(conv(x))``), ``/ 2``, a global
+    max pool, a conv classifier squeezed to [N, 10] and a ``log_softmax`` output."""
 
     def __init__(self):
         super().__init__()
         self.primary = nn.Sequential(nn.Conv2d(3, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True))
         self.cheap = nn.Sequential(nn.Conv2d(6, 6, 3, 1, 1, groups=6, bias=False), nn.BatchNorm2d(6),
-                                   nn.ReLU(inplace=True))
+                                   nn.PReLU(6, 0.1))
         self.conv = nn.Conv2d(10, 10, 3, padding=1)
         self.act = nn.Mish()
         self.classifier = nn.Conv2d(10, 10, 1)
@@ -399,7 +399,7 @@ class GhostHead(nn.Module):
         y = self.primary(x)
         x = torch.cat([y, self.cheap(y)], dim=1)[:, :10, :, :]
         x = (x + 0.5 * self.act(self.conv(x))) / 2
-        x = self.classifier(F.adaptive_avg_pool2d(x, 1)).squeeze(-1).squeeze(-1)
+        x = self.classifier(F.adaptive_max_pool2d(x, 1)).squeeze(-1).squeeze(-1)
         return F.log_softmax(x, dim=1)
 
 

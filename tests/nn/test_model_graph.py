@@ -85,7 +85,7 @@ class _Leaky(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
-        self.act = nn.PReLU()
+        self.act = nn.Softsign()
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
@@ -120,7 +120,7 @@ class _Branching(_Leaky):
 
 
 @pytest.mark.parametrize("model, match", [
-    (_Leaky(), r"unsupported operation module act \(PReLU\) in _Leaky; supported: Conv2d"),
+    (_Leaky(), r"unsupported operation module act \(Softsign\) in _Leaky; supported: Conv2d"),
     (_Softmax(), r"only a softmax / log-softmax over the classes \(dim 1\) as the forward's last op is supported "
                  r"for call_function softmax \(node softmax\)"),
     (_SoftmaxBatch(), r"over the classes \(dim 1\) .* log_softmax"),

@@ -66,6 +66,7 @@ _POOL = {
     nn.Identity: (), nn.Sequential: (), nn.LeakyReLU: ("negative_slope", "inplace"), nn.ELU: ("alpha", "inplace"),
     nn.Tanh: (), nn.Softplus: ("beta", "threshold"), nn.Mish: ("inplace",),
     nn.Hardtanh: ("min_val", "max_val", "inplace"), nn.Softmax: ("dim",), nn.LogSoftmax: ("dim",),
+    nn.PReLU: ("num_parameters",),
 }
 _FLOAT_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
                "padding_mode", "in_features", "out_features")

@@ -183,16 +183,19 @@ def avg_pool(g: GraphBuilder, m: nn.AvgPool2d, inputs: list[str], node, base: st
                   pads=_pair(m.padding) * 2, ceil_mode=int(m.ceil_mode), count_include_pad=int(m.count_include_pad))
 
 
-def adaptive_avg_pool(g: GraphBuilder, m: nn.AdaptiveAvgPool2d, inputs: list[str], node, base: str) -> str:
-    """Output 1x1 → GlobalAveragePool; an output size dividing the input → AveragePool(k = stride = in/out)."""
+def adaptive_pool(g: GraphBuilder, m: nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d, inputs: list[str], node,
+                  base: str) -> str:
+    """Output 1x1 → GlobalAveragePool / GlobalMaxPool; an output size dividing the input → AveragePool / MaxPool
+    (k = stride = in/out)."""
+    op = "Max" if isinstance(m, nn.AdaptiveMaxPool2d) else "Average"
     h, w = _input_shape(node)[-2:]
     oh, ow = [o if o is not None else i for o, i in zip(_pair(m.output_size), (h, w))]
     if (oh, ow) == (1, 1):
-        return g.node("GlobalAveragePool", inputs, base)
+        return g.node(f"Global{op}Pool", inputs, base)
     if h % oh or w % ow:
-        raise ConfigError(f"{base}: AdaptiveAvgPool2d to {oh}x{ow} from {h}x{w} (not a divisor) is not exportable")
+        raise ConfigError(f"{base}: {type(m).__name__} to {oh}x{ow} from {h}x{w} (not a divisor) is not exportable")
     k = [h // oh, w // ow]
-    return g.node("AveragePool", inputs, base, kernel_shape=k, strides=k)
+    return g.node(f"{op}Pool", inputs, base, kernel_shape=k, strides=k)
 
 
 def relu(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
@@ -248,6 +251,14 @@ def hardtanh(g: GraphBuilder, m: nn.Hardtanh, inputs: list[str], node, base: str
     """clamp(x, min_val, max_val) (ReLU6: 0, 6) → Clip."""
     lo = g.tensor(f"{base}.min", torch.tensor(float(m.min_val)))
     return g.node("Clip", [inputs[0], lo, g.tensor(f"{base}.max", torch.tensor(float(m.max_val)))], base)
+
+
+def prelu(g: GraphBuilder, m: nn.PReLU, inputs: list[str], node, base: str) -> str:
+    """PRelu with the slope(s) shaped to broadcast over [N, C, …] (one slope, or one per channel)."""
+    slope = m.weight.detach().float().cpu()
+    if slope.numel() > 1:
+        slope = slope.reshape(-1, *([1] * (len(_input_shape(node)) - 2)))
+    return g.node("PRelu", [inputs[0], g.tensor(f"{base}.slope", slope)], base)
 
 
 def silu(g: GraphBuilder, m, inputs: list[str], node, base: str) -> str:
@@ -346,9 +357,11 @@ MODULE_HANDLERS = {
     nn.Conv2d: conv, QuantConv2d: conv, nn.Linear: linear, QuantLinear: linear, Quantizer: quantizer,
     nn.ReLU: relu, nn.ReLU6: hardtanh, nn.Hardswish: hardswish, nn.Hardsigmoid: hardsigmoid, nn.GELU: gelu,
     nn.SiLU: silu, nn.Sigmoid: sigmoid, nn.MaxPool2d: max_pool, nn.AvgPool2d: avg_pool,
-    nn.AdaptiveAvgPool2d: adaptive_avg_pool, nn.Flatten: flatten, OutlierShift: outlier_shift,
+    nn.AdaptiveAvgPool2d: adaptive_pool, nn.AdaptiveMaxPool2d: adaptive_pool, nn.Flatten: flatten,
+    OutlierShift: outlier_shift,
     nn.BatchNorm2d: affine, nn.BatchNorm1d: affine, nn.LeakyReLU: leaky_relu, nn.ELU: elu, nn.Tanh: tanh,
     nn.Softplus: softplus, nn.Mish: mish, nn.Hardtanh: hardtanh, nn.Softmax: softmax, nn.LogSoftmax: softmax,
+    nn.PReLU: prelu,
 }
 FUNCTION_HANDLERS = {operator.add: add, torch.add: add, operator.mul: mul, torch.mul: mul, torch.cat: cat,
                      F.pad: channel_pad, ops.to_channels: to_channels,

@@ -59,8 +59,9 @@ from .channels import (
 from .options import signature_options
 
 FORMS = ("auto", "bias", "shift")
-BIAS_FORM_BETWEEN = ("relu", "maxpool", "flatten")
-SHIFT_COMMUTES = ("maxpool", "flatten")  # max(relu(v − X)) = relu(max(v) − X); flatten only reorders
+BIAS_FORM_BETWEEN = ("relu", "maxpool", "adaptive_maxpool", "flatten")
+# max(relu(v − X)) = relu(max(v) − X); flatten only reorders
+SHIFT_COMMUTES = ("maxpool", "adaptive_maxpool", "flatten")
 
 
 def _form(qmodel: nn.Module, pair: ChannelPair, form: str, live_clip: bool) -> str:

@@ -8,8 +8,9 @@ Every node of a normalised graph has one *kind*:
     affine        scalar arithmetic on a tensor: ``x * c``, ``c * x``, ``x / c``, ``x + c``, ``x − c``, ``c − x``,
                   ``−x`` for a number c (:func:`scalar_op`: a·x + b with scalars a, b)
     activations   relu, relu6, hardswish, hardsigmoid, gelu, silu, sigmoid, leaky_relu, elu, tanh, softplus,
-                  mish, hardtanh
-    pooling       maxpool, avgpool, adaptive_avgpool (module, functional, ``x.mean((2, 3), keepdim=True)``)
+                  mish, hardtanh (also ``x.clamp(a, b)``: relu for (0, None), relu6 for (0, 6)), prelu
+    pooling       maxpool, avgpool, adaptive_avgpool, adaptive_maxpool (module, functional, ``x.mean((2, 3))``,
+                  ``x.amax((2, 3))``)
     shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``,
                   ``x.view(b, c)`` with b the batch size, ``x.squeeze()`` of a [N, C, 1, 1] map),
                   unflatten (``y.view(b, c, 1, 1)``: features back to channels of a 1×1 map, e.g. a squeeze-excite
@@ -46,29 +47,33 @@ from torch import fx, nn
 from ..errors import ConfigError
 
 ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "tanh",
-               "softplus", "mish", "hardtanh")
-POOLS = ("maxpool", "avgpool", "adaptive_avgpool")
+               "softplus", "mish", "hardtanh", "prelu")
+POOLS = ("maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool")
 LAYERS = ("conv", "linear")
 MERGES = ("add", "mul", "cat")
 HEADS = ("softmax", "log_softmax")  # allowed only on the logits, as the forward's last op
 # curved (or, for leaky_relu, not zero below 0): the integer form is a lookup table over the layer's output codes
 TABLE_ACTIVATIONS = ("hardswish", "hardsigmoid", "gelu", "silu", "sigmoid", "leaky_relu", "elu", "tanh", "softplus",
-                     "mish", "hardtanh")
-HOMOGENEOUS = ("relu", "maxpool", "avgpool", "adaptive_avgpool", "flatten")  # φ(α·z) = α·φ(z) for α > 0
+                     "mish", "hardtanh", "prelu")
+# φ(α·z) = α·φ(z) for α > 0
+HOMOGENEOUS = ("relu", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten")
 
 _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.Conv2d, "conv"), (nn.Linear, "linear"), (nn.BatchNorm2d, "bn"), (nn.BatchNorm1d, "bn"),
     (nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.Hardswish, "hardswish"), (nn.Hardsigmoid, "hardsigmoid"),
     (nn.GELU, "gelu"), (nn.SiLU, "silu"), (nn.Sigmoid, "sigmoid"), (nn.LeakyReLU, "leaky_relu"), (nn.ELU, "elu"),
     (nn.Tanh, "tanh"), (nn.Softplus, "softplus"), (nn.Mish, "mish"), (nn.Hardtanh, "hardtanh"),  # ReLU6 first
+    (nn.PReLU, "prelu"),
     (nn.MaxPool2d, "maxpool"), (nn.Softmax, "softmax"), (nn.LogSoftmax, "log_softmax"),
-    (nn.AvgPool2d, "avgpool"), (nn.AdaptiveAvgPool2d, "adaptive_avgpool"), (nn.Flatten, "flatten"))
+    (nn.AvgPool2d, "avgpool"), (nn.AdaptiveAvgPool2d, "adaptive_avgpool"), (nn.AdaptiveMaxPool2d, "adaptive_maxpool"),
+    (nn.Flatten, "flatten"))
 _NO_OPS = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d)
 
 _FUNCTION_KINDS = {
     F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.hardswish: "hardswish",
     F.hardsigmoid: "hardsigmoid", F.gelu: "gelu", F.silu: "silu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
     F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
+    F.adaptive_max_pool2d: "adaptive_maxpool",
     torch.flatten: "flatten", operator.add: "add", torch.add: "add", operator.mul: "mul", torch.mul: "mul",
     torch.cat: "cat", F.pad: "channel_pad", F.leaky_relu: "leaky_relu", F.elu: "elu", torch.tanh: "tanh",
     F.tanh: "tanh", F.softplus: "softplus", F.mish: "mish", F.hardtanh: "hardtanh", F.softmax: "softmax",
@@ -83,9 +88,10 @@ _NO_OP_METHODS = ("contiguous",)
 _DEFAULT_KWARGS = {"_stacklevel": 3, "dtype": None}  # what torch's functional wrappers add (softmax), dropped
 
 SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or standalone), ReLU, ReLU6, "
-             "Hardswish, Hardsigmoid, GELU, SiLU, Sigmoid, LeakyReLU, ELU, Tanh, Softplus, Mish, Hardtanh (also "
-             "hand-written: x * relu6(x + 3) / 6, x * sigmoid(x), x * tanh(softplus(x))), MaxPool2d, AvgPool2d, "
-             "AdaptiveAvgPool2d / mean over H,W / avg_pool2d(x, x.size(3)), strided slice x[:, :, ::s, ::s], "
+             "Hardswish, Hardsigmoid, GELU, SiLU, Sigmoid, LeakyReLU, ELU, Tanh, Softplus, Mish, Hardtanh / clamp, "
+             "PReLU (also hand-written: x * relu6(x + 3) / 6, x * sigmoid(x), x * tanh(softplus(x))), MaxPool2d, "
+             "AvgPool2d, AdaptiveAvgPool2d / mean over H,W / avg_pool2d(x, x.size(3)), AdaptiveMaxPool2d / amax over "
+             "H,W, strided slice x[:, :, ::s, ::s], "
              "flatten / view / reshape to (N, -1) or (b, c), squeeze of a 1x1 map, view(b, c, 1, 1), residual + / "
              "torch.add, torch.cat on channels, F.pad of zero channels, channel pieces (chunk / split / x[:, a:b] "
              "on dim 1), channel shuffle (view / transpose / view), x * c, x / c, x + c, x - c with a number c, "
@@ -105,10 +111,12 @@ _MODULE_OF = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "ha
               "gelu": nn.GELU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU,
               "tanh": nn.Tanh, "softplus": nn.Softplus, "mish": nn.Mish, "hardtanh": nn.Hardtanh,
               "maxpool": nn.MaxPool2d, "softmax": nn.Softmax, "log_softmax": nn.LogSoftmax,
-              "avgpool": nn.AvgPool2d, "adaptive_avgpool": nn.AdaptiveAvgPool2d, "flatten": nn.Flatten}
+              "avgpool": nn.AvgPool2d, "adaptive_avgpool": nn.AdaptiveAvgPool2d,
+              "adaptive_maxpool": nn.AdaptiveMaxPool2d, "flatten": nn.Flatten}
 _ARG_NAMES = {"maxpool": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
               "avgpool": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
-              "adaptive_avgpool": ("output_size",), "gelu": ("approximate",), "flatten": ("start_dim", "end_dim"),
+              "adaptive_avgpool": ("output_size",), "adaptive_maxpool": ("output_size", "return_indices"),
+              "gelu": ("approximate",), "flatten": ("start_dim", "end_dim"),
               "leaky_relu": ("negative_slope",), "elu": ("alpha",), "softplus": ("beta", "threshold"),
               "hardtanh": ("min_val", "max_val"), "softmax": ("dim",), "log_softmax": ("dim",)}
 
@@ -371,14 +379,18 @@ def _is_spatial_squeeze(node: fx.Node) -> bool:
     return all(d in (2, 3, -1, -2) for d in dims) and not node.args[2:]
 
 
-def _is_spatial_mean(node: fx.Node) -> bool:
-    if not ((node.op == "call_method" and node.target == "mean") or
-            (node.op == "call_function" and node.target is torch.mean)):
-        return False
+def _spatial_reduction(node: fx.Node):
+    """The global pool of ``x.mean((2, 3))`` / ``x.amax((2, 3))`` (also ``torch.mean`` / ``torch.amax``, keepdim
+    or not): ``F.adaptive_avg_pool2d`` / ``F.adaptive_max_pool2d``, else None."""
+    pool = {"mean": F.adaptive_avg_pool2d, "amax": F.adaptive_max_pool2d}.get(
+        node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+        if node.op == "call_function" and node.target in (torch.mean, torch.amax) else None)
+    if pool is None:
+        return None
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
     spatial = sorted(d % 4 if isinstance(d, int) else d for d in dims) == [2, 3]
-    return spatial and node.args[2:] in ((), (True,), (False,))
+    return pool if spatial and node.args[2:] in ((), (True,), (False,)) else None
 
 
 def _is_spatial_size(arg, of: fx.Node, dims: tuple = (2, 3, -1, -2)) -> bool:
@@ -483,6 +495,24 @@ def _plain_kwargs(node: fx.Node) -> dict:
             if k != "inplace" and not (k in _DEFAULT_KWARGS and v == _DEFAULT_KWARGS[k])}
 
 
+def _clamp_form(node: fx.Node) -> tuple | None:
+    """(function, args) of the activation ``x.clamp(lo, hi)`` / ``torch.clamp`` / ``clip`` computes with numbers lo,
+    hi: relu for (0, None), relu6 for (0, 6), hardtanh(x, lo, hi) for any other pair; None otherwise."""
+    if not ((node.op == "call_method" and node.target in ("clamp", "clip", "clamp_", "clip_"))
+            or (node.op == "call_function" and node.target in (torch.clamp, torch.clip))):
+        return None
+    args = dict(zip(("input", "min", "max"), node.args)) | dict(node.kwargs)
+    x, lo, hi = args.get("input"), args.get("min"), args.get("max")
+    if not isinstance(x, fx.Node) or set(args) - {"input", "min", "max"} or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in (lo, hi)):
+        return None
+    if _is_number(lo, 0) and hi is None:
+        return F.relu, (x,)
+    if _is_number(lo, 0) and _is_number(hi, 6):
+        return F.relu6, (x,)
+    return (F.hardtanh, (x, float(lo), float(hi))) if lo is not None and hi is not None and lo < hi else None
+
+
 def _fold_idioms(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
     """Replace hand-written h-swish / hard-sigmoid / SiLU / Mish and ``hardtanh(x, 0, 6)`` (see the module
     docstring) by the functional op; the
@@ -534,6 +564,8 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
                 new = graph.call_function(torch.flatten, (node.args[0], 1))
                 if isinstance(size := _view_shape(node)[1], int) and size > 0:
                     new.meta["flat_size"] = size  # view(-1, k) / view(b, k): checked against the recorded shapes
+            elif (clamp := _clamp_form(node)) is not None:
+                new = graph.call_function(*clamp)
             elif (piece := _channel_piece_args(node)) is not None:
                 new = graph.call_function(channel_piece, piece)
             elif (shuffle := _shuffle_groups(node)) is not None:
@@ -552,9 +584,9 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
                 new.meta["square_map"] = True  # the rewrite's premise, checked against the recorded shapes
             elif (stride := _slice_stride(node)) is not None:
                 new = graph.call_function(F.max_pool2d, (node.args[0], 1, stride))
-            elif _is_spatial_mean(node):
+            elif (pool := _spatial_reduction(node)) is not None:
                 keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-                new = graph.call_function(F.adaptive_avg_pool2d, (node.args[0], 1))
+                new = graph.call_function(pool, (node.args[0], 1))
                 if not keep:
                     with graph.inserting_after(new):
                         new = graph.call_function(torch.flatten, (new, 1))

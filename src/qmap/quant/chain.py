@@ -39,13 +39,18 @@ class Clamp:
 @dataclass(frozen=True)
 class Table:
     """A curved activation on integer codes: ``out = table[x − lo]``, one entry per input code lo..hi (exact: the
-    table holds what the fake-quant model computes for each code)."""
+    table holds what the fake-quant model computes for each code); a [C, n] table holds one row per channel
+    (a per-channel PReLU): ``out[:, c] = table[c, x[:, c] − lo]``."""
 
     table: torch.Tensor
     lo: int
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.table.to(x.device)[(x - self.lo).long()]
+        index = (x - self.lo).long()
+        if self.table.dim() == 2:
+            rows, n = self.table.shape
+            index = index + (torch.arange(rows, device=x.device) * n).reshape(1, -1, *([1] * (x.dim() - 2)))
+        return self.table.to(x.device).reshape(-1)[index]
 
 
 @dataclass(frozen=True)

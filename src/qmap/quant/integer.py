@@ -376,7 +376,8 @@ class _Lowering:
             kind = self.graph.kind.get(user)
             if kind in LAYERS:
                 return ops, user
-            if kind not in ("relu", "relu6", "maxpool", "avgpool", "adaptive_avgpool", "flatten", "custom"):
+            if kind not in ("relu", "relu6", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten",
+                            "custom"):
                 break
             ops.append(user)
             cur = user
@@ -397,11 +398,13 @@ class _Lowering:
             if _pair(m.padding) != (0, 0) or m.ceil_mode or m.divisor_override:
                 self.fail(node, "average pooling with padding, ceil_mode or a divisor has no exact integer form")
             return AvgPool(_pair(m.kernel_size), _pair(m.stride or m.kernel_size))
-        if kind == "adaptive_avgpool":
-            (h, w), (oh, ow) = self.graph.shape(node.all_input_nodes[0])[-2:], _pair(m.output_size)
+        if kind in ("adaptive_avgpool", "adaptive_maxpool"):
+            (h, w), out = self.graph.shape(node.all_input_nodes[0])[-2:], _pair(m.output_size)
+            oh, ow = (o if o is not None else i for o, i in zip(out, (h, w)))
             if h % oh or w % ow:
                 self.fail(node, f"maps {h}x{w} to {oh}x{ow} with unequal windows")
-            return AvgPool((h // oh, w // ow), (h // oh, w // ow))
+            window = (h // oh, w // ow)
+            return AvgPool(window, window) if kind == "adaptive_avgpool" else MaxPool(window, window, 0, 1, False)
         if kind == "flatten":
             return Flatten(m.start_dim, m.end_dim)
         if kind == "unflatten":
@@ -545,10 +548,16 @@ class _Lowering:
             self.fail(node, f"a {q.spec.bits}-bit input needs a 2^{q.spec.bits}-entry table (at most 16 bits)")
         codes = torch.arange(q.spec.qmin, q.spec.qmax + 1, device=q.scale.device)
         x = q.dequantize(codes).reshape(1, -1).float()
-        y = as_module(node, self.graph.modules)(x).reshape(-1)
+        act = as_module(node, self.graph.modules)
+        if isinstance(act, nn.PReLU) and act.num_parameters > 1:  # one table row per channel
+            channels = self.graph.shape(node)[1]
+            y = act(x.reshape(1, 1, -1).expand(1, channels, -1)).reshape(channels, -1)
+        else:
+            y = act(x).reshape(-1)
+        y = y.detach()  # a PReLU's slope is a parameter
         chain, nxt = self._chain(node)
         shifts = [m for n in chain if isinstance(m := self.graph.modules.get(n.target), OutlierShift)]
-        if nxt is not None and all(self.graph.kind[n] in ("maxpool", "flatten") or
+        if nxt is not None and all(self.graph.kind[n] in ("maxpool", "adaptive_maxpool", "flatten") or
                                    isinstance(self.graph.modules.get(n.target), OutlierShift) for n in chain):
             tq = self.graph.modules[nxt.target].input_quantizer  # codes of the next layer, exactly
             # an OMR shift on the way splits codes up to qmax + X_clip (its ShiftCopy step): clip there instead
