@@ -261,10 +261,31 @@ def test_depthwise_producer_takes_the_shift_form(act):
     report = apply_omr(q, pairs=[("2", "4")], selective=False, calib=x)
     assert [(r["consumer"], r["form"], r["extra_channels"]) for r in report["pairs"]] == [("4", "shift", 8)]
     _assert_equivalent(q, omr_reference(plain, report), plain, _images(n=4, seed=3))
-    assert any("0->2: skipped, grouped (depthwise) consumer" in n for n in report["skipped"])
-    with pytest.raises(ConfigError, match="dense producer"):
+    with pytest.raises(ConfigError, match="dense layers"):
         apply_omr(copy.deepcopy(plain), pairs=[("2", "4")], form="bias", calib=x)
     assert "2->4" not in {p.key for p in find_pairs(plain)[0]}  # OCS still skips it (it splits producer rows)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Hardswish])
+@pytest.mark.parametrize("per_group", [1, 2])
+def test_grouped_consumer_doubles_every_group(act, per_group):
+    """expand → act → depthwise (MobileNet's h-swish input of a low-bit layer): every channel is copied, the
+    shift puts each group's copies after its originals and the grouped weight [O, C/g, k, k] becomes
+    [O, 2C/g, k, k] — exactly the same-step quantizer with twice the clip. Selective OMR migrates such a pair whole
+    or not at all."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), act(), nn.Conv2d(8, 8, 3, padding=1, groups=8 // per_group), act(),
+                          nn.Conv2d(8, 6, 1), nn.Flatten(), nn.Linear(6 * 8 * 8, 4))
+    x = _images()
+    q = _quantized(model, 3, x)
+    q[2].input_quantizer.set_qparams(q[2].input_quantizer.scale * 0.5)  # plenty of values beyond X and 2X
+    plain = copy.deepcopy(q)
+    report = apply_omr(q, pairs=[("0", "2")], selective=False, calib=x, live_clip=True)
+    assert [(r["form"], r["extra_channels"]) for r in report["pairs"]] == [("shift", 8)]
+    assert q[2].weight.shape == (8, 2 * per_group, 3, 3) and q[2].in_channels == 16 and q[2].groups == 8 // per_group
+    _assert_equivalent(q, omr_reference(plain, report), plain, _images(n=4, seed=3))
+    selective = apply_omr(copy.deepcopy(plain), pairs=[("0", "2")], selective=True, budget=0.25, calib=x)
+    assert selective["pairs"][0]["extra_channels"] in (0, 8)  # (integer model: tests/methods/test_omr_integer.py)
 
 
 class _SharedAct(nn.Module):

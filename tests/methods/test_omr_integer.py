@@ -78,3 +78,38 @@ def test_integer_model_shift_after_table_and_average_pool():
         assert row["end_to_end"]["mismatch_fraction"] == 0.0, row
     with torch.no_grad():
         assert torch.equal(q(x).argmax(1), im.run(x).logits.argmax(1))
+
+
+def test_integer_model_onnx_and_file_reproduce_omr_into_depthwise(tmp_path):
+    """DOMR with OMR on the MobileNet-style net: the h-swish inputs of its depthwise convs (expand → h-swish →
+    depthwise) now carry copies — every channel, reordered so each group reads its originals then their copies,
+    the depthwise weight doubled per group. The integer model's codes equal the fake-quant model's; the
+    quantized-model file and ONNX reproduce its outputs."""
+    from qmap.export import export_onnx, verify_onnx
+    from qmap.export.quantized import load_quantized, save_quantized
+    set_quiet(True)
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 32, 32)
+    model = build_model("mobilenet_cifar", width=0.25).eval()
+    res = get_method("domr")(model, x, QuantConfig(w_bits=4, a_bits=3), iters=2,
+                             omr_options={"selective": False})
+    q = res.model.eval()
+    grouped = [r for r in res.report["omr"]["pairs"] if getattr(q.get_submodule(r["consumer"]), "groups", 1) > 1]
+    assert grouped and all(r["extra_channels"] == r["channels"] for r in grouped)
+    im = to_integer_model(q)
+    assert any(isinstance(st.op, ShiftCopy) and st.op.order for st in im.steps) or any(
+        isinstance(op, ShiftCopy) and op.order for lay in im.layers for op in lay.post_ops)
+    rows = compare_with_fake_quant(q, im, x[:8])["layers"]
+    for row in rows[:-1]:
+        assert row["end_to_end"]["mismatch_fraction"] <= 1e-3, row
+    with torch.no_grad():
+        out = q(x[:8])
+        assert torch.equal(out.argmax(1), im.run(x[:8]).logits.argmax(1))
+    path = save_quantized(q, tmp_path / "q.safetensors")
+    with torch.no_grad():
+        assert torch.equal(load_quantized(path, model_fn=lambda: build_model("mobilenet_cifar", width=0.25)).model(
+            x[:8]), out)
+    pytest.importorskip("onnxruntime", reason="optional 'onnx' extra (onnxruntime) not installed")
+    export_onnx(q, tmp_path / "m.onnx", x[:2])
+    check = verify_onnx(tmp_path / "m.onnx", q, x[:8])
+    assert check["top1_agreement"] == 1.0 and check["max_rel_diff"] <= 5e-3

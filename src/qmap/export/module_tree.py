@@ -107,7 +107,7 @@ def module_tree(model: nn.Module) -> dict:
             live = names.get(id(m.quantizer[0])) if m.quantizer else None
             if m.quantizer and live is None:
                 raise ConfigError(f"{path}: OutlierShift follows a quantizer outside the model; cannot save it")
-            args = {"channels": len(m.index), "live": live}
+            args = {"channels": len(m.index), "live": live, "order": None if m.order is None else len(m.order)}
         elif type(m) in BUILDERS:
             args = BUILDERS[type(m)][0](m)
         else:
@@ -154,7 +154,11 @@ def build_children(root: nn.Module, tree: dict) -> nn.Module:
             raise ConfigError(f"{path}: module type {kind!r} is not allowed in a quantized-model file")
         a = spec.get("args", {})
         if kind == SHIFT:
-            m = OutlierShift(torch.zeros(a["channels"], dtype=torch.long), x_clip=0.0)
+            n = a.get("order")
+            if n is not None and (type(n) is not int or n <= 0):
+                raise ConfigError(f"{path}: an OutlierShift's order must be a channel count, got {n!r}")
+            order = torch.zeros(n, dtype=torch.long) if n else None
+            m = OutlierShift(torch.zeros(a["channels"], dtype=torch.long), x_clip=0.0, order=order)
             shifts.append((m, a["live"]))
         else:
             m = BY_NAME[kind][1](a)

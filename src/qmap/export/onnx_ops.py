@@ -341,14 +341,18 @@ def softmax(g: GraphBuilder, m: nn.Softmax | nn.LogSoftmax, inputs: list[str], n
 
 
 def outlier_shift(g: GraphBuilder, m: OutlierShift, inputs: list[str], node, base: str) -> str:
-    """OMR's shift form cat(x, relu(x[:, index] − X)) → Gather(axis=1) + Sub + Relu + Concat(axis=1), with X the
-    float32 clip the module computes (its live quantizer clip, frozen at export)."""
+    """OMR's shift form cat(x, relu(x[:, index] − X)) → Gather(axis=1) + Sub + Relu + Concat(axis=1) [+ Gather of
+    the grouped consumer's order], with X the float32 clip the module computes (its live quantizer clip, frozen at
+    export)."""
     x = inputs[0]
     picked = g.node("Gather", [x, g.tensor(f"{base}.index", m.index.detach().cpu().to(torch.int64))],
                     f"{base}.picked", axis=1)
     clip = g.tensor(f"{base}.clip", m.clip().detach().float().cpu().reshape(()))
     copies = g.node("Relu", [g.node("Sub", [picked, clip], f"{base}.minus_clip")], f"{base}.copies")
-    return g.node("Concat", [x, copies], base, axis=1)
+    if m.order is None:
+        return g.node("Concat", [x, copies], base, axis=1)
+    both = g.node("Concat", [x, copies], f"{base}.concat", axis=1)
+    return g.node("Gather", [both, g.tensor(f"{base}.order", m.order.detach().cpu().to(torch.int64))], base, axis=1)
 
 
 # Exact types (subclasses are not assumed to behave like their base). Functional ops arrive as the module they

@@ -33,11 +33,14 @@ def _grouped(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups != 1
 
 
-def find_pairs(model: nn.Module, grouped_producer: bool = False) -> tuple[list[ChannelPair], list[str]]:
+def find_pairs(model: nn.Module, grouped_producer: bool = False, grouped_consumer: bool = False
+               ) -> tuple[list[ChannelPair], list[str]]:
     """All eligible (l, l+1) pairs of the model graph, and notes on the candidates that were skipped (and why).
 
     ``grouped_producer``: keep pairs whose producer is a grouped (depthwise) conv — right for surgery that only
     duplicates the consumer's input columns (OMR's shift form), not for one that splits producer channels.
+    ``grouped_consumer``: keep pairs whose consumer is grouped — right for surgery that can double *every* input
+    of each group (OMR's shift form of all channels, :func:`duplicate_inputs`).
     """
     chains, notes = ModelGraph(model).chains()
     pairs = []
@@ -48,7 +51,7 @@ def find_pairs(model: nn.Module, grouped_producer: bool = False) -> tuple[list[C
                "more than one activation in between" if sum(k in ACTIVATIONS for k in c.kinds) > 1 else
                "Linear feeding a Conv2d" if isinstance(producer, nn.Linear) and isinstance(consumer, nn.Conv2d) else
                "grouped (depthwise) producer" if _grouped(producer) and not grouped_producer else
-               "grouped (depthwise) consumer" if _grouped(consumer) else None)
+               "grouped (depthwise) consumer" if _grouped(consumer) and not grouped_consumer else None)
         if why:
             notes.append(f"{c.key}: skipped, {why}")
         else:
@@ -136,14 +139,18 @@ def duplicate_outputs(layer: nn.Module, index: torch.Tensor, scale: float = 1.0,
 @torch.no_grad()
 def duplicate_inputs(layer: nn.Module, columns: torch.Tensor, scale: float = 1.0) -> None:
     """Append copies of input columns ``columns`` (axis 1 of the weight) to ``layer``; ``scale`` multiplies the
-    source columns and their copies (OCS weight halving: 0.5). Per-output-channel steps are unchanged."""
-    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-        raise ValueError("grouped convolutions are not supported")
+    source columns and their copies (OCS weight halving: 0.5). Per-output-channel steps are unchanged. A grouped
+    conv's weight holds its group's C/groups inputs per output: copying all of them doubles every group (its
+    input then has each group's originals followed by their copies)."""
     columns = columns.to(layer.weight.device).long()
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1 and not torch.equal(
+            columns.cpu(), torch.arange(layer.weight.shape[1])):
+        raise ValueError("a grouped convolution takes copies of all its inputs at once (columns 0..C/groups−1: "
+                         "every group doubles)")
     for mod, name in list(_weight_shaped_tensors(layer)):
         _replace(mod, name, _expanded(getattr(mod, name), 1, columns, scale))
     if isinstance(layer, nn.Conv2d):
-        layer.in_channels = layer.weight.shape[1]
+        layer.in_channels = layer.weight.shape[1] * layer.groups
     else:
         layer.in_features = layer.weight.shape[1]
 

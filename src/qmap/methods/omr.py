@@ -26,8 +26,11 @@ Two ways to produce the copy:
   position-dependent (no bias can cancel it). Costs extra MACs in l+1 only, plus one subtract/max per copied value;
   with ``live_clip`` X is read from the quantizer at every forward, so it follows a step that is learned afterwards
   (DOMR's DJOS). Only the consumer's input columns are duplicated, so the producer may be a depthwise conv
-  (MobileNet's depthwise → h-swish → project); a depthwise *consumer* is skipped (its channel c cannot sum two
-  input channels).
+  (MobileNet's depthwise → h-swish → project). A grouped (depthwise) consumer sums only its own group's inputs,
+  so every group takes copies of all its inputs at once: each channel is migrated, the shift reorders its output
+  so that group g reads its originals then their copies, and the consumer's weight [O, C/g, k, k] becomes
+  [O, 2·C/g, k, k] (the same weights twice; MobileNet's expand → h-swish → depthwise). Its extra MACs are the
+  depthwise conv's own, so selective OMR migrates such a pair whole when any of its channels is selected.
 
 *Selective* OMR migrates only channels whose calibration maximum would land on a non-zero copy code
 (round((max_c − X)/s) ≥ 1), largest excess first, at most ``budget`` × channels per pair (or over all pairs).
@@ -66,9 +69,10 @@ SHIFT_COMMUTES = ("maxpool", "adaptive_maxpool", "flatten")
 
 def _form(qmodel: nn.Module, pair: ChannelPair, form: str, live_clip: bool) -> str:
     bias_ok = ("relu" in pair.kinds and all(k in BIAS_FORM_BETWEEN for k in pair.kinds) and not live_clip
-               and not _grouped(qmodel.get_submodule(pair.producer)))
+               and not _grouped(qmodel.get_submodule(pair.producer))
+               and not _grouped(qmodel.get_submodule(pair.consumer)))
     if form == "bias" and not bias_ok:
-        raise ConfigError(f"OMR pair {pair.key}: the bias form needs a dense producer, ReLU with only "
+        raise ConfigError(f"OMR pair {pair.key}: the bias form needs dense layers, ReLU with only "
                           f"max-pooling/identity in between and a fixed clip; use form='shift'")
     return "bias" if form == "bias" or (form == "auto" and bias_ok) else "shift"
 
@@ -94,6 +98,9 @@ def _select(pairs: list[dict], maxima: dict[str, torch.Tensor] | None, selective
         limit = math.floor(budget * sum(e["producer_channels"] for e in pairs) + 1e-9)
         for _, e, c in sorted(ranked, key=lambda t: -t[0])[:limit]:
             e["channels"].append(c)
+    for e in pairs:  # a grouped consumer doubles every group: all channels or none
+        if e["grouped"] and e["channels"]:
+            e["channels"] = list(range(e["producer_channels"]))
 
 
 def _insert_shift(qmodel: nn.Module, pair: ChannelPair, shift: OutlierShift) -> None:
@@ -130,7 +137,8 @@ def omr_reference(plain: nn.Module, report: dict) -> nn.Module:
             raise ValueError(f"{row['consumer']}: reference needs a symmetric quantizer and the default clip")
         hi = torch.full((row["channels"],), float(q.spec.qmax))
         hi[row["migrated"]] = 2 * q.spec.qmax
-        layer.input_quantizer = ClipRangeQuant(float(q.scale), q.spec.qmin, hi, layer.weight.shape[1] // len(hi))
+        inputs = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+        layer.input_quantizer = ClipRangeQuant(float(q.scale), q.spec.qmin, hi, inputs // len(hi))
     return ref
 
 
@@ -165,7 +173,7 @@ def apply_omr(qmodel: nn.Module, pairs: list[tuple[str, str]] | None = None, x_c
         raise ConfigError(f"OMR budget is a fraction of channels in [0, 1], got {budget}")
     if selective and calib is None:
         raise ConfigError("selective OMR needs calibration images (calib=...)")
-    eligible, notes = find_pairs(qmodel, grouped_producer=True)  # the bias form refuses them in _form
+    eligible, notes = find_pairs(qmodel, grouped_producer=True, grouped_consumer=True)  # bias form: see _form
     chosen = _choose_pairs(eligible, pairs)
     x_clip = x_clip or {}
     entries, skipped = [], list(notes)
@@ -186,7 +194,8 @@ def apply_omr(qmodel: nn.Module, pairs: list[tuple[str, str]] | None = None, x_c
             continue
         entries.append({"pair": p, "quantizer": q, "form": pair_form,
                         "x_clip": float(x_clip.get(p.consumer, quantizer_clip(q))),
-                        "producer_channels": qmodel.get_submodule(p.producer).weight.shape[0]})
+                        "producer_channels": qmodel.get_submodule(p.producer).weight.shape[0],
+                        "grouped": _grouped(qmodel.get_submodule(p.consumer))})
     device = next(qmodel.parameters()).device
     example = calib[:1].to(device) if calib is not None else torch.zeros(
         1, quant_layers(qmodel)[0][1].weight.shape[1], *input_size, device=device)
@@ -227,8 +236,16 @@ def _migrate(qmodel: nn.Module, e: dict, live_clip: bool) -> None:
         split_pair_channels(qmodel, p, idx, bias_shift=e["x_clip"])
         return
     producer, consumer = qmodel.get_submodule(p.producer), qmodel.get_submodule(p.consumer)
-    duplicate_inputs(consumer, input_columns(idx, flatten_positions(producer, consumer)))
-    shift = OutlierShift(idx, quantizer=e["quantizer"]) if live_clip else OutlierShift(idx, x_clip=e["x_clip"])
+    order = None
+    if e["grouped"]:  # every channel (see _select): group g reads its C/g originals, then their copies
+        per_group, channels = consumer.weight.shape[1], e["producer_channels"]
+        duplicate_inputs(consumer, torch.arange(per_group))
+        groups = torch.arange(channels).reshape(-1, per_group)
+        order = torch.cat([groups, groups + channels], 1).reshape(-1)
+    else:
+        duplicate_inputs(consumer, input_columns(idx, flatten_positions(producer, consumer)))
+    clip = {"quantizer": e["quantizer"]} if live_clip else {"x_clip": e["x_clip"]}
+    shift = OutlierShift(idx, order=order, **clip)
     _insert_shift(qmodel, p, shift.to(producer.weight.device))
 
 

@@ -116,10 +116,12 @@ class ShiftCopy:
     index: tuple[int, ...]
     shift: int
     qmax: int
+    order: tuple[int, ...] | None = None  # output channel order (a grouped consumer's interleave), else as is
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         copies = (x[:, list(self.index)] - self.shift).clamp(0, self.qmax)
-        return torch.cat([x.clamp(max=self.qmax), copies], dim=1)
+        out = torch.cat([x.clamp(max=self.qmax), copies], dim=1)
+        return out if self.order is None else out[:, list(self.order)]
 
 
 Op = Relu | Clamp | MaxPool | AvgPool | Flatten | ToChannels | ShiftCopy | Table

@@ -20,16 +20,20 @@ def quantizer_clip(q: Quantizer) -> torch.Tensor:
 
 
 class OutlierShift(nn.Module):
-    """x ↦ cat(x, relu(x[:, index] − X), dim=1): the migrated copies of channels ``index`` (shift form of OMR).
+    """x ↦ cat(x, relu(x[:, index] − X), dim=1): the migrated copies of channels ``index`` (shift form of OMR),
+    optionally reordered by ``order`` (output channel j is channel order[j] of that concatenation: a grouped
+    consumer takes each group's copies next to its originals).
 
     X is the fixed ``x_clip`` or, given ``quantizer``, its live clip (qmax − z)·s at every call.
     """
 
-    def __init__(self, index: torch.Tensor, x_clip: float | None = None, quantizer: Quantizer | None = None):
+    def __init__(self, index: torch.Tensor, x_clip: float | None = None, quantizer: Quantizer | None = None,
+                 order: torch.Tensor | None = None):
         super().__init__()
         if (x_clip is None) == (quantizer is None):
             raise ValueError("give exactly one of x_clip and quantizer")
         self.register_buffer("index", index.detach().long().clone())
+        self.register_buffer("order", order.detach().long().clone() if order is not None else None)
         self.register_buffer("x_clip", torch.tensor(float(x_clip if x_clip is not None else 0.0)))
         self.quantizer = [quantizer] if quantizer is not None else None  # a list: not registered as a child
 
@@ -37,7 +41,8 @@ class OutlierShift(nn.Module):
         return quantizer_clip(self.quantizer[0]) if self.quantizer else self.x_clip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, torch.relu(x.index_select(1, self.index) - self.clip())], dim=1)
+        out = torch.cat([x, torch.relu(x.index_select(1, self.index) - self.clip())], dim=1)
+        return out if self.order is None else out.index_select(1, self.order)
 
     def integer_op(self) -> ShiftCopy:
         """The integer form for :mod:`qmap.quant.integer` (live clip only: X_clip is then qmax − z codes)."""
@@ -46,7 +51,8 @@ class OutlierShift(nn.Module):
                               "(use live_clip=True)")
         q = self.quantizer[0]
         z = int(q.zero_point.reshape(-1)[0])
-        return ShiftCopy(tuple(int(i) for i in self.index.tolist()), q.spec.qmax - z, q.spec.qmax)
+        order = None if self.order is None else tuple(int(i) for i in self.order.tolist())
+        return ShiftCopy(tuple(int(i) for i in self.index.tolist()), q.spec.qmax - z, q.spec.qmax, order)
 
     def extra_repr(self) -> str:
         x = "live" if self.quantizer else f"{float(self.x_clip):.4g}"
