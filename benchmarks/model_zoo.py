@@ -48,7 +48,7 @@ from qmap.sweep.spec import load_sweep
 
 MODELS = ("resnet20", "mobilenet_cifar", "gelu_cnn")
 CURVED = {nn.GELU: "GELU", nn.Hardswish: "h-swish"}
-PLOT_LAYER = {"gelu_cnn": "stages.1.3", "mobilenet_cifar": "blocks.1.project.0"}  # a curved activation's consumer
+PLOT_LAYER = {"gelu_cnn": "stages.1.3", "mobilenet_cifar": "blocks.3.depthwise.0"}  # a curved activation's consumer
 OMR_BUDGET = 0.25
 
 
