@@ -37,7 +37,8 @@ EXTRA_ACTS = {"leaky_relu": lambda: nn.LeakyReLU(0.1), "elu": nn.ELU, "tanh": nn
 OPS = [*ACTS, *(f"{a}_f" for a in FUNCS), *HAND, "depthwise", "linear", "maxpool", "maxpool_f", "avgpool", "avgpool_f",
        "adaptive", "adaptive_f", "mean", "add", "torch_add", "cat", "gate", *FLATTENS, "self_sized_avgpool",
        "strided_slice", "channel_pad", *EXTRA_ACTS, "scalar_residual", "scalar_ops", "chunk_split", "shuffle",
-       "squeeze", "softmax", "log_softmax", *LATE_ACTS, "adaptive_max", "amax"]
+       "squeeze", "softmax", "log_softmax", *LATE_ACTS, "adaptive_max", "amax", "gate_unsqueeze", "gate_none",
+       "avgpool_map"]
 
 
 class OpNet(nn.Module):
@@ -57,6 +58,8 @@ class OpNet(nn.Module):
         self.fc = nn.Linear(channels * size * size if op in FLATTENS else channels, 10)
         self.fc2 = nn.Linear(10, 10)
         self.log_softmax = nn.LogSoftmax(dim=1)
+        with torch.random.fork_rng():  # added later: the other cases keep their random draws
+            self.se_fc = nn.Linear(8, 8)
 
     def forward(self, x):
         op = self.op
@@ -81,13 +84,18 @@ class OpNet(nn.Module):
         elif op == "scalar_residual":
             z = F.relu(z + 0.5 * self.side(z))
         elif op == "scalar_ops":  # affine pieces on a layer's input and output: −(…)/3 + 1, 2·z − 0.25
-            z = -F.relu(self.side(z * 2 - 0.25)) / 3 + 1
+            z = -F.relu(self.side(z * 2 - 0.25)) / 3 + 1 + 0
         elif op == "chunk_split":
             z = torch.cat([z.chunk(2, dim=1)[1], torch.split(F.relu(self.side(z)), [4, 4], 1)[0]], 1)
         elif op == "shuffle":  # ShuffleNet's channel shuffle of a concat, as written in its repositories
             z = torch.cat([z[:, :4], F.relu(self.side(z))[:, 4:]], 1)
             n, c, hh, ww = z.size()
             z = torch.transpose(z.view(n, 2, c // 2, hh, ww), 1, 2).contiguous().view(n, -1, hh, ww)
+        elif op in ("gate_unsqueeze", "gate_none"):  # a squeeze-excite gate from Linear features
+            g = torch.sigmoid(self.se_fc(z.mean((2, 3))))
+            z = z * (g.unsqueeze(-1).unsqueeze(-1) if op == "gate_unsqueeze" else g[:, :, None, None])
+        elif op == "avgpool_map":
+            z = F.relu(self.side(F.avg_pool2d(z, z.size()[2:])))
         elif op == "channel_pad":  # the "option A" ResNet shortcut: zero channels added to a layer's output
             z = F.relu(F.pad(z, (0, 0, 0, 0, 3, 5), "constant", 0) + F.pad(self.side(z), (0, 0, 0, 0, 5, 3)))
         else:

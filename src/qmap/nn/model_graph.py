@@ -105,6 +105,9 @@ class ModelGraph:
                 if self.kind[n] in HEADS and len(self.shape(n)) != 2:
                     raise ConfigError(f"{describe(n, self.modules)}: a softmax is supported on [N, classes] logits, "
                                       f"got {tuple(self.shape(n))}")
+                if n.meta.get("from_features") and len(self.shape(n.args[0])) != 2:
+                    raise ConfigError(f"{describe(n, self.modules)}: unsqueezing a {tuple(self.shape(n.args[0]))} "
+                                      "tensor is read as features to a 1x1 map only from [N, C]")
                 if n.meta.get("squeeze") and any(d != 1 for d in self.shape(n.args[0])[2:]):
                     raise ConfigError(f"{describe(n, self.modules)}: squeeze of a {tuple(self.shape(n.args[0]))} "
                                       "map is read as a flatten only when every dim after the channels is 1")

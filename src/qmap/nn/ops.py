@@ -13,8 +13,8 @@ Every node of a normalised graph has one *kind*:
                   ``x.amax((2, 3))``)
     shape         flatten (``nn.Flatten``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``,
                   ``x.view(b, c)`` with b the batch size, ``x.squeeze()`` of a [N, C, 1, 1] map),
-                  unflatten (``y.view(b, c, 1, 1)``: features back to channels of a 1×1 map, e.g. a squeeze-excite
-                  gate),
+                  unflatten (``y.view(b, c, 1, 1)``, ``y.unsqueeze(-1).unsqueeze(-1)``, ``y[:, :, None, None]``:
+                  features back to channels of a 1×1 map, e.g. a squeeze-excite gate),
                   channel_pad (``F.pad(x, (0, 0, 0, 0, a, b))``: a and b zero channels before / after),
                   channel_gather (a static choice of channels: ``x.chunk(n, 1)[i]``, ``torch.split(x, s, 1)[i]``,
                   ``x[:, a:b]`` → :func:`channel_piece`; ShuffleNet's view / transpose / view →
@@ -26,14 +26,15 @@ Every node of a normalised graph has one *kind*:
 
 Module and functional forms of an op get the same kind; dropout, identity, ``.contiguous()`` and the
 ``size``/``shape`` arithmetic of a view vanish, and so does ``g.expand_as(x)`` feeding an elementwise ``*`` / ``+``
-(broadcasting does the same). Two more spellings are rewritten: a strided spatial slice
-``x[:, :, ::s, ::s]`` is ``F.max_pool2d(x, 1, s)`` (a 1×1 window with stride s picks the same elements) and
-``F.avg_pool2d(x, x.size()[3])`` (kernel = the map's own width) a global average pool, which it is on a square
-map (checked when shapes are recorded). Activations written out by hand become the op they compute
-(:func:`_fold_idioms`): ``relu6(x + 3) / 6`` → hardsigmoid(x), ``x * relu6(x + 3) / 6`` and
-``x * hardsigmoid(x)`` → hardswish(x), ``x * sigmoid(x)`` → silu(x), ``x * tanh(softplus(x))`` → mish(x),
-``hardtanh(x, 0, 6)`` → relu6(x) (``/ 6`` also as ``* (1/6)``, ``relu6`` also as ``nn.ReLU6`` or
-``hardtanh(·, 0, 6)``). Anything else is unsupported.
+(broadcasting does the same). More spellings are rewritten: a strided spatial slice ``x[:, :, ::s, ::s]`` is
+``F.max_pool2d(x, 1, s)`` (a 1×1 window with stride s picks the same elements); ``F.avg_pool2d(x, x.size()[3])``
+(kernel = the map's own width) a global average pool, which it is on a square map (checked when shapes are
+recorded), as is ``F.avg_pool2d(x, x.size()[2:])`` on any map; ``x.clamp(lo, hi)`` the activation it computes;
+scalar arithmetic an affine; chunk / split / channel slices and ShuffleNet's shuffle channel gathers.
+Activations written out by hand become the op they compute (:func:`_fold_idioms`): ``relu6(x + 3) / 6`` →
+hardsigmoid(x), ``x * relu6(x + 3) / 6`` and ``x * hardsigmoid(x)`` → hardswish(x), ``x * sigmoid(x)`` →
+silu(x), ``x * tanh(softplus(x))`` → mish(x), ``hardtanh(x, 0, 6)`` → relu6(x) (``/ 6`` also as ``* (1/6)``,
+``relu6`` also as ``nn.ReLU6`` or ``hardtanh(·, 0, 6)``). Anything else is unsupported.
 """
 
 from __future__ import annotations
@@ -90,9 +91,10 @@ _DEFAULT_KWARGS = {"_stacklevel": 3, "dtype": None}  # what torch's functional w
 SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or standalone), ReLU, ReLU6, "
              "Hardswish, Hardsigmoid, GELU, SiLU, Sigmoid, LeakyReLU, ELU, Tanh, Softplus, Mish, Hardtanh / clamp, "
              "PReLU (also hand-written: x * relu6(x + 3) / 6, x * sigmoid(x), x * tanh(softplus(x))), MaxPool2d, "
-             "AvgPool2d, AdaptiveAvgPool2d / mean over H,W / avg_pool2d(x, x.size(3)), AdaptiveMaxPool2d / amax over "
-             "H,W, strided slice x[:, :, ::s, ::s], "
-             "flatten / view / reshape to (N, -1) or (b, c), squeeze of a 1x1 map, view(b, c, 1, 1), residual + / "
+             "AvgPool2d, AdaptiveAvgPool2d / mean over H,W / avg_pool2d(x, x.size(3) or x.size()[2:]), "
+             "AdaptiveMaxPool2d / amax over H,W, strided slice x[:, :, ::s, ::s], "
+             "flatten / view / reshape to (N, -1) or (b, c), squeeze of a 1x1 map, view(b, c, 1, 1) / unsqueeze twice "
+             "/ y[:, :, None, None] of [N, C] features, residual + / "
              "torch.add, torch.cat on channels, F.pad of zero channels, channel pieces (chunk / split / x[:, a:b] "
              "on dim 1), channel shuffle (view / transpose / view), x * c, x / c, x + c, x - c with a number c, "
              "elementwise * (gates, expand_as), softmax / log_softmax on the logits as the last op, "
@@ -322,7 +324,9 @@ def scalar_op(x: torch.Tensor, op: str, c: float) -> torch.Tensor:
 
 def scalar_affine(op: str, c: float) -> tuple[float, float]:
     """(a, b) with ``scalar_op(x, op, c)`` = a·x + b."""
-    return {"mul": (c, 0.0), "div": (1 / c, 0.0), "add": (1.0, c), "sub": (1.0, -c), "rsub": (-1.0, c)}[op]
+    if op == "div":  # (``_scalar_form`` never builds a division by 0)
+        return 1 / c, 0.0
+    return {"mul": (c, 0.0), "add": (1.0, c), "sub": (1.0, -c), "rsub": (-1.0, c)}[op]
 
 
 _FUNCTION_KINDS[scalar_op] = "affine"
@@ -399,10 +403,34 @@ def _is_spatial_size(arg, of: fx.Node, dims: tuple = (2, 3, -1, -2)) -> bool:
     return size is not None and _data_of(size[0]) is of and size[1] in dims
 
 
-def _is_self_sized_avg_pool(node: fx.Node) -> bool:
-    """``F.avg_pool2d(x, x.size()[3])``: a window as large as the map (stride defaults to the window)."""
-    return (node.op == "call_function" and node.target is F.avg_pool2d and len(node.args) == 2 and not node.kwargs
-            and _is_spatial_size(node.args[1], node.args[0]))
+def _self_sized_avg_pool(node: fx.Node) -> str | None:
+    """For ``F.avg_pool2d(x, x.size()[2:])`` (``x.shape[2:]``): "map", a window as large as the map; for
+    ``F.avg_pool2d(x, x.size()[3])``: "square", the map's width as a square window (global on a square map);
+    else None (stride defaults to the window)."""
+    if not (node.op == "call_function" and node.target is F.avg_pool2d and len(node.args) == 2 and not node.kwargs):
+        return None
+    size = _size_of(node.args[1])
+    if size is not None and _data_of(size[0]) is node.args[0] and size[1] in (slice(2, None), slice(-2, None)):
+        return "map"
+    return "square" if _is_spatial_size(node.args[1], node.args[0]) else None
+
+
+def _is_unsqueeze(node, dims: tuple) -> bool:
+    return (isinstance(node, fx.Node) and ((node.op == "call_method" and node.target == "unsqueeze")
+                                           or (node.op == "call_function" and node.target is torch.unsqueeze))
+            and len(node.args) == 2 and not node.kwargs and node.args[1] in dims)
+
+
+def _channels_of_features(node: fx.Node) -> fx.Node | None:
+    """y for ``y.unsqueeze(-1).unsqueeze(-1)`` (any two dims after the channels) or ``y[:, :, None, None]`` /
+    ``y[..., None, None]`` — [N, C] features to a 1×1 map when y is 2-D (checked against the recorded shapes)."""
+    if _is_unsqueeze(node, (2, 3, -1, -2)) and _is_unsqueeze(node.args[0], (2, -1)) \
+            and len(node.args[0].users) == 1:
+        return node.args[0].args[0]
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) \
+            and node.args[1] in ((slice(None), slice(None), None, None), (Ellipsis, None, None)):
+        return node.args[0]
+    return None
 
 
 def _slice_stride(node: fx.Node) -> tuple[int, int] | None:
@@ -579,9 +607,12 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
                 node.replace_all_uses_with(node.args[0])
                 graph.erase_node(node)
                 continue
-            elif _is_self_sized_avg_pool(node):
+            elif (window := _self_sized_avg_pool(node)) is not None:
                 new = graph.call_function(F.adaptive_avg_pool2d, (node.args[0], 1))
-                new.meta["square_map"] = True  # the rewrite's premise, checked against the recorded shapes
+                new.meta["square_map"] = window == "square"  # the premise, checked against the recorded shapes
+            elif (features := _channels_of_features(node)) is not None:
+                new = graph.call_function(to_channels, (features,))
+                new.meta["from_features"] = True  # y must be [N, C]: checked against the recorded shapes
             elif (stride := _slice_stride(node)) is not None:
                 new = graph.call_function(F.max_pool2d, (node.args[0], 1, stride))
             elif (pool := _spatial_reduction(node)) is not None:
