@@ -38,7 +38,7 @@ OPS = [*ACTS, *(f"{a}_f" for a in FUNCS), *HAND, "depthwise", "linear", "maxpool
        "adaptive", "adaptive_f", "mean", "add", "torch_add", "cat", "gate", *FLATTENS, "self_sized_avgpool",
        "strided_slice", "channel_pad", *EXTRA_ACTS, "scalar_residual", "scalar_ops", "chunk_split", "shuffle",
        "squeeze", "softmax", "log_softmax", *LATE_ACTS, "adaptive_max", "amax", "gate_unsqueeze", "gate_none",
-       "avgpool_map"]
+       "avgpool_map", "shuffle_permute"]
 
 
 class OpNet(nn.Module):
@@ -87,10 +87,13 @@ class OpNet(nn.Module):
             z = -F.relu(self.side(z * 2 - 0.25)) / 3 + 1 + 0
         elif op == "chunk_split":
             z = torch.cat([z.chunk(2, dim=1)[1], torch.split(F.relu(self.side(z)), [4, 4], 1)[0]], 1)
-        elif op == "shuffle":  # ShuffleNet's channel shuffle of a concat, as written in its repositories
+        elif op in ("shuffle", "shuffle_permute"):  # ShuffleNet's channel shuffle, as its repositories write it
             z = torch.cat([z[:, :4], F.relu(self.side(z))[:, 4:]], 1)
             n, c, hh, ww = z.size()
-            z = torch.transpose(z.view(n, 2, c // 2, hh, ww), 1, 2).contiguous().view(n, -1, hh, ww)
+            if op == "shuffle":
+                z = torch.transpose(z.view(n, 2, c // 2, hh, ww), 1, 2).contiguous().view(n, -1, hh, ww)
+            else:
+                z = z.view(n, 4, c // 4, hh, ww).permute(0, 2, 1, 3, 4).reshape(n, c, hh, ww)
         elif op in ("gate_unsqueeze", "gate_none"):  # a squeeze-excite gate from Linear features
             g = torch.sigmoid(self.se_fc(z.mean((2, 3))))
             z = z * (g.unsqueeze(-1).unsqueeze(-1) if op == "gate_unsqueeze" else g[:, :, None, None])
