@@ -26,7 +26,16 @@ from .data import calibration_set, load_split, to_tensor
 from .errors import ConfigError, HardwareError
 from .evaluate import evaluate
 from .export.quantized import save_quantized
-from .hw.check import check_layer, check_layer_width, network_view, offset_input, psum_widths, rtl_simulators
+from .hw.check import (
+    GROUP_SEP,
+    check_layer,
+    check_layer_width,
+    layer_passes,
+    network_view,
+    offset_input,
+    psum_widths,
+    rtl_simulators,
+)
 from .methods import get_method
 from .models.checkpoint import sha256_file
 from .nn import get_module
@@ -194,30 +203,34 @@ class Run:
                 lay, t = self.imodel.layer(name), traces[name]
                 if lay.kind != "conv":
                     raise ConfigError(f"hardware.target_layers: {name} is not a conv layer")
-                x_t, psum_t, padding, offset = t.x_int[0].numpy(), t.psum[0].numpy(), lay.padding[0], {}
-                if lay.x_range[0] < 0:  # signed codes: the array runs on offset ones (hw.check.offset_input)
-                    x_t, shift = offset_input(x_t, lay.w_int.numpy(), lay.x_bits, padding)
-                    psum_t, offset = psum_t + shift[:, None, None], {
-                        "input_offset": 1 << (lay.x_bits - 1), "input_padding_by_host": padding,
-                        "psum_offset": shift.tolist()}
-                    padding = 0
-                check_layer_width(x_t, lay.w_int.numpy(), spec, padding, lay.stride[0], name)
-                jobs.append((k, name, lay, x_t, psum_t, padding, offset))
+                psum = t.psum[0].numpy()
+                for part, x_t, w_t, out in layer_passes(lay, t.x_int[0].numpy()):  # a grouped conv: per group
+                    psum_t, padding, offset = psum[out], lay.padding[0], {}
+                    if lay.x_range[0] < 0:  # signed codes: the array runs on offset ones (hw.check.offset_input)
+                        x_t, shift = offset_input(x_t, w_t, lay.x_bits, padding)
+                        psum_t, offset = psum_t + shift[:, None, None], {
+                            "input_offset": 1 << (lay.x_bits - 1), "input_padding_by_host": padding,
+                            "psum_offset": shift.tolist()}
+                        padding = 0
+                    check_layer_width(x_t, w_t, spec, padding, lay.stride[0], part)
+                    jobs.append((k, name, part, lay, x_t, w_t, psum_t, out, padding, offset))
         psum = psum_widths(self.imodel, images, spec) if images else []
         rows = []
-        for k, name, lay, x_t, psum_t, padding, offset in jobs:
+        for k, name, part, lay, x_t, w_t, psum_t, out, padding, offset in jobs:
             meta = {"layer": name, "image_index": k, "label": int(self.test.labels[k]),
-                    "x_step": lay.x_step, "w_step": lay.w_step.tolist(), "alpha": alphas.get(name),
+                    "x_step": lay.x_step, "w_step": lay.w_step[out].tolist(), "alpha": alphas.get(name),
                     "w_bits": lay.w_bits, "a_bits": lay.x_bits, "method": self.cfg.method.name,
-                    "bias_int": lay.bias_int.tolist(), **offset}
+                    "bias_int": lay.bias_int[out].tolist(), **offset}
+            if part != name:
+                meta |= {"group": int(part.rsplit(GROUP_SEP, 1)[1]), "groups": lay.groups}
             rows.append(check_layer(
-                x_t, lay.w_int.numpy(), psum_t, spec,
-                self.out / "hw" / name / f"image{k}", padding=padding, stride=lay.stride[0], meta=meta,
-                simulators=simulators, build_root=self.out / "work" / "rtl"))
+                x_t, w_t, psum_t, spec, self.out / "hw" / part / f"image{k}", padding=padding,
+                stride=lay.stride[0], meta=meta, simulators=simulators, build_root=self.out / "work" / "rtl"))
+            rows[-1]["group"] = meta.get("group")
             if offset:
                 rows[-1]["input_offset"] = offset["input_offset"]
             rows[-1]["folder"] = str(Path(rows[-1]["folder"]).relative_to(self.out))
-            self.stages.note(f"{name} image {k}: golden vs integer mismatches "
+            self.stages.note(f"{part} image {k}: golden vs integer mismatches "
                              f"{rows[-1]['golden_vs_integer_mismatches']}, {rows[-1]['golden_cycles']} cycles"
                              + "".join(f", RTL {s} mismatches {rows[-1][f'rtl_{s}_output_mismatches']} "
                                        f"cycles {rows[-1][f'rtl_{s}_cycles']}" for s in simulators))

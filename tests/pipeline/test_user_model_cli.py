@@ -219,6 +219,29 @@ def test_run_depthwise_se_and_gelu_models(user_setup, tmp_path, factory, network
         assert "unsigned" in res["hardware"]["network_skipped"]
 
 
+def test_a_depthwise_target_layer_runs_one_pass_per_group(user_setup, tmp_path):
+    """A grouped (depthwise) target conv: the array has no grouped mode, so each group is exported, simulated and
+    compared as its own dense pass (``hw/<layer>/g<k>/``); the verdict counts the passes and sums their cycles."""
+    import user_cli_net
+
+    from qmap.report.verdict import verdict
+
+    ckpt, imgs = user_setup
+    torch.save(user_cli_net.mobile(num_classes=3).state_dict(), ckpt)
+    out = tmp_path / "dw"
+    assert main(["run", *_model_flags(ckpt, imgs), "--model", "user_cli_net:mobile", "--out", str(out), "--quiet",
+                 "--set", "data.calib_size=12", "--set", "hardware.rtl=none",
+                 "--set", "hardware.target_layers=['dw.0']"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    rows = res["hardware"]["layers"]
+    assert sorted(r["group"] for r in rows) == list(range(8)) and {r["layer"] for r in rows} == {"dw.0"}
+    assert all(r["files_vs_integer_mismatches"] == 0 and r["golden_vs_integer_mismatches"] == 0 for r in rows)
+    assert all((out / "hw" / "dw.0" / f"g{k}" / "image0").is_dir() for k in range(8))
+    row = next(r for r in verdict(res) if r["check"] == "dw.0: golden = files = integer")
+    assert row["status"] == "PASS" and "1 image(s) × 8 group passes" in row["detail"]
+    assert f"{sum(r['golden_cycles'] for r in rows)} cycles" in row["detail"]
+
+
 def test_a_layer_after_gelu_is_checked_on_offset_codes(user_setup, tmp_path):
     """A target conv whose input is signed GELU codes: the files hold x + 2^(b-1) (host-padded, padding 0) and the
     offset partial sums; files, golden model and integer model agree exactly."""

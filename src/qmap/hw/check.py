@@ -129,20 +129,26 @@ def array_layers(imodel, x: torch.Tensor, every: bool = False) -> tuple[list, li
 GROUP_SEP = "/g"  # a grouped conv's group k runs on the array as layer "<name>/g<k>"
 
 
+def layer_passes(lay, x: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, slice]]:
+    """The array passes of integer conv ``lay`` on its input codes ``x[C, H, W]``: ``(name, x, w, output
+    channels)`` — the layer itself, or for ``groups`` > 1 one dense conv per group on its slice of input and output
+    channels, named ``<layer>/g<k>``. The array has no grouped mode, so a depthwise layer runs its C/groups input
+    channels per pass and fills that many array rows (its utilisation says so)."""
+    w = lay.w_int.numpy()
+    if lay.groups == 1:
+        return [(lay.name, x, w, slice(None))]
+    ci, co = x.shape[0] // lay.groups, w.shape[0] // lay.groups
+    return [(f"{lay.name}{GROUP_SEP}{k}", x[k * ci:(k + 1) * ci], w[k * co:(k + 1) * co], slice(k * co, (k + 1) * co))
+            for k in range(lay.groups)]
+
+
 def _array_convs(lay, trace) -> list[IntConvLayer]:
-    """The array passes of one integer conv: itself, or for ``groups`` > 1 (depthwise) one dense conv per group
-    on its slice of input and output channels — the array has no grouped mode, so a depthwise layer runs one
-    input channel per pass and fills one array row of ``rows`` (its utilisation says so)."""
-    x, w, b = trace.x_int[0].numpy(), lay.w_int.numpy(), lay.bias_int.numpy()
-    acc = np.maximum(trace.acc[0].numpy(), 0)
+    """The array passes of one integer conv (:func:`layer_passes`) with their biases and expected outputs."""
+    b, acc = lay.bias_int.numpy(), np.maximum(trace.acc[0].numpy(), 0)
     common = dict(padding=lay.padding[0], stride=lay.stride[0],
                   pool_after=any(isinstance(op, MaxPool) for op in lay.post_ops))
-    if lay.groups == 1:
-        return [IntConvLayer(lay.name, x, w, b, expected_out=acc, **common)]
-    ci, co = x.shape[0] // lay.groups, w.shape[0] // lay.groups
-    return [IntConvLayer(f"{lay.name}{GROUP_SEP}{k}", x[k * ci:(k + 1) * ci], w[k * co:(k + 1) * co],
-                         b[k * co:(k + 1) * co], expected_out=acc[k * co:(k + 1) * co], **common)
-            for k in range(lay.groups)]
+    return [IntConvLayer(name, x, w, b[out], expected_out=acc[out], **common)
+            for name, x, w, out in layer_passes(lay, trace.x_int[0].numpy())]
 
 
 def merge_group_rows(rows: list[dict], spec: ArraySpec) -> list[dict]:

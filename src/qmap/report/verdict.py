@@ -58,6 +58,20 @@ def _by_layer(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def _images(rows: list[dict]) -> str:
+    """'2 image(s)', or for a grouped conv (one row per group pass and image) '1 image(s) × 96 group passes'."""
+    groups = len({r.get("group") for r in rows})
+    return f"{len({r.get('image') for r in rows})} image(s)" + (f" × {groups} group passes" if groups > 1 else "")
+
+
+def _cycles(rows: list[dict], key: str) -> str:
+    """The distinct cycle counts of a layer's rows; a grouped conv's passes summed per image."""
+    per_image: dict = {}
+    for r in rows:
+        per_image[r.get("image")] = per_image.get(r.get("image"), 0) + (r.get(key) or 0)
+    return ", ".join(map(str, sorted(set(per_image.values()))))
+
+
 def golden_rows(res: dict) -> list[dict]:
     hw = res.get("hardware", {})
     if hw.get("skipped") or not hw.get("layers"):
@@ -67,9 +81,8 @@ def golden_rows(res: dict) -> list[dict]:
     for layer, rows in _by_layer(hw["layers"]).items():
         bad = sum(r.get(k, 0) for r in rows for k in ("files_vs_integer_mismatches", "golden_vs_files_psum_mismatches",
                                                       "golden_vs_integer_mismatches"))
-        cycles = sorted({r.get("golden_cycles") for r in rows})
         out.append(_row(f"{layer}: golden = files = integer", "PASS" if bad == 0 else "FAIL",
-                        f"{len(rows)} image(s), {bad} mismatching values, {', '.join(map(str, cycles))} cycles"))
+                        f"{_images(rows)}, {bad} mismatching values, {_cycles(rows, 'golden_cycles')} cycles"))
     return out
 
 
@@ -88,9 +101,8 @@ def rtl_rows(res: dict) -> list[dict]:
         for s in sims:
             bad = sum(r.get(f"rtl_{s}_output_mismatches", 0) + r.get(f"rtl_{s}_psum_mismatches", 0) for r in rows)
             same_cycles = all(r.get(f"rtl_{s}_cycles_equal_golden") for r in rows)
-            cycles = sorted({r.get(f"rtl_{s}_cycles") for r in rows})
             out.append(_row(f"{layer}: RTL ({s}) = golden", "PASS" if bad == 0 and same_cycles else "FAIL",
-                            f"{len(rows)} image(s), {bad} mismatching values, {', '.join(map(str, cycles))} cycles "
+                            f"{_images(rows)}, {bad} mismatching values, {_cycles(rows, f'rtl_{s}_cycles')} cycles "
                             f"({'=' if same_cycles else '≠'} golden)"))
     return out
 
