@@ -70,6 +70,22 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+def layer_rows(hardware: list[dict]) -> list[dict]:
+    """One row per (layer, image): a grouped conv's per-group passes summed (mismatches, cycles), ``passes``."""
+    out: dict[tuple, dict] = {}
+    for h in hardware:
+        key = (h["layer"], h["image"])
+        if key not in out:
+            out[key] = {**h, "passes": 1}
+            continue
+        row = out[key]
+        row["passes"] += 1
+        for k, v in h.items():
+            if isinstance(v, int) and not isinstance(v, bool) and (k.endswith(("mismatches", "cycles"))):
+                row[k] += v
+    return list(out.values())
+
+
 def markdown(config: str, rows: list[dict], s: dict) -> str:
     table = markdown_table([
         {"seed": r["seed"], "top-1 % (fake-quant)": f"{r['top1_quantized']:.2f}",
@@ -79,7 +95,7 @@ def markdown(config: str, rows: list[dict], s: dict) -> str:
          "method s": f"{r['method_seconds']:.0f}" if r.get("method_seconds") else "—",
          "whole run s": f"{r['wall_seconds']:.0f}", "peak RSS MB": f"{r['peak_rss_mb']:.0f}"} for r in rows])
     q, w = s["top1_quantized"], s["wall_seconds"]
-    hw = [{"seed": r["seed"], "layer": h["layer"], "image": h["image"],
+    hw = [{"seed": r["seed"], "layer": h["layer"], "image": h["image"], "passes": h["passes"],
            "input offset": h.get("input_offset", "—"),
            "files / golden vs integer mismatches": f"{h['files_vs_integer_mismatches']} / "
                                                    f"{h['golden_vs_integer_mismatches']}",
@@ -89,7 +105,7 @@ def markdown(config: str, rows: list[dict], s: dict) -> str:
               for sim in ("icarus", "verilator") if f"rtl_{sim}_cycles" in h},
            **{f"RTL {sim} cycles": h[f"rtl_{sim}_cycles"] for sim in ("icarus", "verilator")
               if f"rtl_{sim}_cycles" in h}}
-          for r in rows for h in r.get("hardware", [])]
+          for r in rows for h in layer_rows(r.get("hardware", []))]
     return (f"`qmap run {config}` once per seed (seed, calibration sample and batch order all set to the seed).\n\n"
             f"{table}\n\nFP top-1 {s['top1_fp']:.2f} %. Quantized top-1 median {q['median']:.2f} % "
             f"(min {q['min']:.2f}, max {q['max']:.2f}); median gap to FP {s['median_gap_pp']:.2f} pp. "
@@ -125,12 +141,18 @@ def main(argv=None) -> int:
             row = run_once(args.config, seed, cfg.method.name, args.data, work, args.set)
             print(json.dumps(row), flush=True)
             rows = sorted([*rows, row], key=lambda r: r["seed"])
-            s = summary(rows)
-            data = {"config": str(args.config), "overrides": args.set, "config_sha256": config_sha, "runs": rows,
-                    "summary": s}
-            shown = " ".join([str(args.config), *(f"--set {x}" for x in args.set)])
-            write_result(name, data, markdown(shown, rows, s), out_dir=args.out_dir)
+            write(args, name, config_sha, rows)
+    if rows:  # also when every seed was done already (--resume): the file is rendered again
+        write(args, name, config_sha, rows)
     return 0
+
+
+def write(args, name: str, config_sha: str, rows: list[dict]) -> None:
+    s = summary(rows)
+    data = {"config": str(args.config), "overrides": args.set, "config_sha256": config_sha, "runs": rows,
+            "summary": s}
+    shown = " ".join([str(args.config), *(f"--set {x}" for x in args.set)])
+    write_result(name, data, markdown(shown, rows, s), out_dir=args.out_dir)
 
 
 if __name__ == "__main__":
