@@ -26,8 +26,12 @@ def test_units_compose_to_the_forward_and_fusion_is_exact(name):
     ref = model(x)
     assert (fused(x) - ref).abs().max() <= 1e-5 * ref.abs().max()
     y = x
-    for unit in ModelGraph(fused).units():
+    graph = ModelGraph(fused)
+    for unit in graph.units():  # up to the logits: a softmax head is not part of any unit
         y = unit(y)
+    if graph.head is not None:
+        y = graph.gm.get_submodule(graph.head.target)(y) if graph.head.op == "call_module" else graph.head.target(
+            y, *graph.head.args[1:], **graph.head.kwargs)
     if name == "option_a_resnet":  # avg_pool2d(x, x.size()[3]) runs as adaptive_avg_pool2d: another float sum order
         assert (y - fused(x)).abs().max() <= 1e-6 * fused(x).abs().max()
     else:
@@ -184,7 +188,7 @@ def test_squeeze_excite_views_read_as_flatten_and_channels():
 def test_channel_pieces_shuffle_scalars_and_heads_read_as_ops():
     """ShuffleNet's chunk / shuffle and a ``torch.split`` are channel gathers; a Ghost module's ``[:, :k]`` too;
     ``0.5 * y`` and ``/ 2`` scalar affines; ``.squeeze(-1)`` of a 1x1 map a flatten; a trailing ``log_softmax``
-    the head, with ``logits_module`` returning the logits it is applied to."""
+    the head, with ``logits_module`` and the reconstruction units returning the logits it is applied to."""
     g = ModelGraph(fuse_bn(build("shufflenet")), images(1))
     kinds = [g.kind[n] for n in g.nodes]
     assert kinds.count("channel_gather") == 6 and g.head is None  # 2 shuffles, 2 chunk pieces, 2 split pieces
@@ -196,6 +200,10 @@ def test_channel_pieces_shuffle_scalars_and_heads_read_as_ops():
     with torch.no_grad():
         logits = g.logits_module()(x)
         assert torch.allclose(F.log_softmax(logits, 1), model(x), atol=1e-6) and torch.allclose(g.gm(x), model(x))
+        y = x
+        for unit in g.units():  # reconstruction units stop at the logits (the head is not reconstructed)
+            y = unit(y)
+        assert torch.equal(y, logits)
 
     class Tall(nn.Module):  # squeeze of an N x C x 2 x 1 map is not a flatten
         def __init__(self):

@@ -51,6 +51,7 @@ from torch import nn
 
 from ..errors import ConfigError, reject_unknown_keys
 from ..io import atomic_write_bytes, atomic_write_json
+from ..nn import ModelGraph
 from ..progress import bar
 from ..quant import QuantConfig, calibrate, quantize_model, set_quant_state
 from ..quant.adaround import AdaRoundQuantizer, attach_adaround, harden_layer
@@ -343,11 +344,12 @@ def fp_reference(qmodel: nn.Module) -> nn.Module:
 
 
 def check_chain(model: nn.Module, units: list[nn.Module], x: torch.Tensor) -> None:
+    """The units compose to the model's forward up to its logits (a softmax head is not reconstructed)."""
     with torch.no_grad():
         y = x
         for u in units:
             y = u(y)
-        if not torch.allclose(y, model(x), rtol=1e-4, atol=1e-5):
+        if not torch.allclose(y, ModelGraph(model).logits_module()(x), rtol=1e-4, atol=1e-5):
             raise ConfigError(f"{type(model).__name__}: its units do not compose to its forward pass; "
                               "block reconstruction needs a sequential-style model")
 

@@ -1,7 +1,8 @@
 """Reconstruction units and blocks, derived from the model's structure.
 
-A model is viewed as a chain of *units* whose composition is its forward pass: the
-:meth:`~qmap.nn.ModelGraph.units` of its traced graph, cut wherever a single tensor is live. A unit holding
+A model is viewed as a chain of *units* whose composition is its forward pass up to the logits (a trailing
+softmax / log-softmax is not reconstructed): the :meth:`~qmap.nn.ModelGraph.units` of its traced graph, cut
+wherever a single tensor is live. A unit holding
 several quantized layers (a residual block, a squeeze-excite gate, a concat) is never split.
 
 A :class:`Block` is a contiguous run of units ``[start, end)`` with *loss points*: the unit indices after
@@ -30,7 +31,7 @@ GRANULARITIES = ("layer", "block", "network")
 
 
 def sequential_units(model: nn.Module) -> list[nn.Module]:
-    """The units whose composition is ``model.forward`` (see the module docstring)."""
+    """The units whose composition is ``model.forward`` up to the logits (see the module docstring)."""
     return ModelGraph(model).units()
 
 

@@ -9,9 +9,10 @@ the questions every later stage asks of it.
                          one-input, one-user, channel-wise ops (activations, pooling, flatten), so channel c of
                          l feeds only channel c of l+1 (OMR, OCS, α re-parameterisation, equalisation);
 - ``units()``            the forward cut at every point where a single tensor is live: a list of GraphModules
-                         whose composition is the forward. A residual block, squeeze-excite gate or concat is
-                         never cut (two values are live inside it), so it is one unit; a plain chain is cut
-                         after every op (a ``custom`` op such as OMR's shift stays with the op before it);
+                         whose composition is the forward up to the logits. A residual block, squeeze-excite
+                         gate or concat is never cut (two values are live inside it), so it is one unit; a plain
+                         chain is cut after every op (a ``custom`` op such as OMR's shift stays with the op before
+                         it);
                          reconstruction blocks are built from these (:mod:`qmap.methods.recon_blocks`);
 - ``shapes``             per node the output shape, and per layer its input/output shape, from ``example``.
 
@@ -253,9 +254,12 @@ class ModelGraph:
         return cuts
 
     def units(self) -> list[fx.GraphModule]:
-        """GraphModules whose composition is the forward, cut wherever a single tensor is live."""
+        """GraphModules whose composition is the forward up to the logits (a trailing softmax head is left out:
+        reconstruction matches logits), cut wherever a single tensor is live."""
         units, start, inp = [], 0, self.input
         for end in self._cuts():
+            if self.nodes[end] is self.head:
+                break
             g = fx.Graph()
             env = {inp: g.placeholder("x")}
             for n in self.nodes[start:end + 1]:
