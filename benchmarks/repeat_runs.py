@@ -24,6 +24,7 @@ from pathlib import Path
 
 from qmap.config import load_config
 from qmap.report.results import markdown_table, write_result
+from qmap.report.verdict import merge_group_passes
 
 RECON_METHODS = ("adaround", "brecq", "qdrop", "domr")
 
@@ -70,22 +71,6 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def layer_rows(hardware: list[dict]) -> list[dict]:
-    """One row per (layer, image): a grouped conv's per-group passes summed (mismatches, cycles), ``passes``."""
-    out: dict[tuple, dict] = {}
-    for h in hardware:
-        key = (h["layer"], h["image"])
-        if key not in out:
-            out[key] = {**h, "passes": 1}
-            continue
-        row = out[key]
-        row["passes"] += 1
-        for k, v in h.items():
-            if isinstance(v, int) and not isinstance(v, bool) and (k.endswith(("mismatches", "cycles"))):
-                row[k] += v
-    return list(out.values())
-
-
 def markdown(config: str, rows: list[dict], s: dict) -> str:
     table = markdown_table([
         {"seed": r["seed"], "top-1 % (fake-quant)": f"{r['top1_quantized']:.2f}",
@@ -105,7 +90,7 @@ def markdown(config: str, rows: list[dict], s: dict) -> str:
               for sim in ("icarus", "verilator") if f"rtl_{sim}_cycles" in h},
            **{f"RTL {sim} cycles": h[f"rtl_{sim}_cycles"] for sim in ("icarus", "verilator")
               if f"rtl_{sim}_cycles" in h}}
-          for r in rows for h in layer_rows(r.get("hardware", []))]
+          for r in rows for h in merge_group_passes(r.get("hardware", []))]
     return (f"`qmap run {config}` once per seed (seed, calibration sample and batch order all set to the seed).\n\n"
             f"{table}\n\nFP top-1 {s['top1_fp']:.2f} %. Quantized top-1 median {q['median']:.2f} % "
             f"(min {q['min']:.2f}, max {q['max']:.2f}); median gap to FP {s['median_gap_pp']:.2f} pp. "

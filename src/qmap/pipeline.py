@@ -27,7 +27,6 @@ from .errors import ConfigError, HardwareError
 from .evaluate import evaluate
 from .export.quantized import save_quantized
 from .hw.check import (
-    GROUP_SEP,
     check_layer,
     check_layer_width,
     layer_passes,
@@ -204,31 +203,29 @@ class Run:
                 if lay.kind != "conv":
                     raise ConfigError(f"hardware.target_layers: {name} is not a conv layer")
                 psum = t.psum[0].numpy()
-                for part, x_t, w_t, out in layer_passes(lay, t.x_int[0].numpy()):  # a grouped conv: per group
-                    psum_t, padding, offset = psum[out], lay.padding[0], {}
+                for group, (part, x_t, w_t, out) in enumerate(layer_passes(lay, t.x_int[0].numpy())):
+                    # a grouped conv runs one dense pass per group (hw.check.layer_passes)
+                    psum_t, padding = psum[out], lay.padding[0]
+                    extra = {"group": group, "groups": lay.groups} if lay.groups > 1 else {}
                     if lay.x_range[0] < 0:  # signed codes: the array runs on offset ones (hw.check.offset_input)
                         x_t, shift = offset_input(x_t, w_t, lay.x_bits, padding)
-                        psum_t, offset = psum_t + shift[:, None, None], {
-                            "input_offset": 1 << (lay.x_bits - 1), "input_padding_by_host": padding,
-                            "psum_offset": shift.tolist()}
+                        psum_t = psum_t + shift[:, None, None]
+                        extra |= {"input_offset": 1 << (lay.x_bits - 1), "input_padding_by_host": padding,
+                                  "psum_offset": shift.tolist()}
                         padding = 0
                     check_layer_width(x_t, w_t, spec, padding, lay.stride[0], part)
-                    jobs.append((k, name, part, lay, x_t, w_t, psum_t, out, padding, offset))
+                    jobs.append((k, name, part, lay, x_t, w_t, psum_t, out, padding, extra))
         psum = psum_widths(self.imodel, images, spec) if images else []
         rows = []
-        for k, name, part, lay, x_t, w_t, psum_t, out, padding, offset in jobs:
+        for k, name, part, lay, x_t, w_t, psum_t, out, padding, extra in jobs:
             meta = {"layer": name, "image_index": k, "label": int(self.test.labels[k]),
                     "x_step": lay.x_step, "w_step": lay.w_step[out].tolist(), "alpha": alphas.get(name),
                     "w_bits": lay.w_bits, "a_bits": lay.x_bits, "method": self.cfg.method.name,
-                    "bias_int": lay.bias_int[out].tolist(), **offset}
-            if part != name:
-                meta |= {"group": int(part.rsplit(GROUP_SEP, 1)[1]), "groups": lay.groups}
+                    "bias_int": lay.bias_int[out].tolist(), **extra}
             rows.append(check_layer(
                 x_t, w_t, psum_t, spec, self.out / "hw" / part / f"image{k}", padding=padding,
                 stride=lay.stride[0], meta=meta, simulators=simulators, build_root=self.out / "work" / "rtl"))
-            rows[-1]["group"] = meta.get("group")
-            if offset:
-                rows[-1]["input_offset"] = offset["input_offset"]
+            rows[-1] |= {key: extra[key] for key in ("group", "input_offset") if key in extra}
             rows[-1]["folder"] = str(Path(rows[-1]["folder"]).relative_to(self.out))
             self.stages.note(f"{part} image {k}: golden vs integer mismatches "
                              f"{rows[-1]['golden_vs_integer_mismatches']}, {rows[-1]['golden_cycles']} cycles"

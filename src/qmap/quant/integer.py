@@ -603,11 +603,12 @@ class _Lowering:
         src = node.all_input_nodes[0]
         v = self.values[src.name]
         a, c = (t.cpu().expand_as(v.step) if t.dim() == 0 else t.cpu() for t in affine_of(node, self.graph.modules))
-        k = max(0, ACC_FRACTION_BITS - v.extra) if bool((c != 0).any()) else 0
+        offset = bool((c != 0).any())
+        k = max(0, ACC_FRACTION_BITS - v.extra) if offset else 0
         step = torch.where(a != 0, a.abs(), 1.0) * v.step.expand_as(a) / 2**k
         mult = (torch.sign(a) * 2**k).to(torch.int64)
         off = torch.round(c / step).to(torch.int64)
-        bits = v.bits if k == 0 and not bool((c != 0).any()) else max(v.bits + k, int(off.abs().max()).bit_length()) + 1
+        bits = max(v.bits + k, int(off.abs().max()).bit_length()) + 1 if offset else v.bits
         if bits > 62:
             self.fail(node, f"its integer affine needs {bits} bits")
 

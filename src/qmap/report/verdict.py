@@ -58,18 +58,29 @@ def _by_layer(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def _images(rows: list[dict]) -> str:
-    """'2 image(s)', or for a grouped conv (one row per group pass and image) '1 image(s) × 96 group passes'."""
-    groups = len({r.get("group") for r in rows})
-    return f"{len({r.get('image') for r in rows})} image(s)" + (f" × {groups} group passes" if groups > 1 else "")
-
-
-def _cycles(rows: list[dict], key: str) -> str:
-    """The distinct cycle counts of a layer's rows; a grouped conv's passes summed per image."""
-    per_image: dict = {}
+def merge_group_passes(rows: list[dict]) -> list[dict]:
+    """One row per (layer, image) of a run's target-layer rows: a grouped conv's per-group passes summed (every
+    mismatch and cycle count; ``…_cycles_equal_golden`` only if it holds for every pass), ``passes`` their number."""
+    out: dict[tuple, dict] = {}
     for r in rows:
-        per_image[r.get("image")] = per_image.get(r.get("image"), 0) + (r.get(key) or 0)
-    return ", ".join(map(str, sorted(set(per_image.values()))))
+        key = (r.get("layer"), r.get("image"))
+        if key not in out:
+            out[key] = {**r, "passes": 1}
+            continue
+        m = out[key]
+        m["passes"] += 1
+        for k, v in r.items():
+            if k.endswith("_equal_golden"):
+                m[k] = bool(m[k]) and bool(v)
+            elif k.endswith(("mismatches", "cycles")) and isinstance(v, int) and isinstance(m[k], int):
+                m[k] += v
+    return list(out.values())
+
+
+def _images(rows: list[dict]) -> str:
+    """'2 image(s)', or for a grouped conv '1 image(s) × 96 group passes' (rows merged per image)."""
+    passes = rows[0]["passes"]
+    return f"{len(rows)} image(s)" + (f" × {passes} group passes" if passes > 1 else "")
 
 
 def golden_rows(res: dict) -> list[dict]:
@@ -78,11 +89,12 @@ def golden_rows(res: dict) -> list[dict]:
         why = hw.get("skipped") or ("hardware.enabled is off" if not hw else "no layer was exported")
         return [_row("golden = files = integer", "SKIPPED", why)]
     out = []
-    for layer, rows in _by_layer(hw["layers"]).items():
+    for layer, rows in _by_layer(merge_group_passes(hw["layers"])).items():
         bad = sum(r.get(k, 0) for r in rows for k in ("files_vs_integer_mismatches", "golden_vs_files_psum_mismatches",
                                                       "golden_vs_integer_mismatches"))
+        cycles = sorted({r.get("golden_cycles") for r in rows})
         out.append(_row(f"{layer}: golden = files = integer", "PASS" if bad == 0 else "FAIL",
-                        f"{_images(rows)}, {bad} mismatching values, {_cycles(rows, 'golden_cycles')} cycles"))
+                        f"{_images(rows)}, {bad} mismatching values, {', '.join(map(str, cycles))} cycles"))
     return out
 
 
@@ -97,12 +109,13 @@ def rtl_rows(res: dict) -> list[dict]:
     if not sims or not hw.get("layers"):
         return [_row("RTL", "SKIPPED", "no RTL simulation in this run" if hw else "hardware.enabled is off")]
     out = []
-    for layer, rows in _by_layer(hw["layers"]).items():
+    for layer, rows in _by_layer(merge_group_passes(hw["layers"])).items():
         for s in sims:
             bad = sum(r.get(f"rtl_{s}_output_mismatches", 0) + r.get(f"rtl_{s}_psum_mismatches", 0) for r in rows)
             same_cycles = all(r.get(f"rtl_{s}_cycles_equal_golden") for r in rows)
+            cycles = sorted({r.get(f"rtl_{s}_cycles") for r in rows})
             out.append(_row(f"{layer}: RTL ({s}) = golden", "PASS" if bad == 0 and same_cycles else "FAIL",
-                            f"{_images(rows)}, {bad} mismatching values, {_cycles(rows, f'rtl_{s}_cycles')} cycles "
+                            f"{_images(rows)}, {bad} mismatching values, {', '.join(map(str, cycles))} cycles "
                             f"({'=' if same_cycles else '≠'} golden)"))
     return out
 
