@@ -324,7 +324,8 @@ def config_from_dict(d: Any, source: str = "config") -> RunConfig:
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: a run config must be a mapping of sections, got {_show(d)}")
     if "model" not in d:
-        raise ConfigError(f"{source}: the 'model' section (with a checkpoint) is required")
+        raise ConfigError(f"{source}: the 'model' section (with a checkpoint) is required (in the file, or "
+                          "'qmap run CONFIG --checkpoint FILE')")
     try:
         return build_section(RunConfig, d)
     except ConfigError as e:
@@ -397,8 +398,9 @@ def parse_config_text(text: str, yaml_syntax: bool, source: str) -> Any:
     return d
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML (``.yaml``/``.yml``) or JSON run config."""
+def load_config(path: str | Path, checkpoint: str | None = None) -> RunConfig:
+    """Read a YAML (``.yaml``/``.yml``) or JSON run config. ``checkpoint`` (``qmap run CONFIG -c FILE``) stands
+    in for a missing ``model`` section; one the file has is overridden later like any other flag."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
@@ -409,7 +411,10 @@ def load_config(path: str | Path) -> RunConfig:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {p}: {getattr(e, 'strerror', None) or e}") from None
     d = parse_config_text(text, p.suffix != ".json", str(p))
-    return config_from_dict(expand_config_dir({} if d is None else d, p), source=str(p))
+    d = {} if d is None else d
+    if checkpoint is not None and isinstance(d, dict) and "model" not in d:
+        d = {**d, "model": {"checkpoint": checkpoint}}
+    return config_from_dict(expand_config_dir(d, p), source=str(p))
 
 
 CONFIG_DIR = "{config}"

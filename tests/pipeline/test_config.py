@@ -80,3 +80,20 @@ def test_yaml_errors(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_checkpoint_flag_stands_in_for_a_missing_model_section(tmp_path):
+    """``qmap run CONFIG --checkpoint FILE`` with a config that has no model section (bits, method only)."""
+    import argparse
+
+    from qmap.commands.run import build_config
+
+    p = tmp_path / "bits.yaml"
+    p.write_text("quant: {w_bits: 3, a_bits: 3}\n")
+    args = argparse.Namespace(config=str(p), checkpoint="ck.safetensors", method=None, w_bits=None, a_bits=None,
+                              calib_size=None, device=None, model=None, num_classes=None, input_shape=None,
+                              mean=None, std=None, image_folder=None, set=[])
+    cfg = build_config(args)
+    assert cfg.model.checkpoint == "ck.safetensors" and cfg.quant.w_bits == 3
+    with pytest.raises(ConfigError, match="--checkpoint FILE"):
+        load_config(p)

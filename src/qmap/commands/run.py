@@ -50,7 +50,7 @@ def register(sub) -> None:
 
 def build_config(args) -> RunConfig:
     if args.config:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, checkpoint=args.checkpoint)
     elif args.checkpoint:
         cfg = RunConfig(model=ModelConfig(checkpoint=args.checkpoint))
     else:
