@@ -422,6 +422,7 @@ CASES = [
     ("i4-sim-not-folder", HW, "not a folder", lambda b: ["sim", "nosuch"]),
     ("i12-sim-layers-negative", CONFIG, "--layers", lambda b: ["sim", "--random", "--layers", "-1"]),
     ("i12-sim-layers-zero", CONFIG, "--layers", lambda b: ["sim", "--random", "--layers", "0"]),
+    ("cli-sim-layers-huge", CONFIG, "--layers", lambda b: ["sim", "--random", "--layers", "1000000000"]),
     ("cli-sim-nothing", CONFIG, "--random", lambda b: ["sim"]),
     ("cli-sim-both", CONFIG, "not both", lambda b: ["sim", str(b.world.hw), "--random"]),
     ("cli-sim-out-not-empty", CONFIG, "not empty",

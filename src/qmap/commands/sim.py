@@ -18,7 +18,9 @@ from ..hw.mapping import fold_input_indices
 from ..hw.sim import run_cocotb, run_plain_tb
 from ..hw.spec import ArraySpec
 from ..hw.systolic import simulate
-from .common import add_logging_options, check_out_dir_free, positive_int
+from .common import add_logging_options, check_out_dir_free, int_in
+
+MAX_RANDOM_LAYERS = 1000  # each is a folder of course files and a simulation: more is a typo, not a test
 
 
 def register(subparsers) -> None:
@@ -26,8 +28,8 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("dir", nargs="?", help="folder written by the hardware export (manifest.json + course files)")
     p.add_argument("--random", action="store_true", help="export random layers and simulate those instead")
-    p.add_argument("--layers", type=positive_int, default=3, metavar="N",
-                   help="number of random layers (with --random)")
+    p.add_argument("--layers", type=int_in(1, MAX_RANDOM_LAYERS), default=3, metavar="N",
+                   help=f"number of random layers (with --random; at most {MAX_RANDOM_LAYERS})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", help="where --random writes its folders (default: a temporary folder)")
     p.add_argument("--rtl", choices=["icarus", "verilator"], help="also run the Verilog core under this simulator")
