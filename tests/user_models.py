@@ -403,10 +403,72 @@ class GhostHead(nn.Module):
         return F.log_softmax(x, dim=1)
 
 
+class SplitBlock(nn.Module):
+    """A channel split whose size is computed in Python from the input's channels (fx cannot trace ``int()`` of
+    a size symbolically)."""
+
+    def __init__(self, ratio: float):
+        super().__init__()
+        self.ratio = ratio
+
+    def forward(self, x):
+        c = int(x.size(1) * self.ratio)
+        return x[:, :c, :, :], x[:, c:, :, :]
+
+
+class ShuffleBlock(nn.Module):
+    def __init__(self, groups: int = 2):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        return x.view(n, self.groups, c // self.groups, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
+
+class SplitUnit(nn.Module):
+    def __init__(self, channels: int, ratio: float = 0.5):
+        super().__init__()
+        self.split = SplitBlock(ratio)
+        c = int(channels * ratio)
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), nn.BatchNorm2d(c)
+        self.conv3, self.bn3 = nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.shuffle = ShuffleBlock()
+
+    def forward(self, x):
+        x1, x2 = self.split(x)
+        out = F.relu(self.bn1(self.conv1(x2)))
+        out = self.bn2(self.conv2(out))
+        out = F.relu(self.bn3(self.conv3(out)))
+        return self.shuffle(torch.cat([x1, out], 1))
+
+
+class ShuffleNetV2Sized(nn.Module):
+    """ShuffleNetV2 as the popular CIFAR repository writes it: ``int(x.size(1) * ratio)`` split, view / permute /
+    reshape shuffle, ``F.avg_pool2d(out, 4)``, ``out.view(out.size(0), -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)
+        self.down = nn.Sequential(nn.Conv2d(12, 12, 3, 2, 1, groups=12, bias=False), nn.BatchNorm2d(12))
+        self.units = nn.Sequential(SplitUnit(12), SplitUnit(12))
+        self.conv2, self.bn2 = nn.Conv2d(12, 16, 1, bias=False), nn.BatchNorm2d(16)
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.units(self.down(out))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.avg_pool2d(out, 8)
+        return self.linear(out.view(out.size(0), -1))
+
+
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
                "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet,
                "preact_resnet": PreActResNet, "se_resnet": SEResNet,
-               "wide_resnet": WideResNet, "densenet": DenseNet, "shufflenet": ShuffleNet, "ghost_head": GhostHead}
+               "wide_resnet": WideResNet, "densenet": DenseNet, "shufflenet": ShuffleNet, "ghost_head": GhostHead,
+               "shufflenet_v2_sized": ShuffleNetV2Sized}
 INPUT = (3, 16, 16)
 
 

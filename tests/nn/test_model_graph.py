@@ -138,6 +138,20 @@ def test_unsupported_operation_is_one_line_before_any_work(model, match):
     assert "\n" not in str(err.value)
 
 
+def test_sizes_computed_in_python_are_traced_on_an_example():
+    """A forward computing ``int(x.size(1) * ratio)`` (ShuffleNetV2's split) cannot be traced symbolically; qmap
+    traces it again running every op on one example, so the split is a channel gather of the channel count it
+    computed, the batch size stays free and the ops read as usual; branching on values is still refused
+    (``_Branching`` above)."""
+    model = fuse_bn(build("shufflenet_v2_sized"))
+    for g in (ModelGraph(model, images(1)), ModelGraph(model)):  # an example's shape, or the default 32x32
+        kinds = [g.kind[n] for n in g.nodes]
+        assert kinds.count("channel_gather") == 6 and "size" not in {n.target for n in g.nodes}
+        for n in (1, 5):  # 2 splits into 2 pieces, 2 shuffles
+            x = images(n, seed=n)
+            assert torch.allclose(g.gm(x), model(x), atol=1e-6)
+
+
 def test_a_layer_called_twice_is_refused():
     class Twice(nn.Module):
         def __init__(self):

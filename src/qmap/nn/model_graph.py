@@ -66,7 +66,7 @@ class ModelGraph:
 
     def __init__(self, model: nn.Module, example: torch.Tensor | None = None):
         self.model = model
-        self.gm = trace(model)
+        self.gm = trace(model, None if example is None else tuple(example.shape))
         self.modules = dict(self.gm.named_modules())
         nodes = list(self.gm.graph.nodes)
         inputs = [n for n in nodes if n.op == "placeholder"]

@@ -35,6 +35,9 @@ Activations written out by hand become the op they compute (:func:`_fold_idioms`
 hardsigmoid(x), ``x * relu6(x + 3) / 6`` and ``x * hardsigmoid(x)`` → hardswish(x), ``x * sigmoid(x)`` →
 silu(x), ``x * tanh(softplus(x))`` → mish(x), ``hardtanh(x, 0, 6)`` → relu6(x) (``/ 6`` also as ``* (1/6)``,
 ``relu6`` also as ``nn.ReLU6`` or ``hardtanh(·, 0, 6)``). Anything else is unsupported.
+
+:func:`trace` traces symbolically; a forward that computes with a size in Python (``int(x.size(1) * ratio)``)
+is traced again running every op on one example (:class:`_SizedTracer`), its sizes then numbers of the graph.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ _MODULE_KINDS: tuple[tuple[type, str], ...] = (
     (nn.MaxPool2d, "maxpool"), (nn.Softmax, "softmax"), (nn.LogSoftmax, "log_softmax"),
     (nn.AvgPool2d, "avgpool"), (nn.AdaptiveAvgPool2d, "adaptive_avgpool"), (nn.AdaptiveMaxPool2d, "adaptive_maxpool"),
     (nn.Flatten, "flatten"))
+DEFAULT_INPUT_SHAPE = (1, 3, 32, 32)  # qmap's images are RGB; 32×32 is CIFAR's size (the default input shape)
 _NO_OPS = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d)
 
 _FUNCTION_KINDS = {
@@ -98,7 +102,7 @@ SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or
              "torch.add, torch.cat on channels, F.pad of zero channels, channel pieces (chunk / split / x[:, a:b] "
              "on dim 1), channel shuffle (view / transpose / view), x * c, x / c, x + c, x - c with a number c, "
              "elementwise * (gates, expand_as), softmax / log_softmax on the logits as the last op, "
-             "Dropout / Identity")
+             "Dropout / Identity; sizes used in Python (int(x.size(1) * r)) are traced on an example")
 
 
 class GraphTracer(fx.Tracer):
@@ -398,7 +402,10 @@ def _spatial_reduction(node: fx.Node):
 
 
 def _is_spatial_size(arg, of: fx.Node, dims: tuple = (2, 3, -1, -2)) -> bool:
-    """``of.size(d)``, ``of.size()[d]``, ``of.shape[d]`` (also of ``of.data``) for d in ``dims``."""
+    """``of.size(d)``, ``of.size()[d]``, ``of.shape[d]`` (also of ``of.data``) for d in ``dims``; or, in a graph
+    traced with sizes (:class:`_SizedTracer`), the number that size was."""
+    if isinstance(arg, int) and not isinstance(arg, bool) and (shape := of.meta.get("example_shape")) is not None:
+        return any(arg == shape[d] for d in dims if -len(shape) <= d < len(shape))
     size = _size_of(arg)
     return size is not None and _data_of(size[0]) is of and size[1] in dims
 
@@ -640,11 +647,106 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """The normalised fx graph of ``model`` (submodules shared, not copied)."""
+class _SizedProxy(fx.Proxy):
+    """A traced value whose example is known (:class:`_SizedTracer`): its channel and spatial sizes are numbers,
+    its batch size stays a graph value (``x.view(x.size(0), -1)`` works for any batch)."""
+
+    def size(self, dim: int | None = None):
+        value = self.tracer.values.get(self.node)
+        if not isinstance(value, torch.Tensor):
+            return self.tracer.create_proxy("call_method", "size", (self,) if dim is None else (self, dim), {})
+        if dim is None:
+            return (self.tracer.create_proxy("call_method", "size", (self, 0), {}), *value.shape[1:])
+        if dim in (0, -value.dim()):
+            return self.tracer.create_proxy("call_method", "size", (self, 0), {})
+        return value.size(dim)
+
+    @property
+    def shape(self):
+        return self.size()
+
+    def dim(self):
+        value = self.tracer.values.get(self.node)
+        return value.dim() if isinstance(value, torch.Tensor) else self.tracer.create_proxy("call_method", "dim",
+                                                                                            (self,), {})
+
+
+class _SizedTracer(GraphTracer):
+    """:class:`GraphTracer` that also runs every op it records on one example input (batch 1), so sizes other
+    than the batch are numbers a forward may compute with in Python (``int(x.size(1) * ratio)``, ShuffleNetV2's
+    channel split). fx has no such tracer for real tensors (its ``MetaTracer`` moves parameters to the meta
+    device and fails on BatchNorm buffers), hence this one: while an op runs on the example, module calls and
+    attribute reads go straight to the modules instead of into the graph."""
+
+    def __init__(self, example: torch.Tensor):
+        super().__init__()
+        self.example, self.values, self.running = example, {}, False
+
+    def proxy(self, node: fx.Node) -> _SizedProxy:
+        return _SizedProxy(node, self)
+
+    def call_module(self, m, forward, args, kwargs):
+        return forward(*args, **kwargs) if self.running else super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        return attr_val if self.running else super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        known = True
+
+        def value(a):
+            nonlocal known
+            if isinstance(a, fx.Proxy):
+                known = known and a.node in self.values
+                return self.values.get(a.node)
+            return a
+
+        a, kw = fx.node.map_aggregate(args, value), fx.node.map_aggregate(kwargs, value)
+        if kind == "placeholder" or not known:
+            if kind == "placeholder":
+                self.values[proxy.node] = self.example
+            return proxy
+        self.running = True
+        try:
+            with torch.no_grad():
+                if kind == "call_module":
+                    self.values[proxy.node] = self.root.get_submodule(target)(*a, **kw)
+                elif kind == "call_function":
+                    self.values[proxy.node] = target(*a, **kw)
+                elif kind == "call_method":
+                    self.values[proxy.node] = getattr(a[0], target)(*a[1:], **kw)
+                elif kind == "get_attr":
+                    self.values[proxy.node] = operator.attrgetter(target)(self.root)
+            if isinstance(v := self.values.get(proxy.node), torch.Tensor):
+                proxy.node.meta["example_shape"] = tuple(v.shape)
+        except Exception:  # noqa: BLE001 - an op that does not run here: its sizes stay symbolic
+            pass
+        finally:
+            self.running = False
+        return proxy
+
+
+def _sized_trace(model: nn.Module, input_shape: tuple[int, ...]) -> fx.Graph:
+    param = next(iter(model.parameters()), None)
+    example = torch.zeros(1, *input_shape[1:], device=None if param is None else param.device)
+    return _SizedTracer(example).trace(model)
+
+
+def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
+    """The normalised fx graph of ``model`` (submodules shared, not copied).
+
+    A forward that fx cannot trace symbolically because it computes with a size in Python (``int(x.size(1) * r)``)
+    is traced again with sizes: those of ``input_shape`` (default ``DEFAULT_INPUT_SHAPE``), the batch size left
+    free. The graph then holds the numbers it computed (a channel split of 58 stays 58 — channel counts do not
+    depend on the input; a size taken from H or W is that of ``input_shape``, checked when a
+    :class:`~qmap.nn.ModelGraph` records shapes of the real input)."""
     try:
         graph = GraphTracer().trace(model)
     except Exception as e:  # fx raises many types (TraceError, TypeError, ...) for data-dependent control flow
-        raise ConfigError(f"cannot trace {type(model).__name__} with torch.fx: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")) from None
+        try:
+            graph = _sized_trace(model, input_shape or DEFAULT_INPUT_SHAPE)
+        except Exception:  # noqa: BLE001 - the symbolic trace's error is the one that explains
+            raise ConfigError(f"cannot trace {type(model).__name__} with torch.fx: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")) from None
     return normalise(fx.GraphModule(model, graph, class_name=type(model).__name__))
