@@ -75,6 +75,10 @@ def run(args) -> int:
     from ..errors import ConfigError, HardwareError
     from ..hw.sim import simulator_available
 
+    checked = args.out if args.random else args.dir
+    if args.build_dir and checked and Path(checked).resolve() in (b := Path(args.build_dir).resolve(), *b.parents):
+        raise ConfigError(f"--build-dir {args.build_dir} is inside the folder being checked ({checked}); "
+                          "build the RTL elsewhere")
     if args.rtl and not simulator_available(args.rtl):
         raise ConfigError(f"--rtl {args.rtl}: the simulator is not installed")
     if args.random:
