@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, QmapError, reject_unknown_keys
-from .hw.spec import ArraySpec
+from .hw.spec import MAX_ARRAY_DIM, ArraySpec
 from .quant import QuantConfig
 
 
@@ -177,8 +177,8 @@ CONSTRAINTS: dict[str, Range | OneOf | Pattern] = {
     "quant.layer_bits.*": BITS,
     "hardware.images": Range(0, None),
     "hardware.rtl": OneOf(("auto", "icarus", "verilator", "none")),
-    "hardware.array.rows": Range(1, 256),
-    "hardware.array.cols": Range(1, 256),
+    "hardware.array.rows": Range(1, MAX_ARRAY_DIM),
+    "hardware.array.cols": Range(1, MAX_ARRAY_DIM),
     "hardware.array.w_bits": BITS,
     "hardware.array.a_bits": BITS,
     "hardware.array.psum_bits": Range(8, 48),
@@ -240,7 +240,10 @@ def coerce(value: Any, tp, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for a in (a for a in args if a is not type(None)):
+        alternatives = [a for a in args if a is not type(None)]
+        if len(alternatives) == 1:  # X | None: X's own message (a range, a nested key), not just the type
+            return coerce(value, alternatives[0], where)
+        for a in alternatives:
             try:
                 return coerce(value, a, where)
             except ConfigError:

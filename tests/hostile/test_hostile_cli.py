@@ -223,7 +223,9 @@ def _hw(box, **geometry):
     folder = box.hw_copy()
     man = json.loads((folder / "manifest.json").read_text())
     for k, v in geometry.items():
-        if k in ("n_itiles", "n_otiles", "sha256", "bias"):
+        if k == "spec":
+            man["spec"].update(v)
+        elif k in ("n_itiles", "n_otiles", "sha256", "bias"):
             if v is DROP:
                 man.pop(k)
             else:
@@ -299,6 +301,10 @@ CASES = [
     ("cli-run-set-bad-key", CONFIG, "malformed", lambda b: b.run_args("out", "--set", "a..b=1")),
     ("cli-run-set-bad-yaml", CONFIG, "--set", lambda b: b.run_args("out", "--set", "quant.skip=[unclosed")),
     ("cli-run-unknown-flag", CONFIG, "unrecognized", lambda b: b.run_args("out", "--bogus")),
+    ("cli-run-optional-out-of-range", CONFIG, "out of range", lambda b: b.run_args("out", "--set",
+                                                                                 "data.test_limit=0")),
+    ("cli-run-nested-optional-section", CONFIG, "budget", lambda b: b.run_args(
+        "out", "--set", "method.name=domr", "--set", "method.options.omr_options={budget: 2}")),
     ("cli-run-no-data", DATA, "data root", lambda b: b.run_args("out", "--data", str(b.path / "nodata"))),
     # ---- i6: YAML and config files
     ("i6-alias-bomb", CONFIG, "alias", lambda b: ["run", b.config(_bomb(9)), "-o", "out", "-q"]),
@@ -407,6 +413,8 @@ CASES = [
     ("i12-compare-plot-suffix", CONFIG, ".png", lambda b: ["compare", b.run_folder("p"), "-o", "plot"]),
     # ---- sim: hostile manifests and options
     ("i4-sim-no-sha256", HW, "sha256", lambda b: _hw(b, sha256=DROP)),
+    ("cli-sim-rows-huge", HW, "array must be", lambda b: _hw(b, spec={"rows": 10**9})),
+    ("cli-sim-bits-string", HW, "w_bits must be an integer", lambda b: _hw(b, spec={"w_bits": "x"})),
     ("i4-sim-sha256-list", HW, "sha256", lambda b: _hw(b, sha256=[1])),
     ("i4-sim-stride-zero", HW, "stride", lambda b: _hw(b, stride=0)),
     ("i4-sim-height-negative", HW, "height", lambda b: _hw(b, height=-4)),
@@ -428,6 +436,8 @@ CASES = [
     ("cli-sim-out-not-empty", CONFIG, "not empty",
      lambda b: (b.file("o/x", "x"), ["sim", "--random", "-o", "o"])[1]),
     ("cli-sim-rtl-bogus", CONFIG, "--rtl", lambda b: ["sim", str(b.world.hw), "--rtl", "modelsim"]),
+    ("cli-sim-build-inside", CONFIG, "--build-dir",
+     lambda b: ["sim", str(b.world.hw), "--rtl", "icarus", "--build-dir", str(b.world.hw / "build")]),
     # ---- train and data
     ("cli-train-out-suffix", CONFIG, ".safetensors", lambda b: ["train", "tiny_cnn", "-o", "m.pt"]),
     ("cli-train-out-dir", CONFIG, "is a folder",

@@ -249,6 +249,8 @@ def read_export(folder: str | Path, verify_checksums: bool = True) -> LayerVecto
         has_bias, reference = bool(man.get("has_bias", False)), bool(man.get("reference", True))
     except (KeyError, TypeError, ValueError) as e:
         raise HardwareError(f"{folder / MANIFEST}: bad field ({e})") from None
+    except HardwareError as e:  # the array's own checks
+        raise HardwareError(f"{folder / MANIFEST}: {e}") from None
     check_layout(spec, geom, n_it, n_ot, bias, man.get("sha256"), folder / MANIFEST)
     R, C, K = spec.rows, spec.cols, geom.n_kij
     x = np.zeros((n_it, R, geom.n_padded), dtype=np.int64)

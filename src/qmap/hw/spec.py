@@ -18,6 +18,7 @@ from ..errors import HardwareError
 
 DATAFLOWS = ("ws", "os")
 OVERFLOW_POLICIES = ("error", "saturate")
+MAX_ARRAY_DIM = 256  # rows / cols: the golden model keeps R×C per-cycle registers; larger is a typo, not an array
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,12 @@ class ArraySpec:
     overflow: str = "error"
 
     def __post_init__(self):
-        if self.rows < 1 or self.cols < 1:
-            raise HardwareError(f"array must be at least 1x1, got {self.rows}x{self.cols}")
+        for name in ("rows", "cols", "w_bits", "a_bits", "psum_bits"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                raise HardwareError(f"{name} must be an integer, got {type(v).__name__} {v!r}")
+        if not (1 <= self.rows <= MAX_ARRAY_DIM and 1 <= self.cols <= MAX_ARRAY_DIM):
+            raise HardwareError(f"array must be 1x1 .. {MAX_ARRAY_DIM}x{MAX_ARRAY_DIM}, got {self.rows}x{self.cols}")
         for name, lo, hi in (("w_bits", 2, 8), ("a_bits", 2, 8), ("psum_bits", 8, 48)):
             v = getattr(self, name)
             if not lo <= v <= hi:
