@@ -464,11 +464,31 @@ class ShuffleNetV2Sized(nn.Module):
         return self.linear(out.view(out.size(0), -1))
 
 
+class SiLUResNet(nn.Module):
+    """A ResNet whose user swapped ReLU for SiLU: the activation after each residual add is curved and follows no
+    layer (the integer model's table on the sum)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.conv3, self.bn3 = nn.Conv2d(8, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.act = nn.GELU()
+        self.linear = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.silu(self.bn1(self.conv1(x)))
+        out = F.silu(self.bn2(self.conv2(x)))
+        out = F.silu(self.bn3(self.conv3(out)) + x)
+        out = self.act(out + x)
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
                "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet,
                "preact_resnet": PreActResNet, "se_resnet": SEResNet,
                "wide_resnet": WideResNet, "densenet": DenseNet, "shufflenet": ShuffleNet, "ghost_head": GhostHead,
-               "shufflenet_v2_sized": ShuffleNetV2Sized}
+               "shufflenet_v2_sized": ShuffleNetV2Sized, "silu_resnet": SiLUResNet}
 INPUT = (3, 16, 16)
 
 

@@ -39,7 +39,9 @@ channel, t·step, and
 - a curved activation (GELU, Hardswish, SiLU, Hardsigmoid, Sigmoid) acts on the b-bit codes of the layer's
   output quantizer through a 2^b-entry table holding the fake-quant model's own result for each code: the next
   layer's input code when a layer follows (through max-pool/flatten), else a 24-bit code spanning the table's
-  output range.
+  output range. One that follows no layer (after a residual add, an affine or a pool; the fake-quant model
+  applies it to the float value) is a table over ±T, where the curve bends, on a step 2T / 2^18 (the value's
+  integer shifted right to it), and its asymptote a·x + b (a = 0 or 1) beyond.
 
 Requantizers into codes keep a 31-bit mantissa whatever the width of their input (a product past 63 bits is
 formed in two halves, :mod:`~qmap.quant.requant`); gates, pools and merges shed extra fraction bits by rounding
@@ -306,6 +308,8 @@ MERGE_FRACTION_BITS = 16  # extra fractional bits of a residual add / concat
 ACC_FRACTION_BITS = 16    # k: fractional bits of the finer accumulator unit (bias exact to 2^-17 units)
 TABLE_BITS = 24           # signed codes of a curved activation's table when no layer's codes follow
 TABLE_EXTRA_BITS = 8      # of which beyond the 16 bits a table value needs (may be shed, like k)
+TABLE_INDEX_BITS = 18     # a curved activation on a value (not a layer's codes): a table over ±T in 2^18 steps
+TABLE_OUT_EXTRA_BITS = 8  # ... its output on a step 2^8 finer than the index step
 MERGE_INPUT_BITS = 40     # a residual add / concat input wider than this sheds extra fraction bits first
 
 
@@ -543,7 +547,8 @@ class _Lowering:
         producer = self.graph.modules.get(src.target) if src.op == "call_module" else None
         q = getattr(producer, "output_quantizer", None)
         if q is None or v.codes_of is not q:
-            self.fail(node, "a curved activation needs the b-bit output codes of the layer right before it")
+            self._value_table(node, v)
+            return
         if q.spec.bits > 16:
             self.fail(node, f"a {q.spec.bits}-bit input needs a 2^{q.spec.bits}-entry table (at most 16 bits)")
         codes = torch.arange(q.spec.qmin, q.spec.qmax + 1, device=q.scale.device)
@@ -572,6 +577,46 @@ class _Lowering:
             out = _Value(torch.tensor([fine], dtype=torch.float64), TABLE_BITS + 1, extra=TABLE_EXTRA_BITS)
         self.values[node.name] = out
         self.steps.append(IntStep(node.name, Table(table, q.spec.qmin), [src.name]))
+
+    def _value_table(self, node, v: _Value) -> None:
+        """A curved activation f on a value t·s that is no layer's codes (after a residual add, an affine or a
+        pool; the fake-quant model applies f to the float value). f is affine beyond ±T (:func:`_asymptotes`,
+        slopes 0 or 1), so with u = round(t / 2^r) on the index step e = s·2^r ≥ 2T / 2^TABLE_INDEX_BITS:
+
+            out = table[u]                  |u·e| ≤ T,  table[u] = round(f(u·e) / e')
+            out = a·2^8·u + round(b / e')   beyond, on either side (a ∈ {0, 1}),  e' = e / 2^8
+
+        on the step e / 2^TABLE_OUT_EXTRA_BITS: the input keeps a precision e (≈ 2^-13 for T = 16), far below the
+        next quantizer's step."""
+        act = as_module(node, self.graph.modules)
+        if v.step.numel() != 1 or (isinstance(act, nn.PReLU) and act.num_parameters > 1):
+            self.fail(node, "a curved activation that follows no layer needs one step for its input (not after a "
+                            "standalone BatchNorm) and one curve for every channel")
+        tails = _asymptotes(act)
+        if tails is None or any(a not in (0.0, 1.0) for _, (a, _b) in tails):
+            self.fail(node, "a curved activation that follows no layer needs slope 0 or 1 far from 0 (LeakyReLU / "
+                            "PReLU need the codes of a layer right before them)")
+        reach = tails[1][0]
+        s = float(v.step)
+        r = max(0, math.ceil(math.log2(2 * reach / (2**TABLE_INDEX_BITS * s))))
+        e = s * 2**r
+        half = math.ceil(reach / e)
+        y = act((torch.arange(-half, half + 1, dtype=torch.float64) * e).float()).detach().double()
+        fine = e / 2**TABLE_OUT_EXTRA_BITS  # the output's step: its rounding well below the input's
+        table = torch.round(y / fine).to(torch.int64)
+        (_, (a_lo, b_lo)), (_, (a_hi, b_hi)) = tails
+        a_lo, a_hi = int(a_lo) << TABLE_OUT_EXTRA_BITS, int(a_hi) << TABLE_OUT_EXTRA_BITS
+        b_lo, b_hi = round(b_lo / fine), round(b_hi / fine)
+
+        def op(t, r=r, half=half, table=table):
+            u = _round_shift(t, r)
+            inside = table.to(u.device)[u.clamp(-half, half) + half]
+            return torch.where(u > half, a_hi * u + b_hi, torch.where(u < -half, a_lo * u + b_lo, inside))
+        bits = max(v.bits - r + TABLE_OUT_EXTRA_BITS, *(int(abs(b)).bit_length() for b in (b_lo, b_hi)),
+                   int(table.abs().max()).bit_length()) + 1
+        self.values[node.name] = _Value(torch.tensor([fine], dtype=torch.float64), bits,
+                                        extra=max(0, v.extra - r) + TABLE_OUT_EXTRA_BITS)
+        self.steps.append(IntStep(node.name, op, [node.all_input_nodes[0].name]))
 
     def _channelwise(self, node) -> None:
         src = node.all_input_nodes[0]
@@ -679,6 +724,27 @@ class _Lowering:
         head = None if g.head is None else as_module(g.head, g.modules).double()
         return IntegerModel(self.steps, g.input.name, g.logits.name, self.values[g.logits.name].step,
                             float(iq.scale.detach().double()), (iq.spec.qmin, iq.spec.qmax), iq.spec.rounding, head)
+
+
+def _asymptotes(act: nn.Module) -> tuple[tuple[float, tuple[float, float]], ...] | None:
+    """((−T, (a, b)), (T, (a, b))): the smallest T = 2^k (k ≤ 7) beyond which ``act`` is a·x + b on each side to
+    float32 precision (checked out to 4096·T), or None. SiLU, GELU, Hardswish, Mish: x and 0; Sigmoid, Tanh,
+    Hardsigmoid: constants; ELU: x and −α; Softplus: x and 0."""
+    for k in range(1, 8):
+        reach, tails = 2.0**k, []
+        for side in (-1.0, 1.0):
+            x = side * reach * torch.tensor([1.0, 2.0, 4.0, 64.0, 4096.0])
+            with torch.no_grad():
+                y = act(x).double()
+            a = float((y[1] - y[0]) / (x[1] - x[0]))
+            a = round(a) if abs(a - round(a)) < 1e-6 else a
+            b = float(y[0]) - a * float(x[0])
+            if not bool(((y - (a * x.double() + b)).abs() <= 1e-6 * y.abs().clamp_min(1.0)).all()):
+                break
+            tails.append((side * reach, (float(a), b)))
+        if len(tails) == 2:
+            return tuple(tails)
+    return None
 
 
 def _shed(v: _Value, bits: int) -> tuple[_Value, int]:
