@@ -53,6 +53,12 @@ def test_calibration_as_dataloader_or_iterable_and_unknown_options():
         qmap.quantize(model, calib, iters=3)
     with pytest.raises(ConfigError, match="calibration data must be"):
         qmap.quantize(model, 3)
+    q64, _ = qmap.quantize(model, calib.double(), progress=False)  # numpy's float64: the model's float32
+    assert torch.equal(q64(x), ref(x))
+    with pytest.raises(ConfigError, match=r"must be a batch \[N, C, H, W\], got shape \(3, 16, 16\)"):
+        qmap.quantize(model, calib[0])
+    with pytest.raises(ConfigError, match="bit width '4' is not supported"):
+        qmap.quantize(model, calib, w_bits="4")
     with pytest.raises(ConfigError, match="model must be a torch nn.Module"):
         qmap.quantize("vgg", calib)
 

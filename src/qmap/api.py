@@ -40,7 +40,7 @@ def calibration_tensor(calib: torch.Tensor | Iterable) -> torch.Tensor:
     if not batches or not all(isinstance(b, torch.Tensor) and b.is_floating_point() for b in batches):
         raise ConfigError("calibration data must hold float image tensors (normalised as the model expects)")
     images = torch.cat(batches) if len(batches) > 1 else batches[0]
-    if images.dim() < 2 or not len(images):
+    if images.dim() != 4 or not len(images):
         raise ConfigError(f"calibration images must be a batch [N, C, H, W], got shape {tuple(images.shape)}")
     return images
 
@@ -63,8 +63,9 @@ def quantize(model: nn.Module, calib: torch.Tensor | Iterable, method: str = "rt
     options = method_options(apply)
     if options is not None:
         reject_unknown_keys(kwargs, qfields | options, f"option(s) for method {method!r}")
-    images = calibration_tensor(calib)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    param = next(model.parameters(), None)
+    device, dtype = (torch.device("cpu"), torch.float32) if param is None else (param.device, param.dtype)
+    images = calibration_tensor(calib).to(dtype)  # float64 / float16 images: the model's own float type
     # unsupported operations, or a model that cannot run on the calibration images: one clear error before any work
     ModelGraph(model.eval(), images[:1].to(device))
     q_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in qfields}

@@ -75,7 +75,8 @@ class QuantConfig:
         return asdict(self)
 
     def weight_spec(self, bits: int) -> QuantSpec:
-        symmetric = self.w_symmetric if self.w_symmetric is not None else bits >= AFFINE_BELOW_BITS
+        symmetric = self.w_symmetric if self.w_symmetric is not None else (
+            not isinstance(bits, int) or bits >= AFFINE_BELOW_BITS)  # (QuantSpec refuses a bits that is no int)
         return QuantSpec(bits=bits, signed=True, symmetric=symmetric, narrow=self.w_narrow,
                          per_channel=self.w_per_channel, observer=self.w_observer, pow2=self.pow2,
                          rounding=self.rounding, p_norm=float(self.w_p_norm))
