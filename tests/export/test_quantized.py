@@ -105,6 +105,52 @@ def test_damaged_or_foreign_files_are_refused(images, tmp_path):
         load_quantized(tmp_path / "evil.safetensors")
 
 
+def _header_paths(o, pre=()):
+    """Every key path of a JSON header (first 3 items of a list)."""
+    if isinstance(o, dict):
+        for k, v in o.items():
+            yield from _header_paths(v, (*pre, k))
+    elif isinstance(o, list):
+        for i, v in enumerate(o[:3]):
+            yield from _header_paths(v, (*pre, i))
+    if pre:
+        yield pre
+
+
+def test_every_damaged_header_field_is_one_error_at_load(images, tmp_path):
+    """Each kind of header field set to a wrong value (a string, -1, None, 1e12) either loads a model
+    that runs or is one QmapError at load: never an exception from torch later (a padding of 1e12 allocated in
+    the forward, a string stride failed inside conv2d)."""
+    from safetensors.torch import load_file, save_file
+
+    qmodel = get_method("domr")(tiny(), images[:16], QCFG, iters=2, batch_size=8).model  # OMR's shift included
+    path = save_quantized(qmodel, tmp_path / "q.safetensors", arch="tiny_cnn", width=0.5, num_classes=10,
+                          input_shape=(3, 32, 32))
+    header, tensors, x = read_header(path), load_file(path), images[:2]
+    paths = list(_header_paths(header))
+    kinds = {}  # one path per distinct key (and depth) keeps the test fast: ~100 paths × 4 values
+    for where in paths:
+        kinds.setdefault((len(where) > 6, str(where[-1])), where)
+    for where in kinds.values():
+        for bad in ("x", -1, None, 10**12):
+            damaged = json.loads(json.dumps(header))
+            node = damaged
+            for k in where[:-1]:
+                node = node[k]
+            node[where[-1]] = bad
+            save_file(tensors, tmp_path / "d.safetensors", metadata={"qmap": json.dumps(damaged)})
+            try:
+                loaded = load_quantized(tmp_path / "d.safetensors")
+            except QmapError:
+                continue
+            with torch.no_grad():
+                loaded.model(x)
+    for text in ("{not json", "[]"):
+        save_file(tensors, tmp_path / "d.safetensors", metadata={"qmap": text})
+        with pytest.raises(QmapError, match="header"):
+            load_quantized(tmp_path / "d.safetensors")
+
+
 class _Block(nn.Module):
     """A user block class qmap has never seen: residual add around two convs, a plain attribute, a ModuleList."""
 

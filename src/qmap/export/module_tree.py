@@ -126,6 +126,27 @@ def module_tree(model: nn.Module) -> dict:
     return from_model(model, "")
 
 
+# what a module's args may hold: integers (or lists of up to two) in these ranges; anything else in a file is
+# damage or an attack, refused here rather than failing (or allocating) inside a later forward
+_INT_ARGS = {"in_channels": (1, 1 << 20), "out_channels": (1, 1 << 20), "in_features": (1, 1 << 26),
+             "out_features": (1, 1 << 26), "groups": (1, 1 << 20), "num_features": (1, 1 << 20),
+             "num_parameters": (1, 1 << 20), "channels": (1, 1 << 26), "order": (1, 1 << 26),
+             "kernel_size": (1, 64), "stride": (1, 64), "padding": (0, 64), "dilation": (1, 64),
+             "output_size": (1, 4096), "ch_axis": (0, 1), "start_dim": (-8, 8), "end_dim": (-8, 8), "dim": (-8, 8)}
+
+
+def _check_args(a, path: str) -> None:
+    if not isinstance(a, dict):
+        raise ConfigError(f"{path}: a module's args must be an object, got {type(a).__name__}")
+    for key, (lo, hi) in _INT_ARGS.items():
+        value = a.get(key)
+        if value is None or (key == "padding" and value in ("same", "valid")):
+            continue
+        items = value if isinstance(value, list) else [value]
+        if not 1 <= len(items) <= 2 or any(type(v) is not int or not lo <= v <= hi for v in items):
+            raise ConfigError(f"{path}: {key} must be an integer (or two) in {lo}..{hi}, got {value!r}")
+
+
 def build_children(root: nn.Module, tree: dict) -> nn.Module:
     """Replace ``root``'s children by modules built from ``tree`` (from :func:`module_tree`); returns ``root``."""
     shifts: list[tuple[OutlierShift, str | None]] = []
@@ -153,6 +174,7 @@ def build_children(root: nn.Module, tree: dict) -> nn.Module:
         if kind not in BY_NAME and kind != SHIFT:
             raise ConfigError(f"{path}: module type {kind!r} is not allowed in a quantized-model file")
         a = spec.get("args", {})
+        _check_args(a, path)
         if kind == SHIFT:
             n = a.get("order")
             if n is not None and (type(n) is not int or n <= 0):

@@ -104,7 +104,12 @@ def read_header(path: str | Path) -> dict:
         raise QmapError(f"cannot read quantized model {path}: {e}") from None
     if "qmap" not in meta:
         raise QmapError(f"{path} is not a qmap quantized-model file (no 'qmap' header; written by an older qmap?)")
-    header = json.loads(meta["qmap"])
+    try:
+        header = json.loads(meta["qmap"])
+    except json.JSONDecodeError as e:
+        raise QmapError(f"{path}: its 'qmap' header is not JSON ({e})") from None
+    if not isinstance(header, dict) or not all(isinstance(header.get(k), dict) for k in ("model", "modules")):
+        raise QmapError(f"{path}: its 'qmap' header is damaged (expected an object with 'model' and 'modules')")
     if header.get("format") != FORMAT:
         raise QmapError(f"{path}: format {header.get('format')!r} is not supported (this qmap reads {FORMAT})")
     return header
@@ -113,21 +118,37 @@ def read_header(path: str | Path) -> dict:
 @torch.no_grad()
 def load_quantized(path: str | Path, model_fn: Callable[[], nn.Module] | None = None) -> QuantizedModel:
     """Load a quantized-model file; ``model_fn()`` builds the float root model when the file was saved from a
-    user factory (default: the registry model the header names)."""
+    user factory (default: the registry model the header names). A damaged file is one :class:`QmapError`."""
+    path = Path(path)
+    header = read_header(path)
+    shape = header.get("input_shape")
+    if shape is not None and (not isinstance(shape, list) or len(shape) != 3
+                              or any(type(d) is not int or not 1 <= d <= 4096 for d in shape)):
+        raise QmapError(f"{path}: damaged quantized-model file (input_shape {shape!r} is not C, H, W)")
+    root = model_fn() if model_fn is not None else None  # (the user's own code: its errors are its own)
+    try:  # a damaged header's model spec, module tree or tensors: one line, whatever part of it broke
+        model = _rebuild(path, header, root)
+        if shape is not None:  # one zero image through it: damage the tree checks missed shows here, not later
+            model.eval()(torch.zeros(1, *shape))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        raise QmapError(f"{path}: damaged quantized-model file ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
+    return QuantizedModel(model.eval(), header, path)
+
+
+def _rebuild(path: Path, header: dict, root: nn.Module | None) -> nn.Module:
+    """The model of a quantized-model file: its float root (``root``, else the registry model the header names),
+    the header's module tree, the stored tensors."""
     from safetensors.torch import load_file
 
     from ..models.registry import build_model
 
-    path = Path(path)
-    header = read_header(path)
     spec = header["model"]
-    if model_fn is not None:
-        root = model_fn()
-    elif spec.get("arch"):
-        root = build_model(spec["arch"], width=spec["width"], num_classes=spec["num_classes"])
-    else:
+    if root is None and not spec.get("arch"):
         raise QmapError(f"{path} was saved from a user model ({spec.get('factory') or 'no factory name'}): "
                         f"pass model_fn= to build its float architecture")
+    if root is None:
+        root = build_model(spec["arch"], width=spec["width"], num_classes=spec["num_classes"])
     model = build_children(root, header["modules"])
     tensors = load_file(str(path))
     ints = {k[len(INT_PREFIX):]: v for k, v in tensors.items() if k.startswith(INT_PREFIX)}
@@ -140,7 +161,7 @@ def load_quantized(path: str | Path, model_fn: Callable[[], nn.Module] | None = 
         m.register_buffer("fp_weight", m.weight.detach().clone(), persistent=False)
         if name not in ints or not torch.equal(m.weight_quantizer.to_int(m.weight).to(torch.int8), ints[name]):
             raise QmapError(f"{path}: layer {name}: the weights do not round to the stored integer weights")
-    return QuantizedModel(model.eval(), header, path)
+    return model
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, QuantizedModel]:
