@@ -12,7 +12,9 @@ import argparse
 import importlib
 import logging
 import re
+import signal
 import sys
+import threading
 
 from . import __version__
 from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, OutputError, QmapError
@@ -82,6 +84,11 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "(no message)"
 
 
+def _terminated(signum, frame):
+    """SIGTERM ends a command the way Ctrl-C does: the run folder records the stop, the exit code is 130."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -93,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args)
     prog = f"qmap {args.command}"
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None  # `kill`: like Ctrl-C
+    try:
+        return _run(args, prog)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args, prog: str) -> int:
     try:
         return int(args.func(args) or 0)
     except QmapError as e:
