@@ -1,5 +1,5 @@
 """Hand-written 'user' CNNs of the kinds people bring (not registry models): each exercises a layout the
-model graph must read from structure, not from attribute names or definition order. All take 3x16x16."""
+model graph must read from structure, not from attribute names or definition order. All take 3x16x16. The second half holds the forward idioms of the popular CIFAR architectures."""
 
 from __future__ import annotations
 
@@ -484,11 +484,373 @@ class SiLUResNet(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+# ---- the forward idioms of the popular CIFAR architectures (GoogLeNet, DLA, EfficientNet, DPN, PNASNet, SENet,
+# MobileNetV2, ResNeXt, RegNet) at tiny widths, written for these tests: pooling, views, slices, concatenations
+# and gates spelled as those repositories do (``F.avg_pool2d(out, 8)``, ``out.view(out.size(0), -1)``,
+# ``x[:, :d] + out[:, :d]``, ``self.root([x1, x2])`` with ``torch.cat(xs, 1)``, ``x * x.sigmoid()``,
+# training-only dropout / drop-connect)
+
+def cbr(i, o, k=3, s=1, g=1):
+    return nn.Sequential(nn.Conv2d(i, o, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(o), nn.ReLU(True))
+
+
+class Inception(nn.Module):
+    def __init__(self, i, n1, n3r, n3, n5r, n5, pp):
+        super().__init__()
+        self.b1 = cbr(i, n1, 1)
+        self.b2 = nn.Sequential(cbr(i, n3r, 1), cbr(n3r, n3))
+        self.b3 = nn.Sequential(cbr(i, n5r, 1), cbr(n5r, n5), cbr(n5, n5))
+        self.b4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), cbr(i, pp, 1))
+
+    def forward(self, x):
+        return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
+
+
+class GoogLeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = cbr(3, 16)
+        self.a3 = Inception(16, 4, 4, 8, 2, 4, 4)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.a4 = Inception(20, 8, 4, 8, 2, 4, 4)
+        self.avgpool = nn.AvgPool2d(8, stride=1)
+        self.linear = nn.Linear(24, 10)
+
+    def forward(self, x):
+        out = self.maxpool(self.a3(self.pre(x)))
+        out = self.avgpool(self.a4(out))
+        return self.linear(out.view(out.size(0), -1))
+
+
+class Root(nn.Module):
+    def __init__(self, i, o):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(i, o, 1, bias=False), nn.BatchNorm2d(o)
+
+    def forward(self, xs):
+        return F.relu(self.bn(self.conv(torch.cat(xs, 1))))
+
+
+class DLABlock(nn.Module):
+    def __init__(self, i, o, s=1):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o)
+        self.c2, self.b2 = nn.Conv2d(o, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o)
+        self.shortcut = nn.Sequential()
+        if s != 1 or i != o:
+            self.shortcut = nn.Sequential(nn.Conv2d(i, o, 1, s, bias=False), nn.BatchNorm2d(o))
+
+    def forward(self, x):
+        out = F.relu(self.b1(self.c1(x)))
+        out = self.b2(self.c2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class Tree(nn.Module):
+    def __init__(self, i, o, s=1):
+        super().__init__()
+        self.left, self.right = DLABlock(i, o, s), DLABlock(o, o, 1)
+        self.root = Root(2 * o, o)
+
+    def forward(self, x):
+        out1 = self.left(x)
+        out2 = self.right(out1)
+        return self.root([out1, out2])
+
+
+class SimpleDLA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.base = cbr(3, 8)
+        self.layer = Tree(8, 16, 2)
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = self.layer(self.base(x))
+        out = F.avg_pool2d(out, 8)
+        return self.linear(out.view(out.size(0), -1))
+
+
+class SE(nn.Module):
+    def __init__(self, i, se):
+        super().__init__()
+        self.se1, self.se2 = nn.Conv2d(i, se, 1, bias=True), nn.Conv2d(se, i, 1, bias=True)
+
+    def forward(self, x):
+        out = F.adaptive_avg_pool2d(x, (1, 1))
+        out = x * torch.sigmoid(self.se2(F.relu(self.se1(out))))
+        return out
+
+
+def swish(x):
+    return x * x.sigmoid()
+
+
+class EffBlock(nn.Module):
+    def __init__(self, i, o, expand, s, drop=0.2):
+        super().__init__()
+        self.s, self.expand, self.drop = s, expand, drop
+        c = expand * i
+        self.conv1, self.bn1 = nn.Conv2d(i, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, s, 1, groups=c, bias=False), nn.BatchNorm2d(c)
+        self.se = SE(c, max(1, i // 4))
+        self.conv3, self.bn3 = nn.Conv2d(c, o, 1, bias=False), nn.BatchNorm2d(o)
+        self.has_skip = s == 1 and i == o
+
+    def forward(self, x):
+        out = x if self.expand == 1 else swish(self.bn1(self.conv1(x)))
+        out = swish(self.bn2(self.conv2(out)))
+        out = self.se(out)
+        out = self.bn3(self.conv3(out))
+        if self.has_skip:
+            if self.training and self.drop > 0:
+                out = out * (torch.rand(x.size(0), 1, 1, 1) > self.drop) / (1 - self.drop)
+            out = out + x
+        return out
+
+
+class EfficientNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.layers = nn.Sequential(EffBlock(8, 8, 1, 1), EffBlock(8, 12, 4, 2), EffBlock(12, 12, 4, 1))
+        self.linear = nn.Linear(12, 10)
+
+    def forward(self, x):
+        out = swish(self.bn1(self.conv1(x)))
+        out = self.layers(out)
+        out = F.adaptive_avg_pool2d(out, 1)
+        out = out.view(out.size(0), -1)
+        if self.training:
+            out = F.dropout(out, p=0.2)
+        return self.linear(out)
+
+
+class DPNBottleneck(nn.Module):
+    def __init__(self, last, inp, out, dense, s, first):
+        super().__init__()
+        self.out_planes, self.dense = out, dense
+        self.conv1, self.bn1 = nn.Conv2d(last, inp, 1, bias=False), nn.BatchNorm2d(inp)
+        self.conv2, self.bn2 = nn.Conv2d(inp, inp, 3, s, 1, groups=4, bias=False), nn.BatchNorm2d(inp)
+        self.conv3, self.bn3 = nn.Conv2d(inp, out + dense, 1, bias=False), nn.BatchNorm2d(out + dense)
+        self.shortcut = nn.Sequential()
+        if first:
+            self.shortcut = nn.Sequential(nn.Conv2d(last, out + dense, 1, s, bias=False),
+                                          nn.BatchNorm2d(out + dense))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        x = self.shortcut(x)
+        d = self.out_planes
+        out = torch.cat([x[:, :d, :, :] + out[:, :d, :, :], x[:, d:, :, :], out[:, d:, :, :]], 1)
+        return F.relu(out)
+
+
+class DPN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
+        self.l1 = DPNBottleneck(16, 8, 16, 4, 1, True)
+        self.l2 = DPNBottleneck(24, 8, 16, 4, 1, False)
+        self.linear = nn.Linear(28, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.l2(self.l1(out))
+        out = F.avg_pool2d(out, 4)
+        out = F.adaptive_avg_pool2d(out, 1)
+        return self.linear(out.view(out.size(0), -1))
+
+
+class SepConv(nn.Module):
+    def __init__(self, i, o, k, s):
+        super().__init__()
+        self.conv1 = nn.Conv2d(i, o, k, s, (k - 1) // 2, bias=False, groups=i)
+        self.bn1 = nn.BatchNorm2d(o)
+
+    def forward(self, x):
+        return self.bn1(self.conv1(x))
+
+
+class CellA(nn.Module):
+    def __init__(self, i, o, s=1):
+        super().__init__()
+        self.s = s
+        self.sep = SepConv(i, o, 7, s)
+        if s == 2:
+            self.conv1, self.bn1 = nn.Conv2d(i, o, 1, bias=False), nn.BatchNorm2d(o)
+
+    def forward(self, x):
+        y1 = self.sep(x)
+        y2 = F.max_pool2d(x, kernel_size=3, stride=self.s, padding=1)
+        if self.s == 2:
+            y2 = self.bn1(self.conv1(y2))
+        return F.relu(y1 + y2)
+
+
+class PNASNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.c1, self.c2 = CellA(8, 8), CellA(8, 16, 2)
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.c2(self.c1(out))
+        out = F.avg_pool2d(out, 8)
+        return self.linear(out.view(out.size(0), -1))
+
+
+class SEPreAct(nn.Module):
+    def __init__(self, i, o, s=1):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(i), nn.Conv2d(i, o, 3, s, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(o), nn.Conv2d(o, o, 3, 1, 1, bias=False)
+        if s != 1 or i != o:
+            self.shortcut = nn.Sequential(nn.Conv2d(i, o, 1, s, bias=False))
+        self.fc1, self.fc2 = nn.Conv2d(o, o // 4, 1), nn.Conv2d(o // 4, o, 1)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        w = F.avg_pool2d(out, out.size(2))
+        w = F.relu(self.fc1(w))
+        w = F.sigmoid(self.fc2(w))
+        out = out * w
+        out += shortcut
+        return out
+
+
+class SENet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.layers = nn.Sequential(SEPreAct(8, 8), SEPreAct(8, 16, 2))
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layers(out)
+        out = F.avg_pool2d(out, 8)
+        return self.linear(out.view(out.size(0), -1))
+
+
+class MBV2Block(nn.Module):
+    def __init__(self, i, o, e, s):
+        super().__init__()
+        self.s = s
+        c = e * i
+        self.conv1, self.bn1 = nn.Conv2d(i, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, s, 1, groups=c, bias=False), nn.BatchNorm2d(c)
+        self.conv3, self.bn3 = nn.Conv2d(c, o, 1, bias=False), nn.BatchNorm2d(o)
+        self.shortcut = nn.Sequential()
+        if s == 1 and i != o:
+            self.shortcut = nn.Sequential(nn.Conv2d(i, o, 1, bias=False), nn.BatchNorm2d(o))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return out + self.shortcut(x) if self.s == 1 else out
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.layers = nn.Sequential(MBV2Block(8, 8, 1, 1), MBV2Block(8, 12, 6, 2), MBV2Block(12, 12, 6, 1))
+        self.conv2, self.bn2 = nn.Conv2d(12, 32, 1, bias=False), nn.BatchNorm2d(32)
+        self.linear = nn.Linear(32, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layers(out)
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.avg_pool2d(out, 8)
+        out = out.view(out.size(0), -1)
+        return self.linear(out)
+
+
+class ResNeXtBlock(nn.Module):
+    def __init__(self, i, card, w, s):
+        super().__init__()
+        g = card * w
+        self.conv1, self.bn1 = nn.Conv2d(i, g, 1, bias=False), nn.BatchNorm2d(g)
+        self.conv2, self.bn2 = nn.Conv2d(g, g, 3, s, 1, groups=card, bias=False), nn.BatchNorm2d(g)
+        self.conv3, self.bn3 = nn.Conv2d(g, 2 * g, 1, bias=False), nn.BatchNorm2d(2 * g)
+        self.shortcut = nn.Sequential()
+        if s != 1 or i != 2 * g:
+            self.shortcut = nn.Sequential(nn.Conv2d(i, 2 * g, 1, s, bias=False), nn.BatchNorm2d(2 * g))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class ResNeXt(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.layer = nn.Sequential(ResNeXtBlock(8, 2, 4, 1), ResNeXtBlock(16, 2, 4, 2))
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer(out)
+        out = F.avg_pool2d(out, 8)
+        return self.linear(out.view(out.size(0), -1))
+
+
+class RegNetBlock(nn.Module):
+    def __init__(self, i, o, s, g, se_ratio=0.25):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(i, o, 1, bias=False), nn.BatchNorm2d(o)
+        self.conv2, self.bn2 = nn.Conv2d(o, o, 3, s, 1, groups=o // g, bias=False), nn.BatchNorm2d(o)
+        w = int(round(i * se_ratio))
+        self.se = SE(o, w)
+        self.conv3, self.bn3 = nn.Conv2d(o, o, 1, bias=False), nn.BatchNorm2d(o)
+        self.shortcut = nn.Sequential()
+        if s != 1 or i != o:
+            self.shortcut = nn.Sequential(nn.Conv2d(i, o, 1, s, bias=False), nn.BatchNorm2d(o))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.se(out)
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class RegNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.layer = nn.Sequential(RegNetBlock(8, 16, 2, 8), RegNetBlock(16, 16, 1, 8))
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer(out)
+        out = F.adaptive_avg_pool2d(out, (1, 1))
+        return self.linear(out.view(out.size(0), -1))
+
+
+
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
                "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet,
                "preact_resnet": PreActResNet, "se_resnet": SEResNet,
                "wide_resnet": WideResNet, "densenet": DenseNet, "shufflenet": ShuffleNet, "ghost_head": GhostHead,
-               "shufflenet_v2_sized": ShuffleNetV2Sized, "silu_resnet": SiLUResNet}
+               "shufflenet_v2_sized": ShuffleNetV2Sized, "silu_resnet": SiLUResNet, "googlenet": GoogLeNet,
+               "dla": SimpleDLA, "efficientnet": EfficientNet, "dpn": DPN, "pnasnet": PNASNet, "senet": SENet,
+               "mobilenet_v2": MobileNetV2, "resnext": ResNeXt, "regnet": RegNet}
 INPUT = (3, 16, 16)
 
 
