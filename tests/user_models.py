@@ -1,5 +1,6 @@
 """Hand-written 'user' CNNs of the kinds people bring (not registry models): each exercises a layout the
-model graph must read from structure, not from attribute names or definition order. All take 3x16x16. The second half holds the forward idioms of the popular CIFAR architectures."""
+model graph must read from structure, not from attribute names or definition order. All take 3x16x16. The
+second half holds the forward idioms of the popular CIFAR architectures."""
 
 from __future__ import annotations
 
