@@ -532,25 +532,10 @@ class Root(nn.Module):
         return F.relu(self.bn(self.conv(torch.cat(xs, 1))))
 
 
-class DLABlock(nn.Module):
-    def __init__(self, i, o, s=1):
-        super().__init__()
-        self.c1, self.b1 = nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o)
-        self.c2, self.b2 = nn.Conv2d(o, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o)
-        self.shortcut = nn.Sequential()
-        if s != 1 or i != o:
-            self.shortcut = nn.Sequential(nn.Conv2d(i, o, 1, s, bias=False), nn.BatchNorm2d(o))
-
-    def forward(self, x):
-        out = F.relu(self.b1(self.c1(x)))
-        out = self.b2(self.c2(out))
-        return F.relu(out + self.shortcut(x))
-
-
 class Tree(nn.Module):
     def __init__(self, i, o, s=1):
         super().__init__()
-        self.left, self.right = DLABlock(i, o, s), DLABlock(o, o, 1)
+        self.left, self.right = BasicBlock(i, o, s), BasicBlock(o, o, 1)  # DLA uses the ResNet block
         self.root = Root(2 * o, o)
 
     def forward(self, x):
