@@ -712,18 +712,25 @@ class SEPreAct(nn.Module):
         return out
 
 
-class SENet(nn.Module):
-    def __init__(self):
+class StemNet(nn.Module):
+    """conv-bn-relu stem → ``layers`` → ``F.avg_pool2d(out, 8)`` → view → linear (SENet, ResNeXt)."""
+
+    def __init__(self, stem_kernel: int, layers: nn.Module, features: int):
         super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
-        self.layers = nn.Sequential(SEPreAct(8, 8), SEPreAct(8, 16, 2))
-        self.linear = nn.Linear(16, 10)
+        self.conv1 = nn.Conv2d(3, 8, stem_kernel, 1, stem_kernel // 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.layers, self.linear = layers, nn.Linear(features, 10)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layers(out)
         out = F.avg_pool2d(out, 8)
         return self.linear(out.view(out.size(0), -1))
+
+
+class SENet(StemNet):
+    def __init__(self):
+        super().__init__(3, nn.Sequential(SEPreAct(8, 8), SEPreAct(8, 16, 2)), 16)
 
 
 class MBV2Block(nn.Module):
@@ -781,18 +788,9 @@ class ResNeXtBlock(nn.Module):
         return F.relu(out)
 
 
-class ResNeXt(nn.Module):
+class ResNeXt(StemNet):
     def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8)
-        self.layer = nn.Sequential(ResNeXtBlock(8, 2, 4, 1), ResNeXtBlock(16, 2, 4, 2))
-        self.linear = nn.Linear(16, 10)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer(out)
-        out = F.avg_pool2d(out, 8)
-        return self.linear(out.view(out.size(0), -1))
+        super().__init__(1, nn.Sequential(ResNeXtBlock(8, 2, 4, 1), ResNeXtBlock(16, 2, 4, 2)), 16)
 
 
 class RegNetBlock(nn.Module):
