@@ -614,6 +614,8 @@ class _Lowering:
             return torch.where(u > half, a_hi * u + b_hi, torch.where(u < -half, a_lo * u + b_lo, inside))
         bits = max(v.bits - r + TABLE_OUT_EXTRA_BITS, *(int(abs(b)).bit_length() for b in (b_lo, b_hi)),
                    int(table.abs().max()).bit_length()) + 1
+        if bits > 62:
+            self.fail(node, f"its table's output needs {bits} bits")
         self.values[node.name] = _Value(torch.tensor([fine], dtype=torch.float64), bits,
                                         extra=max(0, v.extra - r) + TABLE_OUT_EXTRA_BITS)
         self.steps.append(IntStep(node.name, op, [node.all_input_nodes[0].name]))
