@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import QmapError
+from ..config import coerce
+from ..errors import ConfigError, QmapError
 from ..io import atomic_write_bytes, read_run_results
 from ..quant import quant_layers
 from .module_tree import build_children, module_tree
@@ -122,18 +123,20 @@ def load_quantized(path: str | Path, model_fn: Callable[[], nn.Module] | None = 
     path = Path(path)
     header = read_header(path)
     shape = header.get("input_shape")
-    if shape is not None and (not isinstance(shape, list) or len(shape) != 3
-                              or any(type(d) is not int or not 1 <= d <= 4096 for d in shape)):
-        raise QmapError(f"{path}: damaged quantized-model file (input_shape {shape!r} is not C, H, W)")
+    if shape is not None:  # the run config's own check of model.input_shape (C, H, W, each 1..4096)
+        try:
+            shape = coerce(shape, tuple[int, int, int], "model.input_shape")
+        except ConfigError as e:
+            raise QmapError(f"{path}: damaged quantized-model file ({e})") from None
     root = model_fn() if model_fn is not None else None  # (the user's own code: its errors are its own)
     try:  # a damaged header's model spec, module tree or tensors: one line, whatever part of it broke
-        model = _rebuild(path, header, root)
+        model = _rebuild(path, header, root).eval()
         if shape is not None:  # one zero image through it: damage the tree checks missed shows here, not later
-            model.eval()(torch.zeros(1, *shape))
+            model(torch.zeros(1, *shape))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
         raise QmapError(f"{path}: damaged quantized-model file ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]})") from None
-    return QuantizedModel(model.eval(), header, path)
+    return QuantizedModel(model, header, path)
 
 
 def _rebuild(path: Path, header: dict, root: nn.Module | None) -> nn.Module:
