@@ -4,6 +4,8 @@ path a new user takes."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -57,10 +59,27 @@ def test_calibration_as_dataloader_or_iterable_and_unknown_options():
     assert torch.equal(q64(x), ref(x))
     with pytest.raises(ConfigError, match=r"must be a batch \[N, C, H, W\], got shape \(3, 16, 16\)"):
         qmap.quantize(model, calib[0])
-    with pytest.raises(ConfigError, match="bit width '4' is not supported"):
+    with pytest.raises(ConfigError, match=r"quant.w_bits: expected an integer \(2..8\), got str '4'"):
         qmap.quantize(model, calib, w_bits="4")
     with pytest.raises(ConfigError, match="model must be a torch nn.Module"):
         qmap.quantize("vgg", calib)
+
+
+@pytest.mark.parametrize("method, options, says", [
+    ("rtn", {"w_p_norm": float("nan")}, "quant.w_p_norm: expected a number"),
+    ("rtn", {"skip": "features.0"}, "quant.skip: expected a list"),
+    ("rtn", {"w_symmetric": "yes"}, "quant.w_symmetric: expected true or false"),
+    ("rtn", {"qconfig": 5}, "qconfig must be a qmap.quant.QuantConfig"),
+    ("alpha", {"points": 1}, "method.options.points: 1 is out of range"),
+    ("domr", {"omr_options": "x"}, "method.options.omr_options: expected a mapping"),
+    ("brecq", {"lr_rounding": -1e-3}, "lr_rounding: -0.001 is out of range"),
+    ("qdrop", {"iters": 2.5}, "method.options.iters: expected an integer"),
+])
+def test_api_options_get_the_run_configs_checks(method, options, says):
+    """Keyword options are checked as a run config's quant / method.options sections are (types, ranges), before
+    any work: one ConfigError, not a TypeError deep inside a method or a silently odd run."""
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        qmap.quantize(build("view_fc"), images(4), method=method, progress=False, **options)
 
 
 def test_user_factory_by_name_and_plain_state_dict(tmp_path):

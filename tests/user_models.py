@@ -828,13 +828,24 @@ class RegNet(nn.Module):
 
 
 
+class SequentialFlatten(nn.Sequential):
+    """A whole model as one ``nn.Sequential`` with ``nn.Flatten`` modules (ReLU → MaxPool → Flatten → Linear):
+    DOMR's OMR copies must be made before the flatten."""
+
+    def __init__(self):
+        super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
                "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet,
                "preact_resnet": PreActResNet, "se_resnet": SEResNet,
                "wide_resnet": WideResNet, "densenet": DenseNet, "shufflenet": ShuffleNet, "ghost_head": GhostHead,
                "shufflenet_v2_sized": ShuffleNetV2Sized, "silu_resnet": SiLUResNet, "googlenet": GoogLeNet,
                "dla": SimpleDLA, "efficientnet": EfficientNet, "dpn": DPN, "pnasnet": PNASNet, "senet": SENet,
-               "mobilenet_v2": MobileNetV2, "resnext": ResNeXt, "regnet": RegNet}
+               "mobilenet_v2": MobileNetV2, "resnext": ResNeXt, "regnet": RegNet,
+               "sequential_flatten": SequentialFlatten}
 INPUT = (3, 16, 16)
 
 

@@ -13,16 +13,17 @@ with the list of valid ones. ``progress=False`` silences the progress bars.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable
 from dataclasses import fields
 
 import torch
 from torch import nn
 
+from .config import build_section
 from .errors import ConfigError, reject_unknown_keys
-from .methods import get_method
+from .methods import get_method, method_options
 from .nn import ModelGraph
+from .preflight import check_method_options
 from .progress import quiet
 from .quant import QuantConfig
 
@@ -45,14 +46,6 @@ def calibration_tensor(calib: torch.Tensor | Iterable) -> torch.Tensor:
     return images
 
 
-def method_options(apply) -> set[str] | None:
-    """The keyword options ``apply`` takes (None: it forwards them, and checks them itself)."""
-    params = list(inspect.signature(apply).parameters.values())[3:]
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params}
-
-
 def quantize(model: nn.Module, calib: torch.Tensor | Iterable, method: str = "rtn",
              qconfig: QuantConfig | None = None, progress: bool = True, **kwargs) -> tuple[nn.Module, dict]:
     """Quantize ``model`` with ``method``; returns ``(fake_quant_model, report)``."""
@@ -60,19 +53,19 @@ def quantize(model: nn.Module, calib: torch.Tensor | Iterable, method: str = "rt
         raise ConfigError(f"model must be a torch nn.Module, not {type(model).__name__}")
     apply = get_method(method)
     qfields = {f.name for f in fields(QuantConfig)}
-    options = method_options(apply)
-    if options is not None:
-        reject_unknown_keys(kwargs, qfields | options, f"option(s) for method {method!r}")
+    reject_unknown_keys(kwargs, qfields | {f.name for f in fields(method_options(method))},
+                        f"option(s) for method {method!r}")
+    if qconfig is not None and not isinstance(qconfig, QuantConfig):
+        raise ConfigError(f"qconfig must be a qmap.quant.QuantConfig, not {type(qconfig).__name__}")
+    # the checks of a run config's quant and method.options sections: types, ranges, the classes' own checks
+    q_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in qfields}
+    qconfig = build_section(QuantConfig, {**(qconfig.to_dict() if qconfig is not None else {}), **q_kwargs}, "quant")
+    check_method_options(method, kwargs)
     param = next(model.parameters(), None)
     device, dtype = (torch.device("cpu"), torch.float32) if param is None else (param.device, param.dtype)
     images = calibration_tensor(calib).to(dtype)  # float64 / float16 images: the model's own float type
     # unsupported operations, or a model that cannot run on the calibration images: one clear error before any work
     ModelGraph(model.eval(), images[:1].to(device))
-    q_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in qfields}
-    if qconfig is None:
-        qconfig = QuantConfig(**q_kwargs)
-    elif q_kwargs:
-        qconfig = QuantConfig.from_dict({**qconfig.to_dict(), **q_kwargs})
     with quiet(not progress):
         result = apply(model.eval(), images, qconfig, **kwargs)
     return result.model, result.report

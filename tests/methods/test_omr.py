@@ -311,3 +311,51 @@ def test_a_reused_activation_module_carries_no_shift(act):
     report = apply_omr(q, selective=False, calib=x, form="shift")
     assert report["pairs"] == [] and any("dw->project: skipped, no module" in n for n in report["skipped"])
     assert torch.equal(q(x), plain(x))  # nothing changed, and the forward still runs
+
+
+class _FlattenModule(nn.Module):
+    """A user's ``nn.Sequential`` with ``nn.Flatten`` as a module: ReLU → Flatten → Linear and ReLU → MaxPool →
+    Flatten → Linear. The shift must act on channels, i.e. before the flatten, not after it."""
+
+    def __init__(self, pool: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        size = 2 if pool else 4
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(8, 6, 3, padding=1), nn.ReLU(), *([nn.MaxPool2d(2)] if pool else []),
+                                  nn.Flatten(), nn.Linear(6 * size * size, 12), nn.ReLU(), nn.Linear(12, 5))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_shift_form_before_a_flatten_module(pool, bits):
+    x = _images()
+    q = _quantized(_FlattenModule(pool), bits, x)
+    plain = copy.deepcopy(q)
+    report = apply_omr(q, selective=False, form="shift", calib=x)
+    assert [(r["producer"], r["consumer"]) for r in report["pairs"]] == [
+        ("body.0", "body.3"), ("body.3", f"body.{6 + pool}"), (f"body.{6 + pool}", f"body.{8 + pool}")]
+    shifted = "body.5" if pool else "body.4"  # the last module before the flatten carries the copies
+    assert isinstance(q.get_submodule(shifted)[1], OutlierShift)
+    _assert_equivalent(q, omr_reference(plain, report), plain, _images(seed=1))
+
+
+def test_no_module_before_a_flatten_module_skips_the_shift_with_a_note():
+    class FlattenFirst(nn.Module):  # conv → Flatten → ReLU → Linear: the copies could only follow the flatten
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.ReLU(), nn.Linear(4 * 64, 5))
+
+        def forward(self, x):
+            return self.body(x)
+
+    x = _images()
+    q = _quantized(FlattenFirst(), 3, x)
+    plain = copy.deepcopy(q)
+    report = apply_omr(q, selective=False, form="shift", calib=x)
+    assert report["pairs"] == [] and any("body.0->body.3: skipped, no module before the flatten" in n
+                                         for n in report["skipped"])
+    assert torch.equal(q(x), plain(x))

@@ -104,8 +104,9 @@ def _select(pairs: list[dict], maxima: dict[str, torch.Tensor] | None, selective
 
 
 def _insert_shift(qmodel: nn.Module, pair: ChannelPair, shift: OutlierShift) -> None:
-    """Attach ``shift`` after the last module between the layers (keeps every other module name)."""
-    name = pair.between[-1]
+    """Attach ``shift`` after the last module between the layers that still sees channels, i.e. before any
+    flatten (keeps every other module name)."""
+    name = pair.channel_site()[0]
     parent_name, _, child = name.rpartition(".")
     parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
     setattr(parent, child, nn.Sequential(qmodel.get_submodule(name), shift))
@@ -187,10 +188,16 @@ def apply_omr(qmodel: nn.Module, pairs: list[tuple[str, str]] | None = None, x_c
             skipped.append(f"{p.key}: skipped, {reason}")
             continue
         pair_form = _form(qmodel, p, form, live_clip)
-        late = [k for k in p.tail if k not in SHIFT_COMMUTES]
+        site, after = p.channel_site()
+        if pair_form == "shift" and site is None:
+            skipped.append(f"{p.key}: skipped, no module before the flatten to carry the migrated copy (the "
+                           "copies are channels)")
+            continue
+        late = [k for k in after if k not in SHIFT_COMMUTES]
         if pair_form == "shift" and late:
-            skipped.append(f"{p.key}: skipped, the copy would be made before {late[0]} (a function call, not a "
-                           f"module, so the shift cannot follow it) and relu(v − X) does not commute with it")
+            skipped.append(f"{p.key}: skipped, the copy would be made before {late[0]} (a function call, or "
+                           f"after a flatten, so the shift cannot follow it) and relu(v − X) does not commute "
+                           f"with it")
             continue
         entries.append({"pair": p, "quantizer": q, "form": pair_form,
                         "x_clip": float(x_clip.get(p.consumer, quantizer_clip(q))),

@@ -40,16 +40,15 @@ PER_CHANNEL = (*ACTIVATIONS, *POOLS, "flatten", "bn", "affine", "custom")
 @dataclass
 class Chain:
     """Producer layer → ``kinds`` (per-channel ops, in order) → consumer layer. ``between`` names the module-form
-    ops among them that are called only here (a module reused elsewhere in the forward counts as a function);
-    ``tail`` is the kinds of the function-form ops after the last module-form one (what a module attached after
-    ``between[-1]`` still passes through); ``via_flatten`` when a flatten turns channel c into consecutive
+    ops among them that are called only here (a module reused elsewhere in the forward counts as a function),
+    ``between_at`` their positions in ``kinds``; ``via_flatten`` when a flatten turns channel c into consecutive
     features of a Linear."""
 
     producer: str
     consumer: str
     between: list[str] = field(default_factory=list)
     kinds: tuple[str, ...] = ()
-    tail: tuple[str, ...] = ()
+    between_at: tuple[int, ...] = ()
 
     @property
     def key(self) -> str:
@@ -58,6 +57,17 @@ class Chain:
     @property
     def via_flatten(self) -> bool:
         return "flatten" in self.kinds
+
+    def channel_site(self) -> tuple[str | None, tuple[str, ...]]:
+        """The last module in between whose output still has channels (no flatten at or before it), and the kinds
+        of the ops after it: where a module that works on channels (OMR's shift) can be attached, and what its
+        output still passes through. ``(None, kinds)`` when no such module exists."""
+        site, after = None, self.kinds
+        for name, i in zip(self.between, self.between_at):
+            if "flatten" in self.kinds[:i + 1]:
+                break
+            site, after = name, self.kinds[i + 1:]
+        return site, after
 
 
 class ModelGraph:
@@ -183,7 +193,7 @@ class ModelGraph:
         for start in self.nodes:
             if self.kind[start] not in LAYERS:
                 continue
-            cur, between, kinds, tail = start, [], [], []
+            cur, between, kinds, at = start, [], [], []
             while True:
                 users = list(cur.users)
                 if len(users) != 1:
@@ -193,18 +203,16 @@ class ModelGraph:
                 nxt = users[0]
                 kind = self.kind.get(nxt)
                 if kind in LAYERS:
-                    chains.append(Chain(start.target, nxt.target, between, tuple(kinds), tuple(tail)))
+                    chains.append(Chain(start.target, nxt.target, between, tuple(kinds), tuple(at)))
                     break
                 if kind not in PER_CHANNEL:
                     if nxt.op != "output":
                         notes.append(f"{start.target}: reaches {kind} ({nxt.name}) before the next layer")
                     break
-                kinds.append(kind)
                 if nxt.op == "call_module" and calls[nxt.target] == 1:  # a reused module counts as a function
                     between.append(nxt.target)
-                    tail = []
-                else:
-                    tail.append(kind)
+                    at.append(len(kinds))
+                kinds.append(kind)
                 cur = nxt
         return chains, notes
 
