@@ -69,7 +69,7 @@ def test_calibration_as_dataloader_or_iterable_and_unknown_options():
     ("rtn", {"w_p_norm": float("nan")}, "quant.w_p_norm: expected a number"),
     ("rtn", {"skip": "features.0"}, "quant.skip: expected a list"),
     ("rtn", {"w_symmetric": "yes"}, "quant.w_symmetric: expected true or false"),
-    ("rtn", {"qconfig": 5}, "qconfig must be a qmap.quant.QuantConfig"),
+    ("rtn", {"qconfig": 5}, "qconfig must be a qmap.QuantConfig"),
     ("alpha", {"points": 1}, "method.options.points: 1 is out of range"),
     ("domr", {"omr_options": "x"}, "method.options.omr_options: expected a mapping"),
     ("brecq", {"lr_rounding": -1e-3}, "lr_rounding: -0.001 is out of range"),
@@ -105,3 +105,16 @@ def test_calibration_images_the_model_cannot_take_are_one_clear_error(capfd):
     with pytest.raises(ConfigError, match="only on square maps"):
         qmap.quantize(build("option_a_resnet"), torch.randn(4, 3, 16, 24), progress=False)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_api_namespace_resolves_lazily_to_the_real_functions():
+    from qmap.api import quantize
+    from qmap.export.onnx import export_onnx
+    from qmap.export.quantized import save_quantized
+    from qmap.quant import QuantConfig, to_integer_model
+
+    assert (qmap.quantize, qmap.save_quantized, qmap.load_quantized, qmap.to_integer_model, qmap.export_onnx,
+            qmap.QuantConfig) == (quantize, save_quantized, load_quantized, to_integer_model, export_onnx, QuantConfig)
+    assert set(qmap.__all__) <= set(dir(qmap))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        qmap.nope  # noqa: B018

@@ -56,7 +56,7 @@ def quantize(model: nn.Module, calib: torch.Tensor | Iterable, method: str = "rt
     reject_unknown_keys(kwargs, qfields | {f.name for f in fields(method_options(method))},
                         f"option(s) for method {method!r}")
     if qconfig is not None and not isinstance(qconfig, QuantConfig):
-        raise ConfigError(f"qconfig must be a qmap.quant.QuantConfig, not {type(qconfig).__name__}")
+        raise ConfigError(f"qconfig must be a qmap.QuantConfig, not {type(qconfig).__name__}")
     # the checks of a run config's quant and method.options sections: types, ranges, the classes' own checks
     q_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in qfields}
     qconfig = build_section(QuantConfig, {**(qconfig.to_dict() if qconfig is not None else {}), **q_kwargs}, "quant")
