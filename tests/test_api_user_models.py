@@ -118,3 +118,30 @@ def test_the_api_namespace_resolves_lazily_to_the_real_functions():
     assert set(qmap.__all__) <= set(dir(qmap))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         qmap.nope  # noqa: B018
+
+
+def test_the_other_api_functions_refuse_bad_arguments_in_one_line(tmp_path):
+    """to_integer_model / save_quantized / export_onnx / verify_onnx: a wrong type, shape or file is one
+    QmapError naming it (the file functions write nothing), not a TypeError or onnxruntime exception."""
+    pytest.importorskip("onnxruntime", reason="optional 'onnx' extra (onnxruntime) not installed")
+    model, calib = build("view_fc"), images(8)
+    qmodel, _ = qmap.quantize(model, calib, progress=False)
+    out = tmp_path / "m.safetensors"
+    cases = [
+        (lambda: qmap.to_integer_model("vgg"), "qmodel must be a torch nn.Module"),
+        (lambda: qmap.to_integer_model(qmodel, input_shape="3,16,16"), "input_shape must be (C, H, W)"),
+        (lambda: qmap.save_quantized(model, out), "the model has no quantized layer"),
+        (lambda: qmap.save_quantized(qmodel, out, input_shape=(3,)), "model.input_shape"),
+        (lambda: qmap.save_quantized(qmodel, out, mean="abc"), "mean: expected a list of a number"),
+        (lambda: qmap.save_quantized(qmodel, out, mean=(0.5,) * 3, std=(0.0, 1, 1)), "std > 0"),
+        (lambda: qmap.export_onnx(qmodel, tmp_path / "m.onnx", torch.randn(2, 4, 16, 16)), "cannot run on an input"),
+        (lambda: qmap.export_onnx(qmodel, tmp_path / "m.onnx", calib[:2].long()), "must be a float tensor"),
+        (lambda: qmap.verify_onnx(tmp_path / "none.onnx", qmodel, calib), "cannot load ONNX file"),
+    ]
+    for call, says in cases:
+        with pytest.raises(qmap.errors.QmapError, match=re.escape(says)):
+            call()
+    assert list(tmp_path.iterdir()) == []
+    qmap.export_onnx(qmodel, tmp_path / "m.onnx", calib[:2])
+    with pytest.raises(ConfigError, match=r"cannot run on inputs of shape \(8, 3, 8, 8\)"):
+        qmap.verify_onnx(tmp_path / "m.onnx", qmodel, torch.randn(8, 3, 8, 8))

@@ -22,7 +22,7 @@ from torch import nn
 from .config import build_section
 from .errors import ConfigError, reject_unknown_keys
 from .methods import get_method, method_options
-from .nn import ModelGraph
+from .nn import ModelGraph, require_module
 from .preflight import check_method_options
 from .progress import quiet
 from .quant import QuantConfig
@@ -49,8 +49,7 @@ def calibration_tensor(calib: torch.Tensor | Iterable) -> torch.Tensor:
 def quantize(model: nn.Module, calib: torch.Tensor | Iterable, method: str = "rtn",
              qconfig: QuantConfig | None = None, progress: bool = True, **kwargs) -> tuple[nn.Module, dict]:
     """Quantize ``model`` with ``method``; returns ``(fake_quant_model, report)``."""
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be a torch nn.Module, not {type(model).__name__}")
+    require_module(model)
     apply = get_method(method)
     qfields = {f.name for f in fields(QuantConfig)}
     reject_unknown_keys(kwargs, qfields | {f.name for f in fields(method_options(method))},

@@ -216,6 +216,8 @@ def _type_name(tp) -> str:
             return f"a list of {_type_name(args[0])}"
         if origin is dict:
             return f"a mapping of {_type_name(args[1])}"
+        if origin is tuple and args and args[-1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
         if origin is tuple:
             return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
         if origin is typing.Literal:

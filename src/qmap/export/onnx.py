@@ -25,9 +25,9 @@ import torch.fx
 from torch import nn
 
 from .. import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, QmapError
 from ..io import atomic_write_bytes
-from ..nn import ModelGraph
+from ..nn import ModelGraph, require_module
 from ..nn.ops import as_module, describe
 from ..quant import Quantizer
 from .onnx_graph import GraphBuilder, onnx_modules
@@ -107,6 +107,10 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_input: torch.Tensor
     ``metadata``: {key: JSON-able value} written to the model's ``metadata_props`` as ``qmap.<key>`` = JSON
     (e.g. ``normalization`` = {"mean": [...], "std": [...]}, ``quant`` = the QuantConfig, ``method``).
     """
+    require_module(qmodel, "qmodel")
+    if not isinstance(example_input, torch.Tensor) or not example_input.is_floating_point():
+        raise ConfigError(f"example_input must be a float tensor (one batch of the model's input), not "
+                          f"{type(example_input).__name__}")
     onnx, helper, tp, _ = onnx_modules()
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ConfigError(f"opset {opset} is not supported: use {MIN_OPSET}..{onnx.defs.onnx_opset_version()}")
@@ -114,8 +118,8 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_input: torch.Tensor
     qmodel.eval()
     try:
         example_input = example_input.to(next(qmodel.parameters()).device)
+        graph = ModelGraph(qmodel, example_input)  # first: a model that cannot run on the example is one line
         check_quantizers(qmodel, example_input)
-        graph = ModelGraph(qmodel, example_input)
         g = GraphBuilder(opset, low_bit_types)
         output = build_graph(graph, g)
         out_shape = list(graph.shape(graph.output.args[0]))
@@ -170,15 +174,29 @@ def torch_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) 
 
 def ort_logits(path: str | Path, inputs: torch.Tensor, batch_size: int = 256, threads: int | None = None,
                optimize: bool = False) -> tuple[torch.Tensor, float]:
-    """(logits, seconds spent in ``session.run``) of the ONNX file on CPU."""
-    sess = ort_session(path, threads, optimize)
+    """(logits, seconds spent in ``session.run``) of the ONNX file on CPU. onnxruntime's own exception types
+    (a missing or damaged file, inputs the graph does not take) become one QmapError / ConfigError line."""
+    try:
+        sess = ort_session(path, threads, optimize)
+    except ConfigError:
+        raise
+    except Exception as e:  # onnxruntime raises NoSuchFile, InvalidProtobuf, Fail ... (no common public base)
+        raise QmapError(f"cannot load ONNX file {path}: {_first_line(e)}") from None
     outs, seconds = [], 0.0
     for i in range(0, len(inputs), batch_size):
         x = np.ascontiguousarray(inputs[i:i + batch_size].cpu().numpy())
         t0 = time.perf_counter()
-        outs.append(torch.from_numpy(sess.run(None, {INPUT_NAME: x})[0]))
+        try:
+            outs.append(torch.from_numpy(sess.run(None, {INPUT_NAME: x})[0]))
+        except Exception as e:
+            raise ConfigError(f"ONNX file {path} cannot run on inputs of shape {tuple(x.shape)} "
+                              f"({x.dtype}): {_first_line(e)}") from None
         seconds += time.perf_counter() - t0
     return torch.cat(outs), seconds
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]
 
 
 def compare_logits(reference: torch.Tensor, onnx_out: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
@@ -204,6 +222,9 @@ def verify_onnx(path: str | Path, qmodel: nn.Module, inputs: torch.Tensor, label
     semantics; ``optimize=True``: onnxruntime's default graph optimisations, see docs/onnx.md)
     and through ``qmodel`` (fake-quant, on its device); :func:`compare_logits` of the two plus
     ``ort_images_per_s`` (``session.run`` time only)."""
+    require_module(qmodel, "qmodel")
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+        raise ConfigError(f"inputs must be a float tensor [N, C, H, W], not {type(inputs).__name__}")
+    out, seconds = ort_logits(path, inputs, batch_size, threads, optimize)  # first: it says what the file takes
     reference, _ = torch_logits(qmodel, inputs, batch_size)
-    out, seconds = ort_logits(path, inputs, batch_size, threads, optimize)
     return compare_logits(reference, out, labels) | {"ort_images_per_s": len(inputs) / seconds}

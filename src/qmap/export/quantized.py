@@ -30,6 +30,7 @@ from torch import nn
 from ..config import coerce
 from ..errors import ConfigError, QmapError
 from ..io import atomic_write_bytes, read_run_results
+from ..nn import require_module
 from ..quant import quant_layers
 from .module_tree import build_children, module_tree
 
@@ -63,6 +64,13 @@ def save_quantized(qmodel: nn.Module, path: str | Path, *, arch: str | None = No
     ``quant``/``method`` the run's settings."""
     from safetensors.torch import save
 
+    require_module(qmodel, "qmodel")
+    if not quant_layers(qmodel):
+        raise ConfigError("save_quantized: the model has no quantized layer (quantize it first: qmap.quantize)")
+    input_shape = check_input_shape(input_shape)
+    mean, std = tuple(coerce(mean, tuple[float, ...], "mean")), tuple(coerce(std, tuple[float, ...], "std"))
+    if len(mean) != len(std) or any(s <= 0 for s in std):
+        raise ConfigError(f"mean and std must have one value per input channel each, std > 0; got {mean} and {std}")
     tensors, layers = quantized_tensors(qmodel)
     header = {"format": FORMAT,
               "model": {"arch": arch, "width": width, "num_classes": num_classes, "factory": factory},
@@ -71,6 +79,11 @@ def save_quantized(qmodel: nn.Module, path: str | Path, *, arch: str | None = No
               "quant": quant or {}, "method": method or {}, "modules": module_tree(qmodel), "layers": layers}
     atomic_write_bytes(path, save(tensors, metadata={"qmap": json.dumps(header)}))
     return Path(path)
+
+
+def check_input_shape(shape) -> tuple[int, int, int] | None:
+    """One image's (C, H, W) as the run config's ``model.input_shape`` check takes it (each 1..4096), or None."""
+    return None if shape is None else coerce(shape, tuple[int, int, int], "model.input_shape")
 
 
 @dataclass
@@ -122,12 +135,10 @@ def load_quantized(path: str | Path, model_fn: Callable[[], nn.Module] | None = 
     user factory (default: the registry model the header names). A damaged file is one :class:`QmapError`."""
     path = Path(path)
     header = read_header(path)
-    shape = header.get("input_shape")
-    if shape is not None:  # the run config's own check of model.input_shape (C, H, W, each 1..4096)
-        try:
-            shape = coerce(shape, tuple[int, int, int], "model.input_shape")
-        except ConfigError as e:
-            raise QmapError(f"{path}: damaged quantized-model file ({e})") from None
+    try:
+        shape = check_input_shape(header.get("input_shape"))
+    except ConfigError as e:
+        raise QmapError(f"{path}: damaged quantized-model file ({e})") from None
     root = model_fn() if model_fn is not None else None  # (the user's own code: its errors are its own)
     try:  # a damaged header's model spec, module tree or tensors: one line, whatever part of it broke
         model = _rebuild(path, header, root).eval()

@@ -70,6 +70,13 @@ class Chain:
         return site, after
 
 
+def require_module(model, what: str = "model") -> nn.Module:
+    """``model`` itself when it is an ``nn.Module``; else one ConfigError (an API function's first check)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{what} must be a torch nn.Module, not {type(model).__name__}")
+    return model
+
+
 class ModelGraph:
     """See the module docstring. ``example``: one input batch (e.g. ``torch.zeros(1, 3, 32, 32)``) to record
     shapes; without it, ``shapes``/``layer_shapes`` are unavailable."""

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, HardwareError
-from ..nn import ModelGraph
+from ..nn import ModelGraph, require_module
 from ..nn.fuse import affine_of
 from ..nn.ops import LAYERS, TABLE_ACTIVATIONS, as_module, channel_padding, describe, gathered_channels
 from .chain import AvgPool, Clamp, Flatten, MaxPool, Op, Relu, ShiftCopy, Table, ToChannels
@@ -773,7 +773,10 @@ def to_integer_model(qmodel: nn.Module, acc_bits: int | dict[str, int] = 32, pow
     fixed-point multipliers by pure shifts (exact only for power-of-two steps). ``input_shape`` (C, H, W)
     defaults to (first layer's in_channels, 32, 32).
     """
-    qmodel = qmodel.eval()
+    qmodel = require_module(qmodel, "qmodel").eval()
+    if input_shape is not None and not (isinstance(input_shape, (tuple, list)) and 1 <= len(input_shape) <= 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in input_shape)):
+        raise ConfigError(f"input_shape must be (C, H, W) (or (features,)), each 1..4096, got {input_shape!r}")
     layers = quant_layers(qmodel)
     if not layers:
         raise ConfigError("integer model: the model has no quantized layer (run quantize_model first)")
