@@ -189,6 +189,13 @@ CONSTRAINTS: dict[str, Range | OneOf | Pattern] = {
     "method.options.iters": Range(0, None),
     "method.options.granularity": OneOf(("layer", "block", "network")),
     "method.options.drop_prob": Range(0, 1),
+    # the reconstruction methods' numbers: a negative learning rate would ascend the loss, a warm-up beyond 1
+    # never switch the regulariser on, a negative seed fail deep inside torch
+    **{f"method.options.{k}": Range(0, None) for k in ("lr_rounding", "lr_act_step", "lr_weight_step", "round_weight",
+                                                       "beta_start", "beta_end", "eval_samples", "memory_limit_mb",
+                                                       "checkpoint_every")},
+    "method.options.warmup": Range(0, 1),
+    "method.options.seed": Range(0, 2**32 - 1),
     "method.options.criterion": OneOf(("output_mse", "weight_mse")),
     "method.options.fixed_grid": OneOf(("initial", "pow2")),
     "method.options.points": Range(2, 100_000),
