@@ -1,9 +1,10 @@
 """Reconstruction speed on block 0: the engine of a baseline commit vs this checkout, side by side in one run.
 
 Block 0 of the reference VGG16 (the first stage: two convolutions on 32×32 maps and a max-pool) dominates every
-reconstruction method's time. Both engines run the same reconstruction — ``--method`` (BRECQ, or QDrop with its
-drop probability) at ``--setting`` on the same seeded calibration images, batch size and thread count —
-through their own public ``reconstruct`` (stopped after block 0), in alternating order, ``--repeats`` times:
+reconstruction method's time. For each case (``--methods`` × ``--threads``: BRECQ, or QDrop with its drop
+probability, at ``--setting``), both engines run the same reconstruction on the same seeded calibration images,
+batch size and thread count through their own public ``reconstruct`` (stopped after block 0), in alternating
+order, ``--repeats`` times:
 
     seconds per iteration = (t(iters = N) − t(iters = 0)) / N
 
@@ -17,9 +18,11 @@ Both use the same (symmetric) weight grid, so the arithmetic is the same. The re
 two learned blocks are (identical hardened weight integers; the learned activation steps) — equal up to the
 float round-off of a different summation order, not bit for bit.
 
-``--profile`` adds a torch.profiler table (top operators by self CPU time) of one run of each engine.
+``--profile`` adds a torch.profiler table (top operators by self CPU time) of one run of each engine (first
+case).
 
-    QMAP_DATA=../shared/data nice python benchmarks/recon_speed.py [--iters 30] [--repeats 3] [--method qdrop]
+    QMAP_DATA=../shared/data python benchmarks/recon_speed.py [--iters 30] [--repeats 7] [--methods qdrop,brecq]
+        [--threads 1,2]
 """
 
 from __future__ import annotations
@@ -55,13 +58,13 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.environ.get("QMAP_DATA"), help="data root (default: $QMAP_DATA)")
     p.add_argument("--baseline", default=BASELINE, help="git commit of the baseline engine")
-    p.add_argument("--method", default="qdrop", choices=list(METHODS))
+    p.add_argument("--methods", default="qdrop,brecq", help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--setting", default="W2A4")
     p.add_argument("--iters", type=int, default=30, help="timed iterations per run")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--calib", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--out", default="benchmarks/results")
@@ -86,7 +89,7 @@ def baseline_package(commit: str, folder: Path):
 class Engine:
     """One engine's calibrated model (copied per run) and a timed block-0 reconstruction."""
 
-    def __init__(self, name: str, pkg, model, calib: torch.Tensor, w: int, a: int, method: str, args):
+    def __init__(self, name: str, pkg, model, calib: torch.Tensor, w: int, a: int, args):
         from importlib import import_module
 
         self.name, self.calib, self.args = name, calib, args
@@ -96,12 +99,12 @@ class Engine:
         self.qmodel = quant.quantize_model(model, quant.QuantConfig(w_bits=w, a_bits=a, **extra))
         quant.calibrate(self.qmodel, calib)
         self.quant_layers = quant.quant_layers
-        self.options = {**METHODS[method], "batch_size": args.batch_size, "seed": args.seed, "eval_samples": 32}
 
-    def run(self, iters: int):
+    def run(self, method: str, iters: int):
         """(CPU seconds, wall seconds, model) of block 0 with ``iters`` iterations."""
         qmodel = copy.deepcopy(self.qmodel)
-        cfg = self.recon.ReconConfig(iters=iters, **self.options)
+        cfg = self.recon.ReconConfig(iters=iters, **METHODS[method], batch_size=self.args.batch_size,
+                                     seed=self.args.seed, eval_samples=32)
 
         def stop(k: int) -> None:
             raise BlockDone
@@ -122,19 +125,52 @@ class Engine:
         return out
 
 
-def profile_table(engine: Engine, iters: int) -> str:
+def profile_table(engine: Engine, method: str, iters: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        engine.run(iters)
+        engine.run(method, iters)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
+
+
+def measure(engines: list[Engine], method: str, threads: int, args) -> dict:
+    """One case: alternating timed runs of both engines, their median rates and how close the learned blocks are."""
+    torch.set_num_threads(threads)
+    per_iter = {e.name: [] for e in engines}
+    wall = {e.name: [] for e in engines}
+    models = {}
+    for r in range(args.repeats):
+        for e in engines if r % 2 == 0 else engines[::-1]:
+            c0, w0, _ = e.run(method, 0)
+            cn, wn, models[e.name] = e.run(method, args.iters)
+            per_iter[e.name].append((cn - c0) / args.iters)
+            wall[e.name].append((wn - w0) / args.iters)
+            print(f"{method} {threads} thread(s), repeat {r} {e.name}: {per_iter[e.name][-1] * 1e3:.1f} CPU "
+                  f"ms/iteration ({wall[e.name][-1] * 1e3:.1f} ms wall)", flush=True)
+    states = [e.block_state(models[e.name]) for e in engines]
+    agreement = {}
+    for k in states[0]:
+        a_, b_ = states[0][k], states[1][k]
+        agreement[k] = (float((a_ == b_).double().mean()) if k.endswith("w_int")
+                        else float(((a_ - b_).abs() / a_.abs()).max()))
+    stats = {k: median_of([1 / t for t in v]) for k, v in per_iter.items()}
+    wall_stats = {k: median_of([1 / t for t in v]) for k, v in wall.items()}
+    return {"method": method, "threads": threads, "cpu_seconds_per_iteration": per_iter,
+            "iterations_per_cpu_second": stats, "speedup": stats["current"]["median"] / stats["baseline"]["median"],
+            "wall_seconds_per_iteration": wall, "iterations_per_wall_second": wall_stats,
+            "wall_speedup": wall_stats["current"]["median"] / wall_stats["baseline"]["median"],
+            "agreement": agreement}
 
 
 def main() -> None:
     args = parse_args()
     if not args.data:
         raise SystemExit("set QMAP_DATA or pass --data")
-    torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    threads = [int(t) for t in args.threads.split(",") if t]
+    if not methods or any(m not in METHODS for m in methods) or not threads or min(threads) < 1:
+        raise SystemExit(f"--methods must name some of {', '.join(METHODS)} and --threads positive counts")
+    torch.set_num_threads(threads[0])
     w, a = (int(v) for v in args.setting[1:].split("A"))
     root = Path(args.data)
     model, manifest = load_model(root / CHECKPOINT)
@@ -145,55 +181,41 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="qmap-baseline-") as tmp:
         base = baseline_package(args.baseline, Path(tmp))
-        engines = [Engine("baseline", base, model, calib, w, a, args.method, args),
-                   Engine("current", qmap, model, calib, w, a, args.method, args)]
-        per_iter = {e.name: [] for e in engines}
-        wall = {e.name: [] for e in engines}
-        models = {}
-        for r in range(args.repeats):
-            for e in engines if r % 2 == 0 else engines[::-1]:
-                c0, w0, _ = e.run(0)
-                cn, wn, models[e.name] = e.run(args.iters)
-                per_iter[e.name].append((cn - c0) / args.iters)
-                wall[e.name].append((wn - w0) / args.iters)
-                print(f"repeat {r} {e.name}: {per_iter[e.name][-1] * 1e3:.1f} CPU ms/iteration "
-                      f"({wall[e.name][-1] * 1e3:.1f} ms wall)", flush=True)
-        profiles = {e.name: profile_table(e, args.iters) for e in engines} if args.profile else {}
-    states = [e.block_state(models[e.name]) for e in engines]
-    agreement = {}
-    for k in states[0]:
-        a_, b_ = states[0][k], states[1][k]
-        agreement[k] = (float((a_ == b_).double().mean()) if k.endswith("w_int")
-                        else float(((a_ - b_).abs() / a_.abs()).max()))
-    stats = {k: median_of([1 / t for t in v]) for k, v in per_iter.items()}
-    wall_stats = {k: median_of([1 / t for t in v]) for k, v in wall.items()}
-    data = {"method": args.method, "setting": args.setting, "iters": args.iters, "batch_size": args.batch_size,
-            "threads": args.threads, "calibration": {"source": calib_set.source, "n": len(calib_set)},
-            "baseline_commit": args.baseline, "cpu_seconds_per_iteration": per_iter, "iterations_per_cpu_second": stats,
-            "speedup": stats["current"]["median"] / stats["baseline"]["median"],
-            "wall_seconds_per_iteration": wall, "iterations_per_wall_second": wall_stats,
-            "wall_speedup": wall_stats["current"]["median"] / wall_stats["baseline"]["median"],
-            "agreement": agreement, "profiles": profiles}
+        engines = [Engine(name, pkg, model, calib, w, a, args) for name, pkg in (("baseline", base), ("current", qmap))]
+        cases = [measure(engines, m, t, args) for m in methods for t in threads]
+        torch.set_num_threads(threads[0])
+        profiles = {e.name: profile_table(e, methods[0], args.iters) for e in engines} if args.profile else {}
+    data = {"setting": args.setting, "iters": args.iters, "batch_size": args.batch_size, "repeats": args.repeats,
+            "calibration": {"source": calib_set.source, "n": len(calib_set)}, "baseline_commit": args.baseline,
+            "cases": cases, "profiles": profiles, "profiled_case": {"method": methods[0], "threads": threads[0]}}
     write_result("recon_speed", data, render(data), out_dir=args.out, seed=args.seed)
-    print(f"speed-up {data['speedup']:.2f}x", flush=True)
+    for c in cases:
+        print(f"{c['method']} {c['threads']} thread(s): speed-up {c['speedup']:.2f}x", flush=True)
 
 
 def render(d: dict) -> str:
-    rows = [{"engine": k + (f" ({d['baseline_commit']})" if k == "baseline" else ""),
-             "it per CPU-s median": v["median"], "min": v["min"], "max": v["max"],
-             "it per wall-s median": d["iterations_per_wall_second"][k]["median"]}
-            for k, v in d["iterations_per_cpu_second"].items()]
-    agree = [{"tensor": k, "agreement": v} for k, v in d["agreement"].items()]
-    body = (f"Block 0 of the reference VGG16, {d['method']} at {d['setting']} (symmetric weights in both), batch "
-            f"{d['batch_size']}, {d['threads']} thread(s), {d['iters']} timed iterations per run, calibration "
-            f"{d['calibration']['source']}. Runs alternate between the engines.\n\n" + markdown_table(rows)
-            + f"\n**Speed-up: {d['speedup']:.2f}×** (median iterations per CPU-second, current / baseline; "
-            f"wall-clock {d['wall_speedup']:.2f}×, which on a shared machine mostly measures the scheduler).\n\n"
-            "Learned block after the last run: fraction of identical hardened weight integers (`w_int`) and the "
-            "largest relative difference of the learned activation steps (`x_step`), baseline vs current:\n\n"
-            + markdown_table(agree))
+    rows = [{"method": c["method"], "threads": c["threads"],
+             "baseline it/CPU-s": c["iterations_per_cpu_second"]["baseline"]["median"],
+             "current it/CPU-s": c["iterations_per_cpu_second"]["current"]["median"],
+             "current min–max": f"{c['iterations_per_cpu_second']['current']['min']:.3g}–"
+                                f"{c['iterations_per_cpu_second']['current']['max']:.3g}",
+             "speed-up (CPU)": f"{c['speedup']:.2f}×", "speed-up (wall)": f"{c['wall_speedup']:.2f}×"}
+            for c in d["cases"]]
+    agree = [{"method": c["method"], "threads": c["threads"], "tensor": k, "agreement": v}
+             for c in d["cases"] for k, v in c["agreement"].items()]
+    body = (f"Block 0 of the reference VGG16 at {d['setting']} (symmetric weights in both engines), batch "
+            f"{d['batch_size']}, {d['iters']} timed iterations per run, {d['repeats']} runs per engine and case "
+            f"alternating between the engines, calibration {d['calibration']['source']}. Baseline: the engine at "
+            f"`{d['baseline_commit']}`. Rates are median iterations per CPU-second of the process (with more than "
+            "one thread, CPU-seconds count every thread; the wall-clock ratio is given too, which on a shared "
+            "machine partly measures the scheduler).\n\n" + markdown_table(rows)
+            + "\nLearned block after the last run of a case: fraction of identical hardened weight integers "
+            "(`w_int`) and the largest relative difference of the learned activation steps (`x_step`), baseline vs "
+            "current (equal up to float round-off and, with QDrop, different drop masks):\n\n" + markdown_table(agree))
     for k, table in d["profiles"].items():
-        body += f"\n## Profile: {k} engine ({d['iters']} iterations)\n\n```\n{table}\n```\n"
+        pc = d["profiled_case"]
+        body += (f"\n## Profile: {k} engine ({pc['method']}, {pc['threads']} thread(s), {d['iters']} iterations)\n\n"
+                 f"```\n{table}\n```\n")
     return body
 
 

@@ -28,6 +28,8 @@ from qmap.methods.recon_cache import CachePool
 from qmap.models import build_model
 from qmap.models.tiny import tiny_cnn
 from qmap.quant import QuantConfig, calibrate, quant_layers, quantize_model
+from qmap.quant.qmodules import QuantConv2d
+from qmap.quant.spec import QuantSpec
 
 torch.set_num_threads(1)
 FAST = {"iters": 12, "batch_size": 16, "eval_samples": 32}
@@ -165,6 +167,30 @@ def test_mix_inputs_keeps_extra_channels_quantized():
     mixed = mix_inputs(xq, xf, 0.5, gen)
     assert mixed.shape == xq.shape and torch.all(mixed[:, 3:] == 0)
     assert 0.4 < float(mixed[:, :3].mean()) < 0.6
+
+
+def test_drop_keeps_the_channels_last_layout():
+    """QDrop's masks follow the maps' layout: a mask in NCHW order would turn every later op (and the next
+    convolution) onto the slow strided path."""
+    from qmap.quant.quantizer import drop_mask, select
+
+    gen = torch.Generator().manual_seed(0)
+    cl = torch.channels_last
+    x = torch.randn(4, 6, 8, 8).contiguous(memory_format=cl)
+    keep = drop_mask(x, 0.3, gen)
+    assert keep.is_contiguous(memory_format=cl) and set(keep.unique().tolist()) <= {0.0, 1.0}
+    assert 0.2 < float(keep.mean()) < 0.4
+    y = torch.randn(4, 6, 8, 8).contiguous(memory_format=cl)
+    mixed = select(keep, x, y)
+    assert mixed.is_contiguous(memory_format=cl)
+    assert torch.equal(mixed, torch.where(keep.bool(), x, y))  # exact selection, not a blend
+    assert mix_inputs(y, x, 0.5, gen).is_contiguous(memory_format=cl)
+    layer = QuantConv2d.from_float(nn.Conv2d(6, 6, 3, padding=1), QuantSpec(bits=4), QuantSpec(bits=4, signed=True))
+    layer.input_quantizer.set_qparams(torch.tensor(0.2))
+    set_drop([layer], 0.5, gen)
+    out = layer.input_quantizer(x.requires_grad_(True))
+    set_drop([layer], 0.0, None)
+    assert out.is_contiguous(memory_format=cl)
 
 
 class _Killed(Exception):

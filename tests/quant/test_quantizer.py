@@ -152,13 +152,14 @@ def _autograd_fake_quant(x, s, step, z, qmin, qmax, keep):
     u = x / s
     q = torch.clamp(u + (torch.round(u) - u).detach() + z, qmin, qmax)
     out = (q - z) * step
-    return out if keep is None else torch.where(keep, x, out)
+    return out if keep is None else torch.where(keep.bool(), x, out)
 
 
 @pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("drop", [False, True])
-def test_fused_fake_quant_matches_autograd_ste(decoupled, per_channel, drop):
+@pytest.mark.parametrize("affine", [False, True])
+def test_fused_fake_quant_matches_autograd_ste(decoupled, per_channel, drop, affine):
     from qmap.quant.quantizer import FakeQuantSTE
 
     g = torch.Generator().manual_seed(3)
@@ -166,10 +167,10 @@ def test_fused_fake_quant_matches_autograd_ste(decoupled, per_channel, drop):
     shape = (1, 6, 1, 1) if per_channel else ()
     s = (torch.rand(shape, generator=g) * 0.3 + 0.2).requires_grad_(not decoupled)
     step = (s.detach() * 1.1).requires_grad_(True) if decoupled else s
-    z = torch.randint(-2, 2, shape, generator=g).float()
-    keep = torch.rand(x.shape, generator=g) < 0.3 if drop else None
+    z = torch.randint(-2, 2, shape, generator=g).float() if affine else torch.zeros(shape)
+    keep = (torch.rand(x.shape, generator=g) < 0.3).float() if drop else None
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out_a = FakeQuantSTE.apply(xa, s, step, z, -2, 1, "half_even", keep)
+    out_a = FakeQuantSTE.apply(xa, s, step, z if affine else None, -2, 1, "half_even", keep)
     grads_a = torch.autograd.grad((out_a * x).sum(), [xa, step])
     out_b = _autograd_fake_quant(xb, s, step, z, -2, 1, keep)
     grads_b = torch.autograd.grad((out_b * x).sum(), [xb, step])

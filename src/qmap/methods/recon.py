@@ -55,6 +55,7 @@ from ..nn import ModelGraph
 from ..progress import bar
 from ..quant import QuantConfig, calibrate, quantize_model, set_quant_state
 from ..quant.adaround import AdaRoundQuantizer, attach_adaround, harden_layer
+from ..quant.quantizer import drop_mask, select
 from .base import MethodResult, Timer, model_device
 from .recon_blocks import Block, make_blocks, sequential_units
 from .recon_cache import ActivationStore, CachePool, fill_store
@@ -121,7 +122,7 @@ def mix_inputs(x_q: torch.Tensor, x_fp: torch.Tensor, p: float, gen: torch.Gener
     """QDrop's block input: per element the FP value with probability p, else the quantized one (on the
     channels both have; OMR copies present only in ``x_q`` stay quantized)."""
     head = x_q[:, :x_fp.shape[1]]
-    head = torch.where(torch.rand(head.shape, generator=gen, device=head.device, dtype=head.dtype) < p, x_fp, head)
+    head = select(drop_mask(head, p, gen), x_fp, head)
     return torch.cat([head, x_q[:, x_fp.shape[1]:]], 1) if x_q.shape[1] > x_fp.shape[1] else head
 
 
@@ -148,10 +149,12 @@ class BlockParams:
 
 
 def prepare_block(layers: list[nn.Module], cfg: ReconConfig) -> BlockParams:
-    """Attach AdaRound quantizers and switch on gradients for what ``cfg`` learns; one Adam group per
-    (kind, layer) for steps, one group for all rounding variables."""
+    """Attach AdaRound quantizers and switch on gradients for what ``cfg`` learns (off for the layers' own W and
+    b); one Adam group per (kind, layer) for steps, one group for all rounding variables."""
     rounding, steps, groups, named = [], [], [], []
     for layer in layers:
+        for p in layer.parameters(recurse=False):
+            p.requires_grad_(False)  # W and b stay fixed: no gradient to compute for them
         wq, xq = layer.weight_quantizer, layer.input_quantizer
         if cfg.learn_rounding and wq.enabled:
             rounding.append(attach_adaround(layer))
