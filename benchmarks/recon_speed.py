@@ -139,6 +139,8 @@ def measure(engines: list[Engine], method: str, threads: int, args) -> dict:
     per_iter = {e.name: [] for e in engines}
     wall = {e.name: [] for e in engines}
     models = {}
+    for e in engines:  # warm-up: lazy initialisation
+        e.run(method, 3)
     for r in range(args.repeats):
         for e in engines if r % 2 == 0 else engines[::-1]:
             c0, w0, _ = e.run(method, 0)
@@ -147,18 +149,18 @@ def measure(engines: list[Engine], method: str, threads: int, args) -> dict:
             wall[e.name].append((wn - w0) / args.iters)
             print(f"{method} {threads} thread(s), repeat {r} {e.name}: {per_iter[e.name][-1] * 1e3:.1f} CPU "
                   f"ms/iteration ({wall[e.name][-1] * 1e3:.1f} ms wall)", flush=True)
-    states = [e.block_state(models[e.name]) for e in engines]
-    agreement = {}
-    for k in states[0]:
-        a_, b_ = states[0][k], states[1][k]
-        agreement[k] = (float((a_ == b_).double().mean()) if k.endswith("w_int")
-                        else float(((a_ - b_).abs() / a_.abs()).max()))
+    states = {e.name: e.block_state(models[e.name]) for e in engines}
+    base = engines[0].name
+    agreement = {name: {k: (float((states[base][k] == v).double().mean()) if k.endswith("w_int")
+                            else float(((states[base][k] - v).abs() / states[base][k].abs()).max()))
+                        for k, v in st.items()} for name, st in states.items() if name != base}
     stats = {k: median_of([1 / t for t in v]) for k, v in per_iter.items()}
     wall_stats = {k: median_of([1 / t for t in v]) for k, v in wall.items()}
     return {"method": method, "threads": threads, "cpu_seconds_per_iteration": per_iter,
-            "iterations_per_cpu_second": stats, "speedup": stats["current"]["median"] / stats["baseline"]["median"],
-            "wall_seconds_per_iteration": wall, "iterations_per_wall_second": wall_stats,
-            "wall_speedup": wall_stats["current"]["median"] / wall_stats["baseline"]["median"],
+            "iterations_per_cpu_second": stats, "wall_seconds_per_iteration": wall,
+            "iterations_per_wall_second": wall_stats,
+            "speedup": {k: v["median"] / stats[base]["median"] for k, v in stats.items() if k != base},
+            "wall_speedup": {k: v["median"] / wall_stats[base]["median"] for k, v in wall_stats.items() if k != base},
             "agreement": agreement}
 
 
@@ -190,28 +192,28 @@ def main() -> None:
             "cases": cases, "profiles": profiles, "profiled_case": {"method": methods[0], "threads": threads[0]}}
     write_result("recon_speed", data, render(data), out_dir=args.out, seed=args.seed)
     for c in cases:
-        print(f"{c['method']} {c['threads']} thread(s): speed-up {c['speedup']:.2f}x", flush=True)
+        print(f"{c['method']} {c['threads']} thread(s): speed-up "
+              + ", ".join(f"{k} {v:.2f}x" for k, v in c["speedup"].items()), flush=True)
 
 
 def render(d: dict) -> str:
-    rows = [{"method": c["method"], "threads": c["threads"],
-             "baseline it/CPU-s": c["iterations_per_cpu_second"]["baseline"]["median"],
-             "current it/CPU-s": c["iterations_per_cpu_second"]["current"]["median"],
-             "current min–max": f"{c['iterations_per_cpu_second']['current']['min']:.3g}–"
-                                f"{c['iterations_per_cpu_second']['current']['max']:.3g}",
-             "speed-up (CPU)": f"{c['speedup']:.2f}×", "speed-up (wall)": f"{c['wall_speedup']:.2f}×"}
-            for c in d["cases"]]
-    agree = [{"method": c["method"], "threads": c["threads"], "tensor": k, "agreement": v}
-             for c in d["cases"] for k, v in c["agreement"].items()]
-    body = (f"Block 0 of the reference VGG16 at {d['setting']} (symmetric weights in both engines), batch "
+    rows = [{"method": c["method"], "threads": c["threads"], "engine": k,
+             "it/CPU-s median": v["median"], "min–max": f"{v['min']:.3g}–{v['max']:.3g}",
+             "speed-up (CPU)": f"{c['speedup'][k]:.2f}×" if k in c["speedup"] else "1",
+             "speed-up (wall)": f"{c['wall_speedup'][k]:.2f}×" if k in c["wall_speedup"] else "1"}
+            for c in d["cases"] for k, v in c["iterations_per_cpu_second"].items()]
+    agree = [{"method": c["method"], "threads": c["threads"], "engine": name, "tensor": k, "agreement": v}
+             for c in d["cases"] for name, st in c["agreement"].items() for k, v in st.items()]
+    body = (f"Block 0 of the reference VGG16 at {d['setting']} (symmetric weights in every engine), batch "
             f"{d['batch_size']}, {d['iters']} timed iterations per run, {d['repeats']} runs per engine and case "
             f"alternating between the engines, calibration {d['calibration']['source']}. Baseline: the engine at "
-            f"`{d['baseline_commit']}`. Rates are median iterations per CPU-second of the process (with more than "
+            f"`{d['baseline_commit']}`. Each engine runs 3 warm-up iterations per case before the timed runs. "
+            "Rates are median iterations per CPU-second of the process (with more than "
             "one thread, CPU-seconds count every thread; the wall-clock ratio is given too, which on a shared "
             "machine partly measures the scheduler).\n\n" + markdown_table(rows)
             + "\nLearned block after the last run of a case: fraction of identical hardened weight integers "
-            "(`w_int`) and the largest relative difference of the learned activation steps (`x_step`), baseline vs "
-            "current (equal up to float round-off and, with QDrop, different drop masks):\n\n" + markdown_table(agree))
+            "(`w_int`) and the largest relative difference of the learned activation steps (`x_step`), against the "
+            "baseline (equal up to float round-off and, with QDrop, different drop masks):\n\n" + markdown_table(agree))
     for k, table in d["profiles"].items():
         pc = d["profiled_case"]
         body += (f"\n## Profile: {k} engine ({pc['method']}, {pc['threads']} thread(s), {d['iters']} iterations)\n\n"

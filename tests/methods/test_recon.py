@@ -172,7 +172,7 @@ def test_mix_inputs_keeps_extra_channels_quantized():
 def test_drop_keeps_the_channels_last_layout():
     """QDrop's masks follow the maps' layout: a mask in NCHW order would turn every later op (and the next
     convolution) onto the slow strided path."""
-    from qmap.quant.quantizer import drop_mask, select
+    from qmap.quant.ste import drop_mask, select
 
     gen = torch.Generator().manual_seed(0)
     cl = torch.channels_last

@@ -160,7 +160,7 @@ def _autograd_fake_quant(x, s, step, z, qmin, qmax, keep):
 @pytest.mark.parametrize("drop", [False, True])
 @pytest.mark.parametrize("affine", [False, True])
 def test_fused_fake_quant_matches_autograd_ste(decoupled, per_channel, drop, affine):
-    from qmap.quant.quantizer import FakeQuantSTE
+    from qmap.quant.ste import FakeQuantSTE
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 6, 5, 5, generator=g) * 2
@@ -177,3 +177,4 @@ def test_fused_fake_quant_matches_autograd_ste(decoupled, per_channel, drop, aff
     assert torch.equal(out_a, out_b)  # the forward values are identical
     for a, b in zip(grads_a, grads_b):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+

@@ -24,9 +24,9 @@ every convolution and element-wise op of an iteration runs on NHWC tensors (oneD
 layout reorder per call); the values are those of the NCHW computation up to float round-off.
 
 Speed (``benchmarks/recon_speed.py``): an iteration's element-wise work is the fake-quant of every activation
-(forward and STE backward in :class:`~qmap.quant.quantizer.FakeQuantSTE`, QDrop's mask folded in) and the
-loss; the FP targets are computed once per block; nothing but the learning-rate update runs in Python per
-iteration.
+(forward and STE backward in :class:`~qmap.quant.ste.FakeQuantSTE`, QDrop's mask folded in) and the loss;
+QDrop's masks are 0/1 float maps in the maps' own layout; the layers' W and b get no gradient; the FP targets
+are computed once per block; nothing but the learning-rate update runs in Python per iteration.
 
 Resume: with ``work_dir`` set, each finished block's layer tensors are saved atomically (``block_KKK.pt``,
 loaded with ``weights_only=True``), and with ``checkpoint_every`` > 0 the optimiser and generator states
@@ -55,7 +55,7 @@ from ..nn import ModelGraph
 from ..progress import bar
 from ..quant import QuantConfig, calibrate, quantize_model, set_quant_state
 from ..quant.adaround import AdaRoundQuantizer, attach_adaround, harden_layer
-from ..quant.quantizer import drop_mask, select
+from ..quant.ste import drop_mask, select
 from .base import MethodResult, Timer, model_device
 from .recon_blocks import Block, make_blocks, sequential_units
 from .recon_cache import ActivationStore, CachePool, fill_store

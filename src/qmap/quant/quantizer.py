@@ -11,10 +11,10 @@ With n = clamp(⌊x/s⌉ + z, qmin, qmax) − z and m = [n = ⌊x/s⌉] (not cli
 
     ∂x̂/∂x = m·s'/s,    ∂x̂/∂s' = n,    ∂x̂/∂s = −m·(x/s)·s'/s          (s' = s: ∂x̂/∂s = n − m·x/s, LSQ)
 
-:class:`FakeQuantSTE` computes the forward pass in place and these gradients directly (a few passes over the
-tensor instead of autograd's chain through round/clamp/add/mul), which is what a reconstruction iteration
-spends its element-wise time on. ``drop_prob`` > 0 (QDrop, set by the reconstruction engine) returns the
-input unquantized per element with that probability, the mask drawn from ``drop_gen``.
+When a gradient is needed, :class:`~qmap.quant.ste.FakeQuantSTE` computes the forward pass and these
+gradients directly. ``drop_prob`` > 0 (QDrop, set by the
+reconstruction engine) returns the input unquantized per element with that probability, the mask drawn from
+``drop_gen``.
 """
 
 from __future__ import annotations
@@ -25,72 +25,7 @@ from torch import nn
 from .observers import Observer, observe_tensor
 from .rounding import ROUND_FNS
 from .spec import QuantSpec
-
-
-def _sum_to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over the axes where ``like`` (a broadcast step / zero point) has size 1."""
-    if like.dim() == 0:
-        return t.sum()
-    dims = [d for d in range(t.dim()) if like.shape[d] == 1]
-    return t.sum(dims, keepdim=True) if dims else t
-
-
-def drop_mask(like: torch.Tensor, p: float, gen: torch.Generator | None) -> torch.Tensor:
-    """QDrop's keep-FP mask: 1.0 with probability p per element, else 0.0, in ``like``'s dtype and memory layout
-    (drawn in that memory order). Same layout, because a mask in another one would make every element-wise op it
-    meets, and the convolution after them, run on the strided NCHW path (several times slower on channels-last
-    maps); float, because ``a·keep + b·(1 − keep)`` is one vectorised pass where ``torch.where`` on a bool mask
-    is not."""
-    return torch.empty_like(like).uniform_(generator=gen).lt_(p)
-
-
-def select(keep: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a where ``keep`` is 1, b where it is 0 (a 0/1 float mask): a·keep + b·(1 − keep), exactly a or b for finite
-    values, since one of the two products is an exact zero."""
-    return torch.addcmul(a * keep, b, 1 - keep)
-
-
-class FakeQuantSTE(torch.autograd.Function):
-    """x̂ = (clamp(⌊x/s⌉ + z, qmin, qmax) − z)·s', or x where the 0/1 float mask ``keep`` is 1 (QDrop); STE
-    gradients as in the module docstring. ``scale``/``step``/``zp`` are broadcastable to x (``step`` may be
-    ``scale`` itself; ``zp`` None means z = 0).
-
-    The forward pass leaves the backward pass one product per gradient: with p = m·(1 − keep) (the STE passes
-    the gradient: not clipped, not dropped) and n zeroed where dropped, it saves
-
-        ∂x̂/∂x = p·s'/s + keep,    p·x/s  (for ∂x̂/∂s = −p·(x/s)·s'/s),    n  (for ∂x̂/∂s' = n)
-
-    each the exact value the chain rule gives (p and keep are 0/1, so multiplying by them only selects)."""
-
-    @staticmethod
-    def forward(ctx, x, scale, step, zp, qmin: int, qmax: int, rounding: str, keep):
-        u = x / scale
-        r = ROUND_FNS[rounding](u)
-        n = r.clamp(qmin, qmax) if zp is None else (r + zp).clamp_(qmin, qmax).sub_(zp)
-        passed = torch.eq(n, r, out=torch.empty_like(x))
-        if keep is not None:
-            quantized = 1 - keep
-            n.mul_(quantized)
-            passed.mul_(quantized)
-        out = n * step
-        if keep is not None:
-            out.addcmul_(x, keep)
-        passed_u = u.mul_(passed) if ctx.needs_input_grad[1] else None
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = passed if step is scale else passed * (step / scale)  # s' = s: the ratio is exactly 1
-            if keep is not None:
-                dx.add_(keep)
-        ctx.save_for_backward(dx, passed_u, n if ctx.needs_input_grad[2] else None, scale, step)
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        dx, passed_u, n, scale, step = ctx.saved_tensors
-        grad_x = g * dx if ctx.needs_input_grad[0] else None
-        grad_s = -_sum_to(g * passed_u, scale) * (step / scale) if ctx.needs_input_grad[1] else None
-        grad_step = _sum_to(g * n, step) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_s, grad_step, None, None, None, None, None
+from .ste import FakeQuantSTE, drop_mask
 
 
 class Quantizer(nn.Module):
@@ -183,8 +118,8 @@ class Quantizer(nn.Module):
         elif not self.needs_grad(x):
             return self._grid(x).mul_(self._shaped(self.step, x))
         step = s if self.dequant_scale is None else self._shaped(self.dequant_scale, x)
-        return FakeQuantSTE.apply(x, s, step, None if self.spec.symmetric else z,
-                                  self.spec.qmin, self.spec.qmax, self.spec.rounding, keep_fp)
+        return FakeQuantSTE.apply(x, s, step, None if self.spec.symmetric else z, self.spec.qmin, self.spec.qmax,
+                                  self.spec.rounding, keep_fp)
 
     def needs_grad(self, x: torch.Tensor) -> bool:
         """Whether autograd needs this quantizer's output (x or a step requires a gradient)."""
