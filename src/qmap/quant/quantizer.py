@@ -12,9 +12,8 @@ With n = clamp(⌊x/s⌉ + z, qmin, qmax) − z and m = [n = ⌊x/s⌉] (not cli
     ∂x̂/∂x = m·s'/s,    ∂x̂/∂s' = n,    ∂x̂/∂s = −m·(x/s)·s'/s          (s' = s: ∂x̂/∂s = n − m·x/s, LSQ)
 
 When a gradient is needed, :class:`~qmap.quant.ste.FakeQuantSTE` computes the forward pass and these
-gradients directly. ``drop_prob`` > 0 (QDrop, set by the
-reconstruction engine) returns the input unquantized per element with that probability, the mask drawn from
-``drop_gen``.
+gradients directly. ``drop_prob`` > 0 (QDrop, set by the reconstruction engine) returns the input unquantized
+per element with that probability, the mask drawn from ``drop_gen``.
 """
 
 from __future__ import annotations
