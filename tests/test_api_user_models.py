@@ -82,6 +82,31 @@ def test_api_options_get_the_run_configs_checks(method, options, says):
         qmap.quantize(build("view_fc"), images(4), method=method, progress=False, **options)
 
 
+@pytest.mark.parametrize("method", ["rtn", "brecq"])
+def test_a_quantized_model_answers_the_same_with_or_without_no_grad(method, tmp_path):
+    """The model qmap.quantize returns and the one a file loads are inference models (no parameter requires a
+    gradient): the same output with or without torch.no_grad, and a reload equal to the original either way.
+    (A reconstructed model's layers took the exact integer path and a reloaded one the float path under autograd,
+    so the two differed by round-off unless the user remembered no_grad.) A one-channel, non-square model."""
+    from user_models import GRAY_INPUT, GrayLeNet
+
+    torch.manual_seed(0)
+    model = GrayLeNet().eval()
+    gen = torch.Generator().manual_seed(2)
+    calib, x = torch.randn(16, *GRAY_INPUT, generator=gen), torch.randn(6, *GRAY_INPUT, generator=gen)
+    qmodel, _ = qmap.quantize(model, calib, method=method, w_bits=4, a_bits=4, progress=False,
+                              **({} if method == "rtn" else FAST))
+    assert not any(p.requires_grad for p in qmodel.parameters()) and not qmodel.training
+    assert any(p.requires_grad for p in model.parameters())  # the user's own model is not frozen
+    out = qmodel(x)
+    with torch.no_grad():
+        assert torch.equal(qmodel(x), out)
+    path = save_quantized(qmodel, tmp_path / "g.safetensors", factory="user_models:GrayLeNet", input_shape=GRAY_INPUT)
+    assert torch.equal(load_quantized(path, model_fn=GrayLeNet).model(x), out)
+    imodel = to_integer_model(qmodel, input_shape=GRAY_INPUT)
+    assert torch.equal(imodel.run(x).logits.argmax(1), out.argmax(1))
+
+
 def test_user_factory_by_name_and_plain_state_dict(tmp_path):
     from qmap.models import build_model
     from qmap.models.checkpoint import load_model

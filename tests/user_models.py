@@ -838,6 +838,24 @@ class SequentialFlatten(nn.Sequential):
                          nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 10))
 
 
+class GrayLeNet(nn.Module):
+    """LeNet-5 as tutorials write it, on one-channel, non-square images (:data:`GRAY_INPUT`): functional ReLU and
+    max-pool, ``torch.flatten``, three Linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16 * 4 * 2, 32), nn.Linear(32, 24), nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))))
+
+
+GRAY_INPUT = (1, 28, 20)
+
+
 USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual, "depthwise": Depthwise,
                "se_gate": SEGate, "concat": Concat, "mobile_v3": MobileV3, "option_a_resnet": OptionAResNet,
                "preact_resnet": PreActResNet, "se_resnet": SEResNet,

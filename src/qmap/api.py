@@ -25,7 +25,7 @@ from .methods import get_method, method_options
 from .nn import ModelGraph, require_module
 from .preflight import check_method_options
 from .progress import quiet
-from .quant import QuantConfig
+from .quant import QuantConfig, freeze
 
 
 def calibration_tensor(calib: torch.Tensor | Iterable) -> torch.Tensor:
@@ -67,4 +67,5 @@ def quantize(model: nn.Module, calib: torch.Tensor | Iterable, method: str = "rt
     ModelGraph(model.eval(), images[:1].to(device))
     with quiet(not progress):
         result = apply(model.eval(), images, qconfig, **kwargs)
-    return result.model, result.report
+    return freeze(result.model), result.report
+

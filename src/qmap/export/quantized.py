@@ -31,7 +31,7 @@ from ..config import coerce
 from ..errors import ConfigError, QmapError
 from ..io import atomic_write_bytes, read_run_results
 from ..nn import require_module
-from ..quant import quant_layers
+from ..quant import freeze, quant_layers
 from .module_tree import build_children, module_tree
 
 FORMAT = "qmap.quantized/1"
@@ -141,7 +141,7 @@ def load_quantized(path: str | Path, model_fn: Callable[[], nn.Module] | None = 
         raise QmapError(f"{path}: damaged quantized-model file ({e})") from None
     root = model_fn() if model_fn is not None else None  # (the user's own code: its errors are its own)
     try:  # a damaged header's model spec, module tree or tensors: one line, whatever part of it broke
-        model = _rebuild(path, header, root).eval()
+        model = freeze(_rebuild(path, header, root))
         if shape is not None:  # one zero image through it: damage the tree checks missed shows here, not later
             model(torch.zeros(1, *shape))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:

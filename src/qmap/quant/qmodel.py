@@ -176,3 +176,12 @@ def set_quant_state(qmodel: nn.Module, weight: bool = True, act: bool = True) ->
     """Enable/disable weight and activation fake-quant in every layer."""
     for _, m in quant_layers(qmodel):
         m.set_quant_enabled(weight, act)
+
+
+def freeze(qmodel: nn.Module) -> nn.Module:
+    """``qmodel`` in eval mode with no parameter requiring a gradient: a quantized model is an inference result,
+    and a layer whose operands need no gradient accumulates the integer codes exactly (``QuantConv2d``), so its
+    output is then the same with or without ``torch.no_grad`` (and equal to a reloaded file's)."""
+    for p in qmodel.parameters():
+        p.requires_grad_(False)
+    return qmodel.eval()
