@@ -107,6 +107,20 @@ def test_a_quantized_model_answers_the_same_with_or_without_no_grad(method, tmp_
     assert torch.equal(imodel.run(x).logits.argmax(1), out.argmax(1))
 
 
+def test_a_float64_user_model_stays_float64(tmp_path):
+    """A double-precision user model: the integer model traces it with a float64 example, and the quantized-model
+    file reloads its tensors in their saved float types (they were cast to float32 on load before)."""
+    model = build("residual").double()
+    gen = torch.Generator().manual_seed(3)
+    calib, x = (torch.randn(n, *INPUT, generator=gen, dtype=torch.float64) for n in (16, 6))
+    qmodel, _ = qmap.quantize(model, calib, w_bits=4, a_bits=4, progress=False)
+    out = qmodel(x)
+    assert out.dtype == torch.float64
+    assert torch.equal(to_integer_model(qmodel, input_shape=INPUT).run(x).logits.argmax(1), out.argmax(1))
+    path = save_quantized(qmodel, tmp_path / "d.safetensors", factory="user_models:Residual", input_shape=INPUT)
+    assert torch.equal(load_quantized(path, model_fn=lambda: build("residual").double()).model(x), out)
+
+
 def test_user_factory_by_name_and_plain_state_dict(tmp_path):
     from qmap.models import build_model
     from qmap.models.checkpoint import load_model

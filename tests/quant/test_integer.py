@@ -286,3 +286,39 @@ def test_standalone_batch_norm_is_an_exact_integer_affine(a_bits):
     diff = (traces["conv2"].x_int.to(torch.int64) - codes["conv2"].to(torch.int64)).abs()  # after merge, BN, ReLU
     assert int(diff.max()) <= 1 and float((diff > 0).double().mean()) <= 1e-3
     assert compare_with_fake_quant(qmodel, imodel, x)["top1_agreement"] >= 31 / 32
+
+
+class _StringPadding(nn.Module):
+    """Keras-style ``padding='same'`` / ``'valid'`` convolutions (odd kernels, one dilated)."""
+
+    def __init__(self, even_kernel: bool = False):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 4 if even_kernel else 3, padding="same")
+        self.b = nn.Conv2d(8, 8, 5, padding="same", dilation=2)
+        self.c = nn.Conv2d(8, 8, 3, padding="valid")
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.c(F.relu(self.b(F.relu(self.a(x))))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_string_padding_becomes_numeric_where_it_says_the_same():
+    """'same' (odd kernels) and 'valid' become the numeric padding they are, so the integer model, the layer-error
+    objective and the array take them; the function does not change (float mode equals the FP model). An even
+    'same' kernel pads one side more: one ConfigError line from the integer model."""
+    from qmap.quant import float_mode
+
+    torch.manual_seed(0)
+    model = _StringPadding().eval()
+    x = images(8, seed=4, size=12)
+    qmodel = calibrated(model, QuantConfig(w_bits=4, a_bits=4, **MINMAX), images(16, seed=1, size=12))
+    assert [m.padding for _, m in quant_layers(qmodel)[:3]] == [(1, 1), (4, 4), (0, 0)]
+    with torch.no_grad(), float_mode(qmodel):
+        assert torch.allclose(qmodel(x), model(x), rtol=1e-5, atol=1e-6)
+    report = compare_with_fake_quant(qmodel, to_integer_model(qmodel, input_shape=(3, 12, 12)), x)
+    assert all(row["isolated"]["max_lsb"] <= 1 for row in report["layers"]) and report["top1_agreement"] == 1.0
+    even = calibrated(_StringPadding(even_kernel=True).eval(), QuantConfig(w_bits=4, a_bits=4, **MINMAX),
+                      images(16, seed=1, size=12))
+    with pytest.raises(ConfigError, match=r"layer a needs symmetric zero padding \(it has padding='same'"):
+        to_integer_model(even, input_shape=(3, 12, 12))

@@ -143,7 +143,8 @@ def load_quantized(path: str | Path, model_fn: Callable[[], nn.Module] | None = 
     try:  # a damaged header's model spec, module tree or tensors: one line, whatever part of it broke
         model = freeze(_rebuild(path, header, root))
         if shape is not None:  # one zero image through it: damage the tree checks missed shows here, not later
-            model(torch.zeros(1, *shape))
+            param = next(model.parameters())
+            model(torch.zeros(1, *shape, dtype=param.dtype, device=param.device))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
         raise QmapError(f"{path}: damaged quantized-model file ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:200]})") from None
@@ -167,6 +168,11 @@ def _rebuild(path: Path, header: dict, root: nn.Module | None) -> nn.Module:
     tensors = load_file(str(path))
     ints = {k[len(INT_PREFIX):]: v for k, v in tensors.items() if k.startswith(INT_PREFIX)}
     state = {k: v for k, v in tensors.items() if not k.startswith(INT_PREFIX)}
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    for k, v in state.items():  # each tensor in its saved float type (a float64 model's weights stay float64)
+        t = own.get(k)
+        if t is not None and t.is_floating_point() and v.is_floating_point() and t.dtype != v.dtype:
+            t.data = t.data.to(v.dtype)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise QmapError(f"{path}: tensors do not match the module tree (missing {missing[:5]}, "

@@ -464,7 +464,8 @@ class _Lowering:
                        bias_fraction=torch.round(frac * 2**ACC_FRACTION_BITS).to(torch.int64) if fine else None)
         if isinstance(m, QuantConv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise ConfigError(f"integer model: layer {name} needs numeric zero padding")
+                raise ConfigError(f"integer model: layer {name} needs symmetric zero padding (it has "
+                                  f"padding={m.padding!r}, padding_mode={m.padding_mode!r})")
             lay.stride, lay.padding, lay.dilation, lay.groups = m.stride, m.padding, m.dilation, m.groups
         lay.check_width("bias", bias_int)
         # bits of what the ops see: the worst case over all inputs, K·max|x|·max|w| + max|b|, plus the pooled
@@ -788,8 +789,8 @@ def to_integer_model(qmodel: nn.Module, acc_bits: int | dict[str, int] = 32, pow
     for n, b in [(None, default_bits), *widths.items()]:
         if not isinstance(b, int) or not 8 <= b <= 32:
             raise ConfigError(f"accumulator width {b!r}{f' for {n}' if n else ''} is not supported: use 8..32")
-    device = next(qmodel.parameters()).device
-    graph = ModelGraph(qmodel, torch.zeros(1, *input_shape, device=device))
+    param = next(qmodel.parameters())
+    graph = ModelGraph(qmodel, torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
     return _Lowering(qmodel, graph, widths, default_bits, pow2_requant).build()
 
 

@@ -102,11 +102,25 @@ class _QuantMixin:
             q.enabled = act
 
 
+def numeric_padding(conv: nn.Conv2d) -> tuple[int, ...] | str:
+    """``conv.padding`` as numbers where they say the same: ``'valid'`` is 0 and ``'same'`` is d·(k − 1)/2 per
+    side when that is whole (odd kernels). An even ``'same'`` kernel pads its extra row / column on one side only,
+    which a symmetric numeric padding cannot say: it stays the string (and the integer model refuses it)."""
+    if conv.padding == "valid":
+        return (0,) * len(conv.kernel_size)
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if all(t % 2 == 0 for t in total):
+            return tuple(t // 2 for t in total)
+    return conv.padding
+
+
 class QuantConv2d(_QuantMixin, nn.Conv2d):
     @classmethod
     def from_float(cls, conv: nn.Conv2d, w_spec: QuantSpec, a_spec: QuantSpec, name: str = "") -> QuantConv2d:
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        """The quantized copy of ``conv`` (string padding made numeric where exact: :func:`numeric_padding`)."""
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, numeric_padding(conv),
+                conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
                 device=conv.weight.device, dtype=conv.weight.dtype)
         q.weight.data.copy_(conv.weight.data)
         if conv.bias is not None:
