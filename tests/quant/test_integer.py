@@ -303,6 +303,7 @@ class _StringPadding(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's note on the even kernel
 def test_string_padding_becomes_numeric_where_it_says_the_same():
     """'same' (odd kernels) and 'valid' become the numeric padding they are, so the integer model, the layer-error
     objective and the array take them; the function does not change (float mode equals the FP model). An even
