@@ -31,15 +31,13 @@ import argparse
 import copy
 import importlib
 import os
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 
 import torch
+from baseline import extract_package
 
 from qmap.data import calibration_set, load_cifar10, to_tensor
 from qmap.models import load_model
@@ -73,16 +71,7 @@ def parse_args() -> argparse.Namespace:
 
 def baseline_package(commit: str, folder: Path):
     """The ``qmap`` package of ``commit`` as the module ``qmap_base`` (extracted under ``folder``)."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        tar = subprocess.run(["git", "-C", str(repo), "archive", commit, "src/qmap"], check=True,
-                             capture_output=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise SystemExit(f"cannot read commit {commit} of {repo} with git: {e}") from None
-    with tarfile.open(fileobj=BytesIO(tar)) as t:
-        t.extractall(folder, filter="data")
-    (folder / "src" / "qmap").rename(folder / "qmap_base")
-    sys.path.insert(0, str(folder))
+    sys.path.insert(0, str(extract_package(commit, folder, "qmap_base")))
     return importlib.import_module("qmap_base")
 
 
