@@ -52,7 +52,8 @@ def start(import_root: Path, config: Path, method: str, out: Path, seed: int,
     cmd = [sys.executable, "-m", "qmap", "run", str(config.resolve()), "--out", str(out), "--quiet"]
     cmd += [a for s in sets for a in ("--set", s)] + (["--data", data] if data else [])
     with open(out.parent / f"{out.name}.stderr", "w") as log:  # a file, not a pipe: a full pipe would stall it
-        return subprocess.Popen(cmd, env=env, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=log), time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=log)
+    return proc, time.perf_counter()
 
 
 def finish(name: str, proc: subprocess.Popen, t0: float, out: Path) -> dict:
