@@ -359,18 +359,3 @@ def test_no_module_before_a_flatten_module_skips_the_shift_with_a_note():
     assert report["pairs"] == [] and any("body.0->body.3: skipped, no module before the flatten" in n
                                          for n in report["skipped"])
     assert torch.equal(q(x), plain(x))
-
-
-@pytest.mark.parametrize("order", [False, True])
-def test_shift_keeps_the_channels_last_layout(order):
-    """The shift's output has its input's memory layout (index_select alone returns NCHW, which made the next
-    convolution of a reconstruction iteration run on the slow strided path) and the same values either way."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 6, 5, 5, generator=g)
-    perm = torch.randperm(8, generator=g) if order else None
-    shift = OutlierShift(torch.tensor([1, 4]), x_clip=0.5, order=perm)
-    ref = torch.cat([x, torch.relu(x[:, [1, 4]] - 0.5)], 1)
-    ref = ref[:, perm] if order else ref
-    for layout in (torch.contiguous_format, torch.channels_last):
-        out = shift(x.contiguous(memory_format=layout))
-        assert out.is_contiguous(memory_format=layout) and torch.equal(out, ref)

@@ -41,13 +41,8 @@ class OutlierShift(nn.Module):
         return quantizer_clip(self.quantizer[0]) if self.quantizer else self.x_clip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The concatenation in x's memory layout: ``index_select`` returns NCHW, and one NCHW map among
-        channels-last ones sends the next convolution and every op after it onto the slow strided path."""
-        cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        copies = x.index_select(1, self.index).contiguous(memory_format=fmt)
-        out = torch.cat([x, torch.relu(copies - self.clip())], dim=1)
-        return out if self.order is None else out.index_select(1, self.order).contiguous(memory_format=fmt)
+        out = torch.cat([x, torch.relu(x.index_select(1, self.index) - self.clip())], dim=1)
+        return out if self.order is None else out.index_select(1, self.order)
 
     def integer_op(self) -> ShiftCopy:
         """The integer form for :mod:`qmap.quant.integer` (live clip only: X_clip is then qmax − z codes)."""
