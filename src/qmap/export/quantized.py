@@ -168,12 +168,8 @@ def _rebuild(path: Path, header: dict, root: nn.Module | None) -> nn.Module:
     tensors = load_file(str(path))
     ints = {k[len(INT_PREFIX):]: v for k, v in tensors.items() if k.startswith(INT_PREFIX)}
     state = {k: v for k, v in tensors.items() if not k.startswith(INT_PREFIX)}
-    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    for k, v in state.items():  # each tensor in its saved float type (a float64 model's weights stay float64)
-        t = own.get(k)
-        if t is not None and t.is_floating_point() and v.is_floating_point() and t.dtype != v.dtype:
-            t.data = t.data.to(v.dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    # assign: each tensor in its saved float type (a float64 model's weights stay float64), not cast to the module's
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise QmapError(f"{path}: tensors do not match the module tree (missing {missing[:5]}, "
                         f"unexpected {unexpected[:5]})")
