@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -58,8 +59,18 @@ class TrainConfig:
             raise ConfigError(f"schedule must be 'onecycle' or 'cosine', got {self.schedule!r}")
         if self.pad_mode not in ("reflect", "zero"):
             raise ConfigError(f"pad_mode must be 'reflect' or 'zero', got {self.pad_mode!r}")
-        if self.epochs < 1 or self.batch_size < 1 or not 0 <= self.label_smoothing < 1:
-            raise ConfigError("epochs and batch_size must be >= 1 and label_smoothing in [0, 1)")
+        ranges = {"epochs": (self.epochs, ">= 1", self.epochs >= 1),
+                  "batch_size": (self.batch_size, ">= 1", self.batch_size >= 1),
+                  "lr": (self.lr, "> 0 and finite", 0 < self.lr < math.inf),
+                  "momentum": (self.momentum, "in [0, 1)", 0 <= self.momentum < 1),
+                  "weight_decay": (self.weight_decay, ">= 0 and finite", 0 <= self.weight_decay < math.inf),
+                  "warmup": (self.warmup, "in (0, 1)", 0 < self.warmup < 1),
+                  "label_smoothing": (self.label_smoothing, "in [0, 1)", 0 <= self.label_smoothing < 1),
+                  "pad": (self.pad, ">= 0", self.pad >= 0),
+                  "seed": (self.seed, ">= 0", self.seed >= 0)}
+        for name, (value, allowed, ok) in ranges.items():  # NaN fails every comparison, so it is refused too
+            if not ok:
+                raise ConfigError(f"{name} must be {allowed}, got {value}")
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -202,6 +213,9 @@ def train(arch: str, width: float, train_set: ImageDataset, test_set: ImageDatas
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == labels[idx]).sum()
         seen = steps_per_epoch * cfg.batch_size
+        if not torch.isfinite(loss_sum):  # diverged: keep the last good state rather than save NaN weights
+            raise ConfigError(f"training diverged in epoch {epoch + 1} (the loss is {float(loss_sum)}); "
+                              f"lower --lr (now {cfg.lr:g}) and start again")
         metrics = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_top1": int(correct) / seen,
                    "seconds": round(time.perf_counter() - epoch_started, 3)}
         history.append(metrics)

@@ -454,6 +454,12 @@ CASES = [
                                                              "--epochs", "0"]),
     ("cli-train-width", CONFIG, "--width", lambda b: ["train", "tiny_cnn", "-o", "m.safetensors", "--width", "-1"]),
     ("cli-train-model", CONFIG, "unknown model", lambda b: ["train", "resnet9000", "-o", "m.safetensors"]),
+    ("cli-train-lr-negative", CONFIG, "lr must be > 0",
+     lambda b: ["train", "tiny_cnn", "-o", "m.safetensors", "--lr", "-1"]),
+    ("cli-train-warmup-zero", CONFIG, "warmup",
+     lambda b: ["train", "tiny_cnn", "-o", "m.safetensors", "--warmup", "0"]),
+    ("cli-train-decay-nan", CONFIG, "weight_decay",
+     lambda b: ["train", "tiny_cnn", "-o", "m.safetensors", "--weight-decay", "nan"]),
     ("cli-data-action", CONFIG, "invalid choice", lambda b: ["data", "explode"]),
     ("cli-data-no-root", DATA, "not a folder", lambda b: ["data", "info", "--data", "/nonexistent"]),
     # ---- top level

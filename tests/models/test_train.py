@@ -98,3 +98,24 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 def test_bad_config_is_refused():
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="step")
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("lr", -1.0, "lr must be > 0"), ("lr", float("nan"), "lr must be > 0"), ("lr", float("inf"), "lr must be > 0"),
+    ("weight_decay", -1e-4, "weight_decay must be >= 0"), ("warmup", 0.0, r"warmup must be in \(0, 1\)"),
+    ("warmup", 1.5, "warmup"), ("momentum", 1.0, "momentum"), ("label_smoothing", 1.0, "label_smoothing"),
+    ("pad", -1, "pad"), ("seed", -3, "seed"), ("epochs", 0, "epochs"), ("batch_size", 0, "batch_size"),
+])
+def test_out_of_range_training_settings_are_refused_before_any_work(field, value, says):
+    """Each setting outside what SGD / the schedulers take is one ConfigError naming it (a negative --lr used to
+    reach PyTorch's optimizer and end as an internal error)."""
+    with pytest.raises(ConfigError, match=says):
+        TrainConfig(**{field: value})
+
+
+def test_a_diverging_run_stops_with_one_error_and_saves_no_nan_state(tmp_path):
+    out = tmp_path / "diverged.safetensors"
+    with pytest.raises(ConfigError, match=r"training diverged in epoch 1 .* lower --lr"):
+        train("tiny_cnn", 0.25, toy_dataset(64, 0), toy_dataset(16, 1),
+              TrainConfig(epochs=2, batch_size=16, lr=1e30, schedule="cosine"), out, device="cpu", progress=False)
+    assert not out.exists() and not state_path(out).exists()
