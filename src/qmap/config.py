@@ -26,6 +26,7 @@ from typing import Any
 
 from .errors import ConfigError, QmapError, reject_unknown_keys
 from .hw.spec import MAX_ARRAY_DIM, ArraySpec
+from .io import file_problem
 from .quant import QuantConfig
 
 
@@ -414,8 +415,8 @@ def load_config(path: str | Path, checkpoint: str | None = None) -> RunConfig:
     """Read a YAML (``.yaml``/``.yml``) or JSON run config. ``checkpoint`` (``qmap run CONFIG -c FILE``) stands
     in for a missing ``model`` section; one the file has is overridden later like any other flag."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    if problem := file_problem(p):
+        raise ConfigError(f"config file {p}: {problem}")
     try:
         if p.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES >> 10} KiB; a run config is a few lines")

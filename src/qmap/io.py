@@ -26,6 +26,17 @@ def current_umask() -> int:
     return mask
 
 
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as an input file, or None for a regular file: a device or fifo (/dev/zero
+    would be read forever) is named as such rather than reported missing."""
+    p = Path(path)
+    if p.is_file():
+        return None
+    if not p.exists():
+        return "not found"
+    return "is a folder, not a file" if p.is_dir() else "is not a regular file"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -298,7 +298,9 @@ CASES = [
     # ---- run: usage
     ("cli-run-no-config", CONFIG, "config file or --checkpoint", lambda b: ["run", "-q"]),
     ("cli-run-missing-config", CONFIG, "not found", lambda b: ["run", "nosuch.yaml"]),
-    ("cli-run-config-is-dir", CONFIG, "not found", lambda b: (b.file("d/x", "x"), ["run", "d"])[1]),
+    ("cli-run-config-is-dir", CONFIG, "is a folder", lambda b: (b.file("d/x", "x"), ["run", "d"])[1]),
+    ("cli-run-config-is-device", CONFIG, "is not a regular file", lambda b: ["run", "/dev/zero"]),
+    ("cli-eval-ckpt-is-device", CKPT, "is not a regular file", lambda b: ["eval", "-c", "/dev/zero"]),
     ("cli-run-unknown-method", CONFIG, "unknown method", lambda b: b.run_args("out", "--method", "foo")),
     ("cli-run-wbits-flag", CONFIG, "--w-bits", lambda b: b.run_args("out", "--w-bits", "9")),
     ("cli-run-wbits-flag-abc", CONFIG, "--w-bits", lambda b: b.run_args("out", "--w-bits", "abc")),

@@ -67,7 +67,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert proc.returncode == 4  # a checkpoint error
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "checkpoint not found" in proc.stderr
+    assert "nope.safetensors: not found" in proc.stderr
 
 
 def test_help_lists_commands():

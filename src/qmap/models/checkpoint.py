@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, QmapError
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, file_problem
 from .registry import build_model, get_entry
 
 
@@ -94,8 +94,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a safetensors file, or a torch file with ``weights_only=True`` (never full pickle)."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
+    if problem := file_problem(p):
+        raise CheckpointError(f"checkpoint {p}: {problem}")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:
@@ -167,8 +167,8 @@ def load_model(ckpt: str | Path, arch: str | None = None, width: float | None = 
     """Build the model described by the checkpoint's manifest and load its weights. Without a manifest,
     ``arch`` (a registry name or ``package.module:factory``) says what to build; ``width``, ``num_classes`` and
     the normalisation ``mean``/``std`` override the manifest's (or the architecture's defaults)."""
-    if not Path(ckpt).is_file():
-        raise CheckpointError(f"checkpoint not found: {ckpt}")
+    if problem := file_problem(ckpt):
+        raise CheckpointError(f"checkpoint {ckpt}: {problem}")
     man = read_manifest(ckpt)
     if man is None:
         if arch is None:

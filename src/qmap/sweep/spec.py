@@ -33,6 +33,7 @@ from typing import Any
 
 from ..config import RunConfig, config_from_dict, expand_config_dir, load_config, parse_config_text
 from ..errors import ConfigError, reject_unknown_keys
+from ..io import file_problem
 
 SWEEP_KEYS = {"name", "base", "set", "axes", "resources", "max_retries", "report"}
 LABEL = re.compile(r"[A-Za-z0-9._+-]+")
@@ -75,8 +76,8 @@ class Sweep:
 
 
 def _read_mapping(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
+    if problem := file_problem(path):
+        raise ConfigError(f"sweep file {path}: {problem}")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
