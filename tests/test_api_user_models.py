@@ -48,13 +48,21 @@ def test_calibration_as_dataloader_or_iterable_and_unknown_options():
     ref, _ = qmap.quantize(model, calib, progress=False)
     loader = DataLoader(TensorDataset(calib, torch.zeros(16, dtype=torch.long)), batch_size=5)
     x = images(4, seed=3)
-    for source in (loader, [calib[:7], calib[7:]], (b for b in calib.split(4))):
+    dataset = TensorDataset(calib, torch.zeros(16, dtype=torch.long))  # single (image, label) items
+    for source in (loader, [calib[:7], calib[7:]], (b for b in calib.split(4)), calib.numpy(), dataset,
+                   [calib[:5].numpy(), calib[5:].numpy()]):
         q, _ = qmap.quantize(model, source, progress=False)
         assert torch.equal(q(x), ref(x))
     with pytest.raises(ConfigError, match=r"unknown option\(s\) for method 'rtn': iters; known: .*batch_size"):
         qmap.quantize(model, calib, iters=3)
     with pytest.raises(ConfigError, match="calibration data must be"):
         qmap.quantize(model, 3)
+    with pytest.raises(ConfigError, match=r"float image tensors .* got a torch.uint8 tensor"):
+        qmap.quantize(model, (calib * 40).clamp(0, 255).to(torch.uint8))
+    with pytest.raises(ConfigError, match=r"a batch is a tensor or an \(images, labels\) tuple\), got a dict"):
+        qmap.quantize(model, [{"image": calib}])
+    with pytest.raises(ConfigError, match="holds no batches"):
+        qmap.quantize(model, [])
     q64, _ = qmap.quantize(model, calib.double(), progress=False)  # numpy's float64: the model's float32
     assert torch.equal(q64(x), ref(x))
     with pytest.raises(ConfigError, match=r"must be a batch \[N, C, H, W\], got shape \(3, 16, 16\)"):

@@ -5,10 +5,11 @@
 
 ``model`` is any ``nn.Module`` built from the supported operations (:data:`qmap.nn.SUPPORTED`; anything else is
 refused with one line naming the operation, before any work). ``calib`` holds normalised float images as the
-model expects them: a tensor [N, C, H, W], a ``DataLoader`` or any iterable of batches (a batch is a tensor or
-an ``(images, labels, ...)`` tuple). Any :class:`~qmap.quant.QuantConfig` field may be passed as a keyword;
-the remaining keywords go to the method (e.g. ``iters=``, ``omr=``, ``grid=``); an unknown keyword is refused
-with the list of valid ones. ``progress=False`` silences the progress bars.
+model expects them: a tensor (or NumPy array) [N, C, H, W], a ``DataLoader`` or any iterable of batches (a batch
+is a tensor or an ``(images, labels, ...)`` tuple), or a ``Dataset`` of single [C, H, W] images. Any
+:class:`~qmap.quant.QuantConfig` field may be passed as a keyword; the remaining keywords go to the method (e.g.
+``iters=``, ``omr=``, ``grid=``); an unknown keyword is refused with the list of valid ones. ``progress=False``
+silences the progress bars.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import fields
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,18 +30,33 @@ from .progress import quiet
 from .quant import QuantConfig, freeze
 
 
-def calibration_tensor(calib: torch.Tensor | Iterable) -> torch.Tensor:
-    """The calibration images of ``calib`` (a tensor, a DataLoader or an iterable of batches) as one tensor."""
-    if isinstance(calib, torch.Tensor):
-        batches = [calib]
+def _batch_images(batch) -> torch.Tensor | object:
+    """A batch's images: the batch itself, or the first item of an ``(images, labels, ...)`` tuple; a NumPy array
+    becomes a tensor (same memory)."""
+    images = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return torch.from_numpy(images) if isinstance(images, np.ndarray) else images
+
+
+def calibration_tensor(calib: torch.Tensor | np.ndarray | Iterable) -> torch.Tensor:
+    """The calibration images of ``calib`` (a tensor or NumPy array, a DataLoader or an iterable of batches, or a
+    Dataset of single ``[C, H, W]`` images) as one tensor."""
+    if isinstance(calib, (torch.Tensor, np.ndarray)):
+        batches = [_batch_images(calib)]
     else:
         try:
-            batches = [b[0] if isinstance(b, (tuple, list)) else b for b in calib]
+            batches = [_batch_images(b) for b in calib]
         except TypeError:
             raise ConfigError(f"calibration data must be a tensor, a DataLoader or an iterable of batches, "
                               f"not {type(calib).__name__}") from None
-    if not batches or not all(isinstance(b, torch.Tensor) and b.is_floating_point() for b in batches):
-        raise ConfigError("calibration data must hold float image tensors (normalised as the model expects)")
+    if not batches:
+        raise ConfigError("calibration data holds no batches")
+    for b in batches:
+        if not (isinstance(b, torch.Tensor) and b.is_floating_point()):
+            found = f"{b.dtype} tensor" if isinstance(b, torch.Tensor) else type(b).__name__
+            raise ConfigError(f"calibration data must hold float image tensors (normalised as the model expects; "
+                              f"a batch is a tensor or an (images, labels) tuple), got a {found}")
+    if len(batches) > 1 and all(b.dim() == 3 for b in batches):  # a Dataset of single [C, H, W] images
+        batches = [torch.stack(batches)] if len({b.shape for b in batches}) == 1 else batches
     images = torch.cat(batches) if len(batches) > 1 else batches[0]
     if images.dim() != 4 or not len(images):
         raise ConfigError(f"calibration images must be a batch [N, C, H, W], got shape {tuple(images.shape)}")
