@@ -28,6 +28,7 @@ from .errors import ConfigError, QmapError, reject_unknown_keys
 from .hw.spec import MAX_ARRAY_DIM, ArraySpec
 from .io import file_problem
 from .quant import QuantConfig
+from .rules import OneOf, Pattern, Range
 
 
 @dataclass
@@ -112,46 +113,6 @@ class RunConfig:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Range:
-    """An inclusive numeric range (``None``: unbounded on that side)."""
-
-    lo: float | None = None
-    hi: float | None = None
-
-    def check(self, value, where: str) -> None:
-        if value is None:
-            return
-        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-            raise ConfigError(f"{where}: {value!r} is out of range; allowed: {self.describe()}")
-
-    def describe(self) -> str:
-        if self.hi is None:
-            return f">= {self.lo}"
-        if self.lo is None:
-            return f"<= {self.hi}"
-        return f"{self.lo}..{self.hi}"
-
-
-@dataclass(frozen=True)
-class OneOf:
-    choices: tuple
-
-    def check(self, value, where: str) -> None:
-        if value is not None and value not in self.choices:
-            raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {', '.join(map(str, self.choices))}")
-
-
-@dataclass(frozen=True)
-class Pattern:
-    regex: str
-    meaning: str
-
-    def check(self, value, where: str) -> None:
-        if value is not None and not re.fullmatch(self.regex, value):
-            raise ConfigError(f"{where}: {value!r} is not allowed; expected {self.meaning}")
-
-
 BITS = Range(2, 8)
 # Per-field ranges and choices by dotted key (types come from the annotations). Keys of the sections owned by
 # other modules are listed too, so the message names the key and the allowed values before construction.
@@ -163,7 +124,7 @@ CONSTRAINTS: dict[str, Range | OneOf | Pattern] = {
     "model.width": Range(0.01, 16),
     "model.num_classes": Range(1, 100_000),
     "model.input_shape": Range(1, 4096),
-    "model.std": Range(1e-6, None),
+    "model.std": Range(0, None, lo_open=True),
     "data.calib_size": Range(1, 1_000_000),
     "data.calib_seed": Range(0, 2**32 - 1),
     "data.test_split": OneOf(("test", "test_exact", "train", "train_exact")),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from .evaluate import default_device, evaluate
 from .io import atomic_write_bytes
 from .models import Manifest, build_model, get_entry, save_checkpoint
 from .report.provenance import git_sha
+from .rules import OneOf, Range
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +55,17 @@ class TrainConfig:
     amp: bool = True               # bf16 autocast, CUDA only
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("onecycle", "cosine"):
-            raise ConfigError(f"schedule must be 'onecycle' or 'cosine', got {self.schedule!r}")
-        if self.pad_mode not in ("reflect", "zero"):
-            raise ConfigError(f"pad_mode must be 'reflect' or 'zero', got {self.pad_mode!r}")
-        ranges = {"epochs": (self.epochs, ">= 1", self.epochs >= 1),
-                  "batch_size": (self.batch_size, ">= 1", self.batch_size >= 1),
-                  "lr": (self.lr, "> 0 and finite", 0 < self.lr < math.inf),
-                  "momentum": (self.momentum, "in [0, 1)", 0 <= self.momentum < 1),
-                  "weight_decay": (self.weight_decay, ">= 0 and finite", 0 <= self.weight_decay < math.inf),
-                  "warmup": (self.warmup, "in (0, 1)", 0 < self.warmup < 1),
-                  "label_smoothing": (self.label_smoothing, "in [0, 1)", 0 <= self.label_smoothing < 1),
-                  "pad": (self.pad, ">= 0", self.pad >= 0),
-                  "seed": (self.seed, ">= 0", self.seed >= 0)}
-        for name, (value, allowed, ok) in ranges.items():  # NaN fails every comparison, so it is refused too
-            if not ok:
-                raise ConfigError(f"{name} must be {allowed}, got {value}")
+        for name, rule in TRAIN_RULES.items():
+            rule.check(getattr(self, name), name)
+
+
+# What SGD, the schedulers and the augmentation accept (a negative lr would ascend the loss, warmup 0 or 1
+# divides by zero in OneCycleLR, momentum 1 never forgets); one ConfigError line naming the setting otherwise.
+TRAIN_RULES = {"epochs": Range(1, None), "batch_size": Range(1, None), "lr": Range(0, None, lo_open=True),
+               "momentum": Range(0, 1, hi_open=True), "weight_decay": Range(0, None),
+               "schedule": OneOf(("onecycle", "cosine")), "warmup": Range(0, 1, lo_open=True, hi_open=True),
+               "label_smoothing": Range(0, 1, hi_open=True), "pad": Range(0, None),
+               "pad_mode": OneOf(("reflect", "zero")), "seed": Range(0, 2**32 - 1)}
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:

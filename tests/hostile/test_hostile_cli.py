@@ -456,7 +456,7 @@ CASES = [
                                                              "--epochs", "0"]),
     ("cli-train-width", CONFIG, "--width", lambda b: ["train", "tiny_cnn", "-o", "m.safetensors", "--width", "-1"]),
     ("cli-train-model", CONFIG, "unknown model", lambda b: ["train", "resnet9000", "-o", "m.safetensors"]),
-    ("cli-train-lr-negative", CONFIG, "lr must be > 0",
+    ("cli-train-lr-negative", CONFIG, "lr: -1.0 is out of range; allowed: > 0",
      lambda b: ["train", "tiny_cnn", "-o", "m.safetensors", "--lr", "-1"]),
     ("cli-train-warmup-zero", CONFIG, "warmup",
      lambda b: ["train", "tiny_cnn", "-o", "m.safetensors", "--warmup", "0"]),
