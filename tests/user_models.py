@@ -485,6 +485,23 @@ class SiLUResNet(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+class ScaledResidual(nn.Module):
+    """Inception-ResNet's residual scaling spelled ``torch.add(x, branch, alpha=0.2)``, a high-pass branch
+    ``x - F.max_pool2d(x, 3, 1, 1)`` (a tensor difference) and ``y.add(x, alpha=0.5)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.conv3 = nn.Conv2d(8, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1)
+        self.linear = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = torch.add(x, F.relu(self.conv2(x)), alpha=0.2)
+        y = F.relu(self.conv3(x - F.max_pool2d(x, 3, 1, 1)))
+        return self.linear(F.adaptive_avg_pool2d(y.add(x, alpha=0.5), 1).flatten(1))
+
+
 # ---- the forward idioms of the popular CIFAR architectures (GoogLeNet, DLA, EfficientNet, DPN, PNASNet, SENet,
 # MobileNetV2, ResNeXt, RegNet) at tiny widths, written for these tests: pooling, views, slices, concatenations
 # and gates spelled as those repositories do (``F.avg_pool2d(out, 8)``, ``out.view(out.size(0), -1)``,
@@ -863,7 +880,7 @@ USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual,
                "shufflenet_v2_sized": ShuffleNetV2Sized, "silu_resnet": SiLUResNet, "googlenet": GoogLeNet,
                "dla": SimpleDLA, "efficientnet": EfficientNet, "dpn": DPN, "pnasnet": PNASNet, "senet": SENet,
                "mobilenet_v2": MobileNetV2, "resnext": ResNeXt, "regnet": RegNet,
-               "sequential_flatten": SequentialFlatten}
+               "sequential_flatten": SequentialFlatten, "scaled_residual": ScaledResidual}
 INPUT = (3, 16, 16)
 
 

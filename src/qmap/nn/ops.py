@@ -99,7 +99,7 @@ SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or
              "AdaptiveMaxPool2d / amax over H,W, strided slice x[:, :, ::s, ::s], "
              "flatten / view / reshape to (N, -1) or (b, c), squeeze of a 1x1 map, view(b, c, 1, 1) / unsqueeze twice "
              "/ y[:, :, None, None] of [N, C] features, residual + / "
-             "torch.add, torch.cat on channels, F.pad of zero channels, channel pieces (chunk / split / x[:, a:b] "
+             "torch.add (alpha too), x - y of two tensors, torch.cat on channels, F.pad of zero channels, channel pieces (chunk / split / x[:, a:b] "
              "on dim 1), channel shuffle (view / transpose / view), x * c, x / c, x + c, x - c with a number c, "
              "elementwise * (gates, expand_as), softmax / log_softmax on the logits as the last op, "
              "Dropout / Identity; sizes used in Python (int(x.size(1) * r)) are traced on an example")
@@ -368,6 +368,22 @@ def _scalar_form(node: fx.Node) -> tuple[fx.Node, str, float] | None:
     return None
 
 
+def _sum_form(node: fx.Node) -> tuple[fx.Node, fx.Node, float] | None:
+    """(x, y, c) when ``node`` computes x + c·y of two tensors other than as a plain ``x + y``:
+    ``torch.add(x, y, alpha=c)`` / ``x.add(y, alpha=c)``, ``x - y`` (c = −1), ``torch.sub(x, y, alpha=a)``
+    (c = −a); else None."""
+    op = _ARITHMETIC.get(node.target) if node.op == "call_function" else node.target if node.op == "call_method" \
+        else None
+    if op not in ("add", "sub") or len(node.args) != 2 or set(node.kwargs) - {"alpha"}:
+        return None
+    x, y = node.args
+    alpha = node.kwargs.get("alpha", 1)
+    if not (isinstance(x, fx.Node) and isinstance(y, fx.Node)) or _is_size_value(x) or _is_size_value(y) \
+            or not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or (op == "add" and alpha == 1):
+        return None
+    return x, y, float(alpha if op == "add" else -alpha)
+
+
 def _is_broadcast_expand(node: fx.Node) -> bool:
     """``g.expand_as(x)`` whose users are all elementwise ``*`` / ``+`` (which broadcast g anyway)."""
     return (node.op == "call_method" and node.target == "expand_as" and bool(node.users)
@@ -628,6 +644,11 @@ def normalise(gm: fx.GraphModule) -> fx.GraphModule:
                 if not keep:
                     with graph.inserting_after(new):
                         new = graph.call_function(torch.flatten, (new, 1))
+            elif (terms := _sum_form(node)) is not None:  # x + c·y: the scaling becomes scalar arithmetic below
+                x, y, c = terms
+                scaled = graph.call_function(operator.mul, (y, c))
+                with graph.inserting_after(scaled):
+                    new = graph.call_function(operator.add, (x, scaled))
             elif node.op == "call_method" and target in _METHODS:
                 new = graph.call_function(_METHODS[target], node.args, node.kwargs)
             elif node.op == "call_function" and target in _FUNCTION_KINDS and _plain_kwargs(node) != node.kwargs:
