@@ -502,6 +502,47 @@ class ScaledResidual(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(y.add(x, alpha=0.5), 1).flatten(1))
 
 
+class TorchvisionSE(nn.Module):
+    """torchvision's SqueezeExcitation: ``self._scale(input) * input``."""
+
+    def __init__(self, c: int, squeeze: int):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+        self.activation, self.scale_activation = nn.ReLU(), nn.Hardsigmoid()
+
+    def _scale(self, x):
+        return self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+
+    def forward(self, x):
+        return self._scale(x) * x
+
+
+class TorchvisionMobileV3(nn.Module):
+    """MobileNetV3 as torchvision writes it: Conv-BN-act Sequentials, an in-place residual ``result += input``,
+    and a classifier with in-place Hardswish and Dropout after the first Linear (an in-place op overwrites the
+    quantizer output it reads)."""
+
+    def __init__(self):
+        super().__init__()
+
+        def cna(i, o, k=1, s=1, g=1, act=True):
+            return nn.Sequential(nn.Conv2d(i, o, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(o),
+                                 *([nn.Hardswish(inplace=True)] if act else []))
+
+        self.stem = cna(3, 16, 3, 2)
+        self.block = nn.Sequential(cna(16, 32), cna(32, 32, 3, g=32), TorchvisionSE(32, 8), cna(32, 16, act=False))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(16, 32), nn.Hardswish(inplace=True), nn.Dropout(0.2, inplace=True),
+                                        nn.Linear(32, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        result = self.block(x)
+        result += x
+        return self.classifier(torch.flatten(self.avgpool(result), 1))
+
+
 # ---- the forward idioms of the popular CIFAR architectures (GoogLeNet, DLA, EfficientNet, DPN, PNASNet, SENet,
 # MobileNetV2, ResNeXt, RegNet) at tiny widths, written for these tests: pooling, views, slices, concatenations
 # and gates spelled as those repositories do (``F.avg_pool2d(out, 8)``, ``out.view(out.size(0), -1)``,
@@ -880,7 +921,8 @@ USER_MODELS = {"view_fc": ViewFC, "head_first": HeadFirst, "residual": Residual,
                "shufflenet_v2_sized": ShuffleNetV2Sized, "silu_resnet": SiLUResNet, "googlenet": GoogLeNet,
                "dla": SimpleDLA, "efficientnet": EfficientNet, "dpn": DPN, "pnasnet": PNASNet, "senet": SENet,
                "mobilenet_v2": MobileNetV2, "resnext": ResNeXt, "regnet": RegNet,
-               "sequential_flatten": SequentialFlatten, "scaled_residual": ScaledResidual}
+               "sequential_flatten": SequentialFlatten, "scaled_residual": ScaledResidual,
+               "torchvision_mobile_v3": TorchvisionMobileV3}
 INPUT = (3, 16, 16)
 
 

@@ -44,24 +44,30 @@ FLOAT_REL_TOL = 1e-4  # |Δlogit| / max|logit| reachable by float summation orde
 def check_quantizers(model: nn.Module, example_input: torch.Tensor, rtol: float = 1e-6) -> None:
     """Every enabled quantizer must be calibrated and compute exactly ``dequantize(to_int(x))`` (what ONNX
     Q/DQ computes); a subclass with other numerics (e.g. soft rounding) is rejected, naming the quantizer."""
-    seen: list[tuple[Quantizer, torch.Tensor, torch.Tensor]] = []
+    errors: list[tuple[Quantizer, float]] = []
+
+    def compare(q: Quantizer, args, out: torch.Tensor) -> None:
+        # here, not after the forward: a later in-place op (Hardswish(inplace=True)) may overwrite both tensors
+        ref = q.dequantize(q.to_int(args[0]))
+        err = float((out - ref).abs().max()) if out.numel() else 0.0
+        if err > rtol * float(ref.abs().max().clamp_min(1e-30)):
+            errors.append((q, err))
+
     hooks = []
     for name, q in model.named_modules():
         if isinstance(q, Quantizer) and q.enabled:
             if q.observer is not None or not bool(q.initialized):
                 raise ConfigError(f"quantizer {q.name or name} is not calibrated: run calibrate() before export")
-            hooks.append(q.register_forward_hook(lambda m, args, out: seen.append((m, args[0], out))))
+            hooks.append(q.register_forward_hook(compare))
     try:
         model(example_input)
     finally:
         for h in hooks:
             h.remove()
-    for q, x, out in seen:
-        ref = q.dequantize(q.to_int(x))
-        err = float((out - ref).abs().max()) if out.numel() else 0.0
-        if err > rtol * float(ref.abs().max().clamp_min(1e-30)):
-            raise ConfigError(f"quantizer {q.name} ({type(q).__name__}) is not plain round-to-nearest: its output "
-                              f"differs from dequantize(to_int(x)) by {err:.3g}; finalise it before export")
+    if errors:
+        q, err = errors[0]
+        raise ConfigError(f"quantizer {q.name} ({type(q).__name__}) is not plain round-to-nearest: its output "
+                          f"differs from dequantize(to_int(x)) by {err:.3g}; finalise it before export")
 
 
 def _handler(graph: ModelGraph, node: torch.fx.Node):
