@@ -43,6 +43,27 @@ def test_every_method_then_integer_model_and_onnx(name, method, tmp_path):
     assert check["top1_agreement"] == 1.0 and check["max_rel_diff"] <= 5e-3
 
 
+def _in_place(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if getattr(m, "inplace", False)]
+
+
+@pytest.mark.parametrize("method", ["rtn", "brecq", "ocs"])
+@pytest.mark.parametrize("name", sorted(n for n in USER_MODELS if _in_place(build(n))))
+def test_in_place_activations_change_nothing(name, method):
+    """A model with ReLU(inplace=True) / Hardswish(inplace=True) quantizes exactly as the same model without them:
+    no observer sample, cached input or checked output of qmap's is overwritten by the forward's in-place ops
+    (the MSE observer kept views that torchvision MobileNetV3's in-place Hardswish then changed)."""
+    calib, x, outs = images(16), images(8, seed=7), []
+    for in_place in (True, False):
+        model = build(name)
+        for m in _in_place(model):
+            m.inplace = in_place
+        qmodel, _ = qmap.quantize(model, calib, method=method, w_bits=4, a_bits=4, progress=False, **METHODS[method])
+        with torch.no_grad():
+            outs.append(qmodel(x))
+    assert torch.equal(*outs)
+
+
 def test_calibration_as_dataloader_or_iterable_and_unknown_options():
     model, calib = build("view_fc"), images(16)
     ref, _ = qmap.quantize(model, calib, progress=False)

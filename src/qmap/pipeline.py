@@ -306,7 +306,7 @@ class Run:
         come after them), with every quantizer off."""
         layer = get_module(self.qmodel, name)
         seen: list[torch.Tensor] = []
-        hook = layer.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach()))
+        hook = layer.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach().clone()))
         try:
             with float_mode(self.qmodel):
                 self.qmodel(self.calib[:64])

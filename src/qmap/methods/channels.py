@@ -198,7 +198,7 @@ def consumer_inputs(model: nn.Module, names: list[str], calib: torch.Tensor, bat
 
     def hook(name):
         def fn(mod, inp):
-            seen[name] = inp[0].detach()
+            seen[name] = inp[0].detach().clone()  # the forward may still change it in place
         return fn
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]

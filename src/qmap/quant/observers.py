@@ -179,6 +179,8 @@ class Observer:
         if cols > budget:
             idx = torch.randint(cols, (budget,), generator=self.gen).to(x2d.device)
             x2d = x2d[:, idx]
+        else:  # a view of the forward's tensor, which a later in-place op (ReLU(inplace=True)) may overwrite
+            x2d = x2d.clone()
         self.samples.append(x2d)
         total = sum(s.shape[1] for s in self.samples)
         if total > 4 * budget:  # keep memory bounded: resample the pool down

@@ -15,7 +15,7 @@ def layer_output_mse(qmodel: nn.Module, x: torch.Tensor) -> list[dict]:
     quantizer off (the FP model, BN fused), both fed ``x``; also the relative MSE (MSE / mean square of FP)."""
     layers = quant_layers(qmodel)
     outs: dict[str, list[torch.Tensor]] = {n: [] for n, _ in layers}
-    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: outs[n].append(o.detach())) for n, m in layers]
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: outs[n].append(o.detach().clone())) for n, m in layers]
     try:
         with float_mode(qmodel):
             qmodel(x)
