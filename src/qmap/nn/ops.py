@@ -99,8 +99,9 @@ SUPPORTED = ("Conv2d (any groups, incl. depthwise), Linear, BatchNorm (fused, or
              "AdaptiveMaxPool2d / amax over H,W, strided slice x[:, :, ::s, ::s], "
              "flatten / view / reshape to (N, -1) or (b, c), squeeze of a 1x1 map, view(b, c, 1, 1) / unsqueeze twice "
              "/ y[:, :, None, None] of [N, C] features, residual + / "
-             "torch.add (alpha too), x - y of two tensors, torch.cat on channels, F.pad of zero channels, channel pieces (chunk / split / x[:, a:b] "
-             "on dim 1), channel shuffle (view / transpose / view), x * c, x / c, x + c, x - c with a number c, "
+             "torch.add (alpha too), x - y of two tensors, torch.cat on channels, F.pad of zero channels, "
+             "channel pieces (chunk / split / x[:, a:b] on dim 1), channel shuffle (view / transpose / view), "
+             "x * c, x / c, x + c, x - c with a number c, "
              "elementwise * (gates, expand_as), softmax / log_softmax on the logits as the last op, "
              "Dropout / Identity; sizes used in Python (int(x.size(1) * r)) are traced on an example")
 
