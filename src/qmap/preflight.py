@@ -23,8 +23,9 @@ from .data.folders import IMAGE_SUFFIXES
 from .errors import ConfigError, DataError
 from .methods import method_options
 from .models import load_model
+from .models.checkpoint import manifest_path
 from .nn import ModelGraph
-from .runfolder import check_out_dir, config_fingerprint
+from .runfolder import check_inputs_outside, check_out_dir, config_fingerprint
 
 # Images per split of CIFAR-10 (a smaller data root is caught again when the split loads, before any write).
 SPLIT_SIZES = {"train": 50_000, "test": 10_000, "train_exact": 5 * 1017, "test_exact": 1017}
@@ -190,6 +191,9 @@ def preflight(cfg: RunConfig, data: str | None, out: str | Path | None = None, o
     folder = check_folder(cfg, data_root)
     check_images(cfg, folder)
     ckpt = resolve_path(cfg.model.checkpoint, data_root)
+    if out is not None and overwrite:
+        check_inputs_outside(out, {"the checkpoint": ckpt, "its manifest": manifest_path(ckpt),
+                                   "the data root": data_root, "the image folder": folder})
     m = cfg.model
     model, manifest = load_model(ckpt, m.arch, m.width, m.num_classes, m.mean, m.std)
     if m.input_shape or folder is None:  # else the folder's first image fixes it: checked once it has loaded

@@ -10,7 +10,10 @@ Rules (all checked before anything is written):
 
 - a folder that exists, is not empty and is not a run folder is never written into or deleted;
 - ``overwrite=True`` replaces only a run folder, and only once the run's inputs have loaded (the caller calls
-  :meth:`RunFolder.begin` after its validation and loading, which is when the old contents go);
+  :meth:`RunFolder.begin` after its validation and loading, which is when the old contents go); it is refused
+  when the folder holds an entry no run writes (:data:`RUN_OUTPUTS`: a user's notes, a copied checkpoint) or
+  when one of the run's own inputs lies inside it (:func:`check_inputs_outside`), so it deletes only what
+  qmap wrote;
 - ``resume=True`` continues only a run folder whose fingerprint equals the new config's;
 - one process at a time: :class:`RunFolder` holds an exclusive, non-blocking ``fcntl.flock`` on the folder
   itself for the whole run (no lock file is created); a second run into the same folder is refused at once.
@@ -37,6 +40,10 @@ from .errors import ConfigError, OutputError
 from .io import atomic_write_json
 
 MARKER = "results.json"
+# Every top-level entry a run (and ``qmap export onnx --run``) writes into its folder; --overwrite deletes only
+# these. tests/pipeline/test_run_roundtrip.py checks a full run writes nothing else.
+RUN_OUTPUTS = frozenset({MARKER, "report.md", "report.html", "plots", "work", "hw", "quantized_model.safetensors",
+                         "model.onnx"})
 STATUSES = ("running", "failed", "complete")
 # Config keys that say where output goes or what it is called, not what is computed.
 FINGERPRINT_EXCLUDED = ("name",)
@@ -116,6 +123,10 @@ def check_out_dir(out: str | Path, fingerprint: str, overwrite: bool = False, re
             elif not overwrite:
                 raise ConfigError(f"output folder {out} exists and is not empty: pass --overwrite (replace it) "
                                   f"or --resume (continue it)")
+            elif foreign := foreign_entries(out):
+                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+                raise ConfigError(f"--overwrite: {out} also holds {', '.join(foreign[:3])}{more}, which no qmap run "
+                                  f"writes; refusing to delete it: move it out or pick another --out")
         if not writable(out):
             raise OutputError(f"output folder {out} is not writable")
         return
@@ -128,6 +139,28 @@ def check_out_dir(out: str | Path, fingerprint: str, overwrite: bool = False, re
         raise OutputError(f"cannot create output folder {out}: {parent} is not a folder")
     if not writable(parent):
         raise OutputError(f"cannot create output folder {out}: {parent} is not writable")
+
+
+def _temporary(name: str) -> bool:
+    """An atomic write's temporary (``.<name>.<random>.tmp``) or a write probe cut short by a kill."""
+    return name.startswith(".") and (name.endswith(".tmp") or name.startswith(".qmap-probe."))
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Sorted names of the top-level entries of ``folder`` that no run writes (not in :data:`RUN_OUTPUTS`, not a
+    temporary of a write cut short)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in RUN_OUTPUTS and not _temporary(p.name))
+
+
+def check_inputs_outside(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse ``--overwrite`` into ``out`` when one of the run's inputs (``{what: path}``, None skipped: the
+    config file, the checkpoint and its manifest, the data root, an image folder) lies inside it: clearing the
+    folder would delete it. Reads only."""
+    base = Path(out).resolve()
+    for what, path in inputs.items():
+        if path is not None and Path(path).resolve().is_relative_to(base):
+            raise ConfigError(f"--overwrite would delete {what} {path}: it lies inside the output folder {out}; "
+                              f"move it out or pick another --out")
 
 
 class RunFolder:

@@ -85,13 +85,13 @@ class Sandbox:
         return dst
 
     def run_folder(self, name: str = "prev", fingerprint: str = "0" * 64) -> Path:
-        """A finished qmap run folder (marker + a file that must survive)."""
+        """A finished qmap run folder (marker + a report that must survive a refused --overwrite)."""
         d = self.path / name
         d.mkdir()
         (d / "results.json").write_text(json.dumps({"run_id": "abc", "status": "complete",
                                                     "config_fingerprint": fingerprint, "config": {},
                                                     "metrics": {}}))
-        (d / "precious.txt").write_text("keep me")
+        (d / "report.md").write_text("keep me")
         return d
 
     def run_args(self, out: str | Path = "out", *extra: str) -> list[str]:

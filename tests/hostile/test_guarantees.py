@@ -79,14 +79,19 @@ def test_run_folder_lifecycle(tmp_path):
         folder.save(results, status="complete")
     assert is_complete(out, fp) and not is_complete(out, "0" * 64)
     run_id = read_marker(out)["run_id"]
-    (out / "work.txt").write_text("partial")
+    (out / "work").mkdir()
+    (out / "work" / "block_000.pt").write_text("partial")
     with RunFolder(out, fp, resume=True) as folder:  # resume keeps the run id and the files
         folder.begin({"name": "run"})
-    assert read_marker(out)["run_id"] == run_id and (out / "work.txt").exists()
+    assert read_marker(out)["run_id"] == run_id and (out / "work" / "block_000.pt").exists()
     with RunFolder(out, fp, overwrite=True) as folder:  # overwrite clears only when the run begins
-        assert (out / "work.txt").exists()
+        assert (out / "work").exists()
         folder.begin({"name": "run"})
-        assert not (out / "work.txt").exists()
+        assert not (out / "work").exists()
+    (out / "notes.txt").write_text("the user's")  # an entry no run writes: overwrite refuses, deletes nothing
+    with pytest.raises(ConfigError, match="no qmap run writes"):
+        RunFolder(out, fp, overwrite=True).__enter__()
+    assert (out / "notes.txt").read_text() == "the user's"
     with pytest.raises(ConfigError, match="different config"):
         RunFolder(out, "1" * 64, resume=True).__enter__()
 

@@ -7,6 +7,7 @@ import pytest
 
 from qmap import load_quantized
 from qmap.cli import main
+from qmap.runfolder import RUN_OUTPUTS
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,12 @@ def test_eval_run_on_a_folder_without_results_is_one_line(tmp_path, capsys):
     assert main(["eval", "--run", str(tmp_path)]) != 0
     err = capsys.readouterr().err
     assert "is not a qmap run folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_writes_only_what_overwrite_may_delete(finished_run):
+    """--overwrite deletes only RUN_OUTPUTS (and refuses a folder holding anything else): a run with every output
+    stage on (hardware files, quantized model, ONNX, plots) must write nothing outside that list."""
+    _, out = finished_run
+    names = {p.name for p in out.iterdir()}
+    assert names <= RUN_OUTPUTS, names - RUN_OUTPUTS
+    assert {"results.json", "report.md", "report.html", "hw", "quantized_model.safetensors", "model.onnx"} <= names

@@ -68,9 +68,12 @@ def build_config(args) -> RunConfig:
 def main(args) -> int:
     from ..pipeline import run
     from ..report.verdict import rtl_summary, verdict
+    from ..runfolder import check_inputs_outside
 
     cfg = build_config(args)
     out = args.out or f"runs/{cfg.name}"
+    if args.overwrite and args.config:
+        check_inputs_outside(out, {"the config": args.config})
     results = run(cfg, out, data=args.data, overwrite=args.overwrite, resume=args.resume, quiet=args.quiet)
     if args.json:
         json.dump(results, sys.stdout, default=str)
