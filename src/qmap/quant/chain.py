@@ -111,7 +111,9 @@ class ShiftCopy:
     """OMR's shift form on integer codes: the producer is requantized to the wide range [0, qmax + shift] and
     ``c ↦ cat(clip(c, 0, qmax), clip(c[:, index] − shift, 0, qmax))``, where ``shift`` = X_clip in code units
     (qmax − z of the consumer's input quantizer). Equal to quantizing ``cat(x, relu(x[:, index] − X_clip))``
-    with step s, since rounding commutes with an integer shift."""
+    with step s, since rounding commutes with an integer shift — except half-even rounding at an exact tie
+    (x/s − X_clip/s = 0.5 rounds to 0, x/s to qmax + 1): a table in front of the shift therefore holds the
+    fake-quant model's own two codes, summed (see :mod:`qmap.quant.integer`)."""
 
     index: tuple[int, ...]
     shift: int

@@ -38,7 +38,8 @@ channel, t·step, and
 - average pooling is a window sum, the step divides by the area; ReLU6 is a clamp at the code of 6;
 - a curved activation (GELU, Hardswish, SiLU, Hardsigmoid, Sigmoid) acts on the b-bit codes of the layer's
   output quantizer through a 2^b-entry table holding the fake-quant model's own result for each code: the next
-  layer's input code when a layer follows (through max-pool/flatten), else a 24-bit code spanning the table's
+  layer's input code when a layer follows (through max-pool/flatten; through an OMR shift, the sum of the
+  original's and the copy's codes, each as the fake-quant model rounds it), else a 24-bit code spanning the table's
   output range. One that follows no layer (after a residual add, an affine or a pool; the fake-quant model
   applies it to the float value) is a table over ±T, where the curve bends, on a step 2T / 2^18 (the value's
   integer shifted right to it), and its asymptote a·x + b (a = 0 or 1) beyond.
@@ -566,9 +567,15 @@ class _Lowering:
         if nxt is not None and all(self.graph.kind[n] in ("maxpool", "adaptive_maxpool", "flatten") or
                                    isinstance(self.graph.modules.get(n.target), OutlierShift) for n in chain):
             tq = self.graph.modules[nxt.target].input_quantizer  # codes of the next layer, exactly
-            # an OMR shift on the way splits codes up to qmax + X_clip (its ShiftCopy step): clip there instead
-            wide = sum(m.integer_op().shift for m in shifts)
-            table = tq.to_int(y, headroom=wide).to(torch.int64).cpu()
+            table = tq.to_int(y).to(torch.int64)
+            # An OMR shift on the way: the entry is k = original code + copy code, which ShiftCopy splits back.
+            # Both codes are the fake-quant model's own (its float32 relu(y − X), then the quantizer), not
+            # round(y/s) split: half-even rounding does not commute with an odd shift at a tie (1.5 → 2 but
+            # 1.5 − 1 → 0), and with so few values a learned step can put one exactly on a tie.
+            z = int(tq.zero_point.reshape(-1)[0])
+            for m in shifts:
+                table = table + tq.to_int(torch.relu(y - m.clip())).to(torch.int64) - z
+            table = table.cpu()
             out = _Value(tq.step.detach().double().reshape(1).cpu(), tq.spec.bits + 1, tq)
         else:
             # TABLE_BITS-bit signed codes over its range: relative error 2^-TABLE_BITS, near the fake-quant model's
