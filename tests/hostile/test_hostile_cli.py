@@ -21,6 +21,7 @@ import torch
 from hostile_kit import DROP, refused
 from PIL import Image
 
+from qmap.cli import main
 from qmap.errors import CheckpointError  # noqa: F401 - documents the exit code family of the i9 cases
 
 CONFIG, DATA, CKPT, HW, OUTPUT = 2, 3, 4, 5, 6
@@ -395,6 +396,8 @@ CASES = [
     # ---- export onnx: output checked before any work
     ("i4-export-out-dir", CONFIG, "is a folder",
      lambda b: (b.file("d/x", "x"), ["export", "onnx", "-c", b.world.ckpt, "-o", "d"])[1]),
+    ("cli-export-out-exists", CONFIG, "already exists",
+     lambda b: (b.file("m.onnx", "mine"), ["export", "onnx", "-c", b.world.ckpt, "-o", "m.onnx"])[1]),
     ("cli-export-out-suffix", CONFIG, ".onnx", lambda b: ["export", "onnx", "-c", b.world.ckpt, "-o", "m.txt"]),
     ("cli-export-out-under-file", OUTPUT, "not a folder",
      lambda b: (b.file("f", "x"), ["export", "onnx", "-c", b.world.ckpt, "-o", "f/m.onnx"])[1]),
@@ -459,6 +462,11 @@ CASES = [
     ("cli-train-out-suffix", CONFIG, ".safetensors", lambda b: ["train", "tiny_cnn", "-o", "m.pt"]),
     ("cli-train-out-dir", CONFIG, "is a folder",
      lambda b: (b.file("d.safetensors/x", "x"), ["train", "tiny_cnn", "-o", "d.safetensors"])[1]),
+    ("cli-train-out-exists", CONFIG, "already exists",
+     lambda b: (b.checkpoint_copy("mine"), ["train", "tiny_cnn", "-o", str(b.path / "mine" / "tiny.safetensors")])[1]),
+    ("cli-train-out-exists-resume-without-state", CONFIG, "no training state",
+     lambda b: (b.checkpoint_copy("mine"), ["train", "tiny_cnn", "-o", str(b.path / "mine" / "tiny.safetensors"),
+                                            "--resume"])[1]),
     ("cli-train-epochs-zero", CONFIG, "--epochs", lambda b: ["train", "tiny_cnn", "-o", "m.safetensors",
                                                              "--epochs", "0"]),
     ("cli-train-width", CONFIG, "--width", lambda b: ["train", "tiny_cnn", "-o", "m.safetensors", "--width", "-1"]),
@@ -539,3 +547,18 @@ def test_cuda_device_refused_without_cuda(sandbox, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here, so --device cuda is valid")
     refused(sandbox.run_args("out", "--set", "device=cuda"), sandbox, capsys, code=CONFIG, says="CUDA")
+
+
+def test_overwrite_replaces_an_existing_checkpoint_or_onnx_file(sandbox, capsys):
+    """The refusals above are lifted by --overwrite only: the existing file is then replaced."""
+    ck = sandbox.checkpoint_copy("mine")
+    before = ck.read_bytes()
+    images = sandbox.world.root / "cifar10-jpeg-q75" / "cifar10_jpeg"
+    assert main(["train", "tiny_cnn", "-o", str(ck), "--image-folder", str(images), "--epochs", "1", "--batch-size",
+                 "8", "--overwrite", "-q"]) == 0
+    assert ck.read_bytes() != before
+    onnx = sandbox.file("m.onnx", "mine")
+    pytest.importorskip("onnxruntime", reason="optional 'onnx' extra (onnxruntime) not installed")
+    assert main(["export", "onnx", "-c", str(ck), "-o", str(onnx), "--image-folder", str(images), "--calib-size", "8",
+                 "--verify-limit", "4", "--overwrite", "-q"]) == 0
+    assert onnx.read_bytes() != b"mine"

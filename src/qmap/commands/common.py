@@ -177,6 +177,19 @@ def check_out_file(path: str, suffixes: tuple[str, ...], flag: str = "--out"):
     return p
 
 
+def refuse_existing(*paths, flag: str = "--out", note: str = "") -> None:
+    """Refuse, with one line, to replace a file the user already has (the first of ``paths`` that exists):
+    a command replaces an existing output only when given ``--overwrite``."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    for p in map(Path, paths):
+        if p.exists() or p.is_symlink():
+            raise ConfigError(f"{flag} {p} already exists{note}: pass --overwrite to replace it, or pick another "
+                              f"{flag}")
+
+
 def check_out_dir_free(path: str) -> None:
     """An output folder for generated files: absent, or an empty folder we may write."""
     from pathlib import Path

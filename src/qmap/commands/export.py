@@ -26,6 +26,7 @@ from .common import (
     check_out_file,
     dataset_source,
     positive_int,
+    refuse_existing,
     resolved_device,
 )
 
@@ -39,6 +40,7 @@ def register(subparsers) -> None:
     src.add_argument("-c", "--checkpoint", help="checkpoint (.safetensors with a .json manifest) to quantize")
     src.add_argument("--run", metavar="DIR", help="a finished qmap run folder: export its quantized model")
     o.add_argument("-o", "--out", required=True, help="ONNX file to write (.onnx)")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     o.add_argument("--method", default="rtn", choices=sorted(METHODS), help="PTQ method (default: rtn)")
     o.add_argument("--w-bits", type=bits, default=4, help="weight bits (default 4)")
     o.add_argument("--a-bits", type=bits, default=4, help="activation bits (default 4)")
@@ -103,6 +105,8 @@ def run_onnx(args) -> int:
     from ..export import export_onnx, verify_onnx
 
     check_out_file(args.out, (".onnx",))
+    if not args.overwrite:
+        refuse_existing(args.out)
     if args.opset < 13:
         raise ConfigError(f"--opset {args.opset}: QDQ export needs opset 13 or later")
     if args.run and any(getattr(args, k) is not None for k in ("model", "num_classes", "mean", "std")):

@@ -13,8 +13,9 @@ import torch
 from ..data import load_cifar10, load_split
 from ..errors import ConfigError
 from ..models import model_names
+from ..models.checkpoint import manifest_path
 from ..models.registry import get_entry
-from ..train import TrainConfig, train
+from ..train import TrainConfig, state_path, train
 from .common import (
     add_data_option,
     add_device_option,
@@ -23,6 +24,7 @@ from .common import (
     check_out_file,
     dataset_source,
     positive_int,
+    refuse_existing,
     resolved_device,
 )
 
@@ -48,6 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--fp16", action="store_true", help="save the weights as float16 (half the file size)")
     p.add_argument("--train-split", default="train", choices=["train", "train_exact"])
     p.add_argument("--resume", action="store_true", help="continue from <out>.state.pt if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out checkpoint and manifest (refused without it, unless --resume "
+                        "continues the training state saved beside it)")
     add_device_option(p)
     add_data_option(p)
     add_model_options(p, model_flag=False)
@@ -57,6 +62,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     out = check_out_file(args.out, (".safetensors",))
+    if not (args.overwrite or (args.resume and state_path(out).is_file())):
+        refuse_existing(out, manifest_path(out), note=" (with no training state beside it to --resume)"
+                        if args.resume else "")
     if not 0 < args.width <= 16:
         raise ConfigError(f"--width must be in (0, 16], got {args.width}")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
