@@ -21,10 +21,12 @@ from .config import RunConfig, build_section, resolve_path
 from .data import resolve_data_root
 from .data.folders import IMAGE_SUFFIXES
 from .errors import ConfigError, DataError
+from .hw.mapping import geometry_issue
 from .methods import method_options
 from .models import load_model
 from .models.checkpoint import manifest_path
 from .nn import ModelGraph
+from .quant.qmodules import numeric_padding
 from .runfolder import check_inputs_outside, check_out_dir, config_fingerprint
 
 # Images per split of CIFAR-10 (a smaller data root is caught again when the split loads, before any write).
@@ -102,6 +104,10 @@ def check_layers(cfg: RunConfig, model: nn.Module) -> None:
                               f"image (first-layer codes, kept on the host): pick a later conv layer")
         if name in cfg.quant.skip:
             raise ConfigError(f"hardware.target_layers: {name} is in quant.skip (left in float)")
+        conv = model.get_submodule(name)
+        if issue := geometry_issue(conv.stride, numeric_padding(conv), conv.dilation):
+            raise ConfigError(f"hardware.target_layers: the array cannot run {name}: {issue}; pick another conv "
+                              f"layer")
         w_bits, a_bits = cfg.quant.bits_for(name, names.index(name), len(names))
         if w_bits > spec.w_bits or a_bits > spec.a_bits:
             raise ConfigError(f"hardware.array: layer {name} is quantized to W{w_bits}A{a_bits} but the array "

@@ -84,3 +84,33 @@ def test_offset_input_is_the_signed_conv_plus_a_constant():
     ref = torch.nn.functional.conv2d(x[None].double(), w.double(), padding=1)[0]
     got = torch.nn.functional.conv2d(torch.from_numpy(x_u)[None].double(), w.double())[0]
     assert torch.equal(got - torch.from_numpy(shift).double().reshape(-1, 1, 1), ref)
+
+
+def _mid_conv_net(mid: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), mid,
+                          nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.LazyLinear(5))
+    model(torch.zeros(1, 3, 32, 32))  # sizes the head
+    return model.eval()
+
+
+@pytest.mark.parametrize("mid,chained", [
+    (nn.Conv2d(8, 8, (1, 3)), True),  # any kh x kw kernel maps
+    (nn.Conv2d(8, 8, 3, padding=2, dilation=2), False),
+    (nn.Conv2d(8, 8, 3, stride=(1, 2), padding=1), False),
+    (nn.Conv2d(8, 8, 3, padding=(1, 0)), False),
+])
+def test_a_conv_the_mapping_cannot_take_stays_on_the_host_and_breaks_the_chain(mid, chained):
+    """The mapping runs one stride and one padding for both axes with adjacent taps: a dilated conv or one with a
+    per-axis stride / padding runs on the host, and the layers after it are checked on their own traced inputs
+    (chaining across it would feed layer 4's array output to layer 6)."""
+    from qmap.hw.mapping import geometry_issue
+
+    assert (geometry_issue(mid.stride, mid.padding, mid.dilation) is None) == chained
+    imodel = _integer(_mid_conv_net(mid))
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    is_chained, chain, host, *_ = array_plan(imodel, x)
+    assert is_chained == chained and ("4" in host) != chained
+    net = network_view(imodel, x, ArraySpec(psum_bits=32))
+    assert net["summary"]["mismatches"] == 0 and net["summary"]["logits_match"] is (True if chained else None)

@@ -69,6 +69,14 @@ MODULE = textwrap.dedent('''
                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
 
 
+    def dilated(num_classes=10):
+        """Convs the array's mapping cannot take: dilation 2, and a 1x3 kernel padded on one axis only."""
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=2, dilation=2),
+                             nn.ReLU(), nn.Conv2d(8, 8, (1, 3), padding=(0, 1)), nn.ReLU(),
+                             nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(8, num_classes))
+
+
     def broken(num_classes=10):
         raise RuntimeError("no such layer size")
 
@@ -257,3 +265,26 @@ def test_a_layer_after_gelu_is_checked_on_offset_codes(user_setup, tmp_path):
     assert row["input_offset"] == 8
     assert row["files_vs_integer_mismatches"] == 0 and row["golden_vs_integer_mismatches"] == 0
     assert row["golden_vs_files_psum_mismatches"] == 0
+
+
+def test_convs_the_array_cannot_take_stay_on_the_host(user_setup, tmp_path, capsys):
+    """A dilated conv and one padded on one axis only: the whole-network view leaves them on the host and checks
+    the others one by one (before, the mapping took padding[0] and stride[0] and the run ended in a ValueError);
+    naming one as a target layer is refused in one line before any work."""
+    import user_cli_net
+
+    ckpt, imgs = user_setup
+    torch.save(user_cli_net.dilated(num_classes=3).state_dict(), ckpt)
+    flags = [*_model_flags(ckpt, imgs), "--model", "user_cli_net:dilated", "--quiet", "--set", "data.calib_size=12",
+             "--set", "hardware.rtl=none"]
+    assert main(["run", *flags, "--out", str(tmp_path / "run")]) == 0
+    net = json.loads((tmp_path / "run" / "results.json").read_text())["hardware"]
+    assert {"2", "4"} <= set(net["network_summary"]["host_layers"])
+    assert [r["name"] for r in net["network"]] == ["6"] and net["network"][0]["mismatches"] == 0
+    for layer, says in (("2", "dilation (2, 2)"), ("4", "padding (0, 1) differs between the axes")):
+        capsys.readouterr()
+        assert main(["run", *flags, "--out", str(tmp_path / f"t{layer}"),
+                     "--set", f"hardware.target_layers=['{layer}']"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / f"t{layer}").exists()

@@ -28,7 +28,7 @@ import torch
 from ..errors import HardwareError
 from ..quant.chain import Flatten, MaxPool, ShiftCopy
 from .export import assemble_output, export_conv, read_export
-from .mapping import map_conv
+from .mapping import geometry_issue, map_conv
 from .network import IntConvLayer, layer_tiling, run_network
 from .rtl_network import RtlLayerRunner
 from .sim import run_cocotb, simulator_available
@@ -108,15 +108,17 @@ def _psum_mismatches(fold_psums: np.ndarray, vec) -> int:
 
 def array_layers(imodel, x: torch.Tensor, every: bool = False) -> tuple[list, list[str], list[IntConvLayer], object]:
     """The integer model's conv layers that run on the array for image ``x`` (every conv whose input is
-    unsigned and whose accumulator goes straight to its requantizer, from the first such one on; a signed first
-    layer stays on the host; ``every``: each conv with unsigned input, the ops after its accumulator left to the
-    host — for models whose layers are checked one by one): ``(chain, host layer names, IntConvLayer per array
-    pass with its traced input and expected output, the model's run)``."""
+    unsigned, whose accumulator goes straight to its requantizer and whose geometry the mapping takes
+    (:func:`~qmap.hw.mapping.geometry_issue`), from the first such one on; a signed first layer stays on the host;
+    ``every``: each conv with unsigned input, the ops after its accumulator left to the host — for models whose
+    layers are checked one by one): ``(chain, host layer names, IntConvLayer per array pass with its traced input
+    and expected output, the model's run)``."""
     out = imodel.run(x, return_intermediates=True)
     traces = {t.name: t for t in out.layers}
     names = [lay.name for lay in imodel.layers]
     convs = [lay for lay in imodel.layers if lay.kind == "conv"]
-    chain = [lay for lay in convs if int(traces[lay.name].x_int.min()) >= 0 and (every or not lay.pre_ops)]
+    chain = [lay for lay in convs if int(traces[lay.name].x_int.min()) >= 0 and (every or not lay.pre_ops)
+             and geometry_issue(lay.stride, lay.padding, lay.dilation) is None]
     if not chain:
         raise HardwareError("no conv layer with unsigned inputs to run on the array")
     start = names.index(chain[0].name)
@@ -231,7 +233,10 @@ def array_plan(imodel, x: torch.Tensor) -> tuple[bool, list, list[str], list[Int
     if is_sequential(imodel):
         try:
             chain, host, layers, out = array_layers(imodel, x)
-            if all(lay.requant is not None for lay in chain[:-1]) and all(_array_activation(lay) for lay in chain):
+            names = [lay.name for lay in imodel.layers]  # a host conv between array layers breaks the chain
+            gap = any(names.index(chain[0].name) < names.index(h) < names.index(chain[-1].name) for h in host)
+            if not gap and all(lay.requant is not None for lay in chain[:-1]) \
+                    and all(_array_activation(lay) for lay in chain):
                 return True, chain, host, layers, out
         except HardwareError:  # no straight conv chain: the layers one by one may still run
             pass

@@ -111,6 +111,22 @@ class MappedConv:
         return b.reshape(self.n_otiles, self.spec.cols)
 
 
+def geometry_issue(stride, padding, dilation) -> str | None:
+    """Why the array cannot run a conv with this ``stride`` / ``padding`` / ``dilation`` (ints or per-axis pairs, as
+    ``nn.Conv2d`` holds them), or None when it can. The mapping streams ``nij = (oy·stride + ki)·Wp + ox·stride + kj``
+    of one padded map: one stride for both axes, the same zero padding on all four sides and adjacent taps
+    (dilation 1); the kernel may be any kh × kw."""
+    if isinstance(padding, str):
+        return f"padding={padding!r} (an even 'same' kernel pads one side more)"
+    stride, padding, dilation = ((v, v) if isinstance(v, int) else tuple(v) for v in (stride, padding, dilation))
+    for what, (a, b) in (("stride", stride), ("padding", padding)):
+        if a != b:
+            return f"{what} {(a, b)} differs between the axes"
+    if dilation != (1, 1):
+        return f"dilation {dilation} (the array's taps are adjacent)"
+    return None
+
+
 def map_conv(x_int: np.ndarray, w_int: np.ndarray, spec: ArraySpec, padding: int = 1, stride: int = 1,
              bias: np.ndarray | None = None) -> MappedConv:
     """Check ranges and tile ``x_int[I, H, W]`` (unsigned a_bits) and ``w_int[O, I, kh, kw]`` (signed w_bits)."""
