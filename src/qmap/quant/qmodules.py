@@ -50,6 +50,26 @@ class _QuantMixin:
         self.input_quantizer = Quantizer(a_spec, channels=1, name=f"{name}.input", auto_sign=True)
         self.register_buffer("fp_weight", self.weight.detach().clone(), persistent=False)
 
+    def _adopt(self, layer: nn.Module, w_spec: QuantSpec, a_spec: QuantSpec, name: str):
+        """This (freshly built, same-shaped) layer with ``layer``'s weight and bias and its quantizers set up."""
+        self.weight.data.copy_(layer.weight.data)
+        if layer.bias is not None:
+            self.bias.data.copy_(layer.bias.data)
+        self._setup(w_spec, a_spec, name)
+        return self
+
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """The float layer's operation on given operands (conv or linear)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """op(n_x, n_w)·m + b from the integer codes when :meth:`exact_operands` allows, else op(x̂, ŵ) + b."""
+        exact = self.exact_operands(x)
+        if exact is not None:
+            n_x, n_w, m = exact
+            return self._output(self._from_accumulator(self._op(n_x, n_w, None), m))
+        return self._output(self._op(self.input_quantizer(x), self.quantized_weight(), self.bias))
+
     def add_output_quantizer(self, spec: QuantSpec) -> None:
         self.output_quantizer = Quantizer(spec, channels=1, name=f"{self.layer_name}.output", auto_sign=True)
 
@@ -119,40 +139,22 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
     @classmethod
     def from_float(cls, conv: nn.Conv2d, w_spec: QuantSpec, a_spec: QuantSpec, name: str = "") -> QuantConv2d:
         """The quantized copy of ``conv`` (string padding made numeric where exact: :func:`numeric_padding`)."""
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, numeric_padding(conv),
-                conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                device=conv.weight.device, dtype=conv.weight.dtype)
-        q.weight.data.copy_(conv.weight.data)
-        if conv.bias is not None:
-            q.bias.data.copy_(conv.bias.data)
-        q._setup(w_spec, a_spec, name)
-        return q
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, numeric_padding(conv),
+                   conv.dilation, conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                   device=conv.weight.device, dtype=conv.weight.dtype)._adopt(conv, w_spec, a_spec, name)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        exact = self.exact_operands(x)
-        if exact is not None:
-            n_x, n_w, m = exact
-            return self._output(self._from_accumulator(self._conv_forward(n_x, n_w, None), m))
-        return self._output(self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias))
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return self._conv_forward(x, w, b)
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
     @classmethod
     def from_float(cls, lin: nn.Linear, w_spec: QuantSpec, a_spec: QuantSpec, name: str = "") -> QuantLinear:
-        q = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device=lin.weight.device,
-                dtype=lin.weight.dtype)
-        q.weight.data.copy_(lin.weight.data)
-        if lin.bias is not None:
-            q.bias.data.copy_(lin.bias.data)
-        q._setup(w_spec, a_spec, name)
-        return q
+        return cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device=lin.weight.device,
+                   dtype=lin.weight.dtype)._adopt(lin, w_spec, a_spec, name)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        exact = self.exact_operands(x)
-        if exact is not None:
-            n_x, n_w, m = exact
-            return self._output(self._from_accumulator(F.linear(n_x, n_w), m))
-        return self._output(F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias))
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, w, b)
 
 
 QUANT_MODULES = (QuantConv2d, QuantLinear)
